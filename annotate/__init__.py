@@ -1,0 +1,1 @@
+"""Pre-annotation with Argilla: push zero-shot suggestions, export curated records (coming with the Argilla issue)."""

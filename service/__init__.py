@@ -1,0 +1,1 @@
+"""Zero-shot pre-annotation service: NLI cross-encoder scoring behind a FastAPI app."""

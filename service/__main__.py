@@ -1,0 +1,47 @@
+"""``python -m service``: run the zero-shot service (options override ``ZSC_*`` environment variables)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+
+from service.config import Settings
+
+cli = typer.Typer(add_completion=False, help=__doc__)
+
+
+@cli.command()
+def main(
+    host: Annotated[Optional[str], typer.Option(help="Interface to bind [env ZSC_HOST, default 127.0.0.1].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port [env ZSC_PORT, default 8000].")] = None,
+    model: Annotated[Optional[str], typer.Option(help="default, a model directory, a hub id or a zoo: stub [env ZSC_MODEL].")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="auto, deepsparse, onnxruntime or torch [env ZSC_ENGINE].")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per pair [env ZSC_MAX_LENGTH].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Pairs per forward pass [env ZSC_BATCH_SIZE].")] = None,
+    num_threads: Annotated[Optional[int], typer.Option(help="Threads/cores for the engine [env ZSC_NUM_THREADS].")] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning [env ZSC_LOG_LEVEL].")] = None,
+) -> None:
+    """Start the HTTP server; the model loads in the background (watch GET /ready)."""
+    overrides = {k: v for k, v in dict(host=host, port=port, model=model, engine=engine, max_length=max_length,
+                                       batch_size=batch_size, num_threads=num_threads, log_level=log_level).items()
+                 if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        typer.echo(f"error: --{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}", err=True)
+        raise typer.Exit(2) from None
+    import uvicorn
+
+    from service.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,137 @@
+"""The FastAPI application: ``uvicorn service.app:app`` or ``python -m service``.
+
+Lifecycle (as in LitServe's setup/predict split): at start-up the model loads in a background
+thread, so ``GET /health`` answers at once and ``GET /ready`` turns 200 when the model is loaded
+(503 before, or 500 with the reason if loading failed). ``POST /zero-shot`` answers 503 until then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from service import __doc__ as service_doc
+from service.config import Settings
+from service.loader import LoadedModel, load_model
+from service.schemas import ZeroShotItem, ZeroShotRequest, ZeroShotResponse
+
+logger = logging.getLogger(__name__)
+
+
+class ModelSlot:
+    """Holds the model once the background load finishes, or the error that stopped it."""
+
+    def __init__(self) -> None:
+        self.model: LoadedModel | None = None
+        self.error: str | None = None
+        self.lock = threading.Lock()  # one inference at a time: engines use every core already
+        self._thread: threading.Thread | None = None
+
+    def start(self, settings: Settings) -> None:
+        self._thread = threading.Thread(target=self._load, args=(settings,), name="model-loader", daemon=True)
+        self._thread.start()
+
+    def _load(self, settings: Settings) -> None:
+        try:
+            self.model = load_model(settings)
+        except Exception as exc:  # reported by /ready; the process stays up to say why
+            logger.exception("model failed to load")
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.model is not None
+
+
+def check_limits(request: ZeroShotRequest, settings: Settings) -> None:
+    """422 when a request exceeds the configured limits (same shape as pydantic's errors)."""
+    problems = []
+    if len(request.texts) > settings.max_texts:
+        problems.append((["body", "texts"], f"{len(request.texts)} texts exceed the limit of {settings.max_texts} "
+                         "per request: split them into several requests"))
+    if len(request.labels) > settings.max_labels:
+        problems.append((["body", "labels"], f"{len(request.labels)} labels exceed the limit of "
+                         f"{settings.max_labels} per request"))
+    too_long = [i for i, t in enumerate(request.texts) if len(t) > settings.max_text_chars]
+    if too_long:
+        problems.append((["body", "texts", too_long[0]], f"texts[{too_long[0]}] has {len(request.texts[too_long[0]])} "
+                         f"characters, over the limit of {settings.max_text_chars}"))
+    if problems:
+        raise HTTPException(422, detail=[{"type": "limit_exceeded", "loc": loc, "msg": msg} for loc, msg in problems])
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for ``settings`` (default: from the environment, ``ZSC_*``)."""
+    settings = settings or Settings()
+    slot = ModelSlot()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        slot.start(settings)
+        yield
+        if slot.wait(0) and slot.model is not None:
+            slot.model.close()
+
+    app = FastAPI(title="Zero-shot pre-annotation service", description=service_doc, version="0.1.0", lifespan=lifespan)
+    app.state.settings, app.state.slot = settings, slot
+
+    def ready_model() -> LoadedModel:
+        if slot.model is None:
+            raise HTTPException(503, detail=slot.error or "the model is still loading; retry when GET /ready is 200")
+        return slot.model
+
+    @app.get("/health")
+    def health() -> dict:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        """Readiness: 200 once the model is loaded; 503 while loading; 500 if loading failed."""
+        if slot.model is not None:
+            return JSONResponse({"status": "ready", "model": slot.model.source.model_id, "engine": slot.model.engine.name})
+        if slot.error:
+            return JSONResponse({"status": "failed", "error": slot.error}, status_code=500)
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    @app.get("/info")
+    def info() -> dict:
+        """The loaded model: id, path, engine, max sequence length, labels, sparsity, quantization."""
+        model = ready_model()
+        return {**model.info, **model.engine.describe(), "limits": {"max_texts": settings.max_texts, "max_labels": settings.max_labels,
+                                         "max_text_chars": settings.max_text_chars},
+                "default_hypothesis_template": settings.hypothesis_template}
+
+    @app.post("/zero-shot", response_model=ZeroShotResponse)
+    def zero_shot(request: ZeroShotRequest) -> ZeroShotResponse:
+        """Score every (text, label) pair; labels of each result sorted by descending score."""
+        check_limits(request, settings)
+        model = ready_model()
+        template = request.hypothesis_template or settings.hypothesis_template
+        with slot.lock:
+            results = model.classifier(request.texts, request.labels, hypothesis_template=template,
+                                       multi_label=request.multi_label)
+        return ZeroShotResponse(
+            results=[ZeroShotItem(text=r.text, labels=r.labels, scores=r.scores) for r in results],
+            model=model.source.model_id, engine=model.engine.name, hypothesis_template=template,
+            multi_label=request.multi_label or len(request.labels) == 1)
+
+    @app.exception_handler(ValueError)
+    async def value_error(_: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    return app
+
+
+def __getattr__(name: str):
+    """``service.app:app`` for uvicorn, built on first access so importing this module loads nothing."""
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

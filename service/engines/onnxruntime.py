@@ -1,0 +1,47 @@
+"""ONNX Runtime engine (CPU execution provider), dynamic shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from service.engines.base import Engine, EngineError
+
+
+class OnnxRuntimeEngine(Engine):
+    """Runs an ONNX graph with dynamic ``(batch, seq_len)`` inputs on ONNX Runtime's CPU provider.
+
+    Args:
+        onnx_path: the graph; its inputs are a subset of input_ids / attention_mask / token_type_ids.
+        num_threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
+
+    Raises:
+        EngineError: onnxruntime is not installed or cannot load the graph.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: Path, *, num_threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise EngineError("onnxruntime is not installed (pip install onnxruntime)") from exc
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise EngineError(f"onnxruntime could not load {onnx_path}: {exc}") from exc
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.onnx_path = Path(onnx_path)
+        self.num_threads = num_threads
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, {k: inputs[k] for k in self.input_names})[0].astype(np.float32, copy=False)
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "onnx_path": str(self.onnx_path), "num_threads": self.num_threads}

@@ -1,0 +1,48 @@
+"""PyTorch reference engine: the Hugging Face model itself, float32, eager attention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from service.engines.base import Engine, EngineError
+
+
+class TorchEngine(Engine):
+    """``AutoModelForSequenceClassification`` in float32 on the CPU: the numerical reference.
+
+    Raises:
+        EngineError: torch/transformers are not installed or the directory has no torch weights.
+    """
+
+    name = "torch"
+
+    def __init__(self, model_dir: Path, *, num_threads: int | None = None):
+        try:
+            import torch
+            from transformers import AutoModelForSequenceClassification
+        except ImportError as exc:
+            raise EngineError("the torch engine needs torch and transformers (pip install '.[torch]')") from exc
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        try:
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+        except Exception as exc:
+            raise EngineError(f"could not load a torch model from {model_dir}: {exc}") from exc
+        import inspect
+
+        accepted = inspect.signature(self.model.forward).parameters
+        self.input_names = tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted)
+        self._torch = torch
+        self.num_threads = num_threads
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(inputs[k]) for k in self.input_names}
+            return self.model(**tensors).logits.float().numpy()
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "num_threads": self._torch.get_num_threads()}

@@ -1,0 +1,119 @@
+"""ONNX export of Hugging Face sequence classifiers, cached by content, and graph inspection.
+
+Exports use PyTorch's TorchScript-based exporter at opset 14: DeepSparse 1.8 does not support the
+``LayerNormalization`` op of opset 17, and the dynamo exporter (PyTorch's default since 2.9) would
+emit it. The export is a derived artifact: it lives in the cache directory under the model's
+content fingerprint and is rebuilt on demand, never committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from service.sources import ModelSource
+
+logger = logging.getLogger(__name__)
+
+OPSET = 14
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class ExportError(RuntimeError):
+    """The ONNX graph could not be produced (no torch, no weights, exporter failure)."""
+
+
+def onnx_for(source: ModelSource, cache_dir: Path) -> Path:
+    """The ONNX graph of a model: the one it ships with, or a cached export of its torch weights.
+
+    Raises:
+        ExportError: no shipped graph and no way to export one.
+    """
+    if source.onnx_path is not None:
+        return source.onnx_path
+    if not source.has_torch_weights:
+        raise ExportError(f"{source.path} has neither an ONNX graph nor torch weights to export")
+    target = Path(cache_dir) / "onnx" / source.fingerprint() / "model.onnx"
+    if not target.is_file():
+        export_onnx(source.path, target)
+    return target
+
+
+def export_onnx(model_dir: Path, target: Path, *, opset: int = OPSET) -> Path:
+    """Export ``AutoModelForSequenceClassification`` at ``model_dir`` to ``target`` (float32).
+
+    Inputs are ``input_ids``, ``attention_mask`` and, when the model takes it, ``token_type_ids``,
+    each int64 ``(batch, seq_len)`` with both axes dynamic; the output is ``logits``
+    ``(batch, n_classes)``. Written to a temporary file and renamed, so a crash leaves no half file.
+
+    Raises:
+        ExportError: torch/transformers missing or the exporter failed.
+    """
+    try:
+        import inspect
+
+        import torch
+        from transformers import AutoModelForSequenceClassification
+    except ImportError as exc:
+        raise ExportError(
+            "exporting ONNX needs torch and transformers (pip install '.[torch]'), or give a model directory "
+            "that already holds model.onnx"
+        ) from exc
+    logger.info("exporting %s to ONNX (opset %d) at %s", model_dir, opset, target)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    accepted = inspect.signature(model.forward).parameters
+    names = [n for n in INPUT_NAMES if n in accepted]
+    dummy = tuple(torch.ones((2, 16), dtype=torch.int64) for _ in names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.stem + f".{os.getpid()}.tmp.onnx")
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            # the TorchScript exporter is deprecated but chosen on purpose (opset 14, see module docstring)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(model, dummy, str(tmp), input_names=names, output_names=["logits"],
+                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"ONNX export of {model_dir} failed: {exc}") from exc
+    os.replace(tmp, target)
+    return target
+
+
+_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMulInteger", "QLinearConv",
+              "DynamicQuantizeLinear", "ConvInteger"}
+
+
+_MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "DequantizeLinear"}
+
+
+def inspect_onnx(onnx_path: Path) -> dict:
+    """Sparsity and quantization of a graph, measured from its initializers and nodes.
+
+    Returns:
+        ``{"sparsity": float, "quantization": str, "weight_params": int}``: sparsity is the
+        fraction of exact zeros over the 2-D weight initializers that feed MatMul/Gemm (or their
+        quantized forms) - the Linear layers, not the embedding tables; quantization is ``"int8"`` when quantize/dequantize or
+        integer matmul nodes are present, else ``"none"``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    matmul_inputs = {name for node in model.graph.node if node.op_type in _MATMUL_OPS for name in node.input}
+    zeros = total = 0
+    for init in model.graph.initializer:
+        if init.name in matmul_inputs and len(init.dims) == 2 and min(init.dims) > 1:
+            array = numpy_helper.to_array(init)
+            zeros += int(np.count_nonzero(array == 0))
+            total += array.size
+    ops = {node.op_type for node in model.graph.node}
+    return {"sparsity": round(zeros / total, 4) if total else 0.0,
+            "quantization": "int8" if ops & _QUANT_OPS else "none",
+            "weight_params": total}

@@ -1,0 +1,79 @@
+"""Request and response bodies of the HTTP API.
+
+Rules that depend only on the request live here (pydantic turns their ``ValueError`` into a 422
+whose ``msg`` says what to fix); limits that depend on the service's settings are checked by the
+endpoint (:func:`service.app.check_limits`), with the same 422 shape.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.zeroshot import validate_template
+
+MAX_LABEL_CHARS = 200
+
+
+class ZeroShotRequest(BaseModel):
+    """``POST /zero-shot``: score every (text, candidate label) pair."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(..., description="premises; one result per text, in order",
+                             examples=[["The striker scored twice in the final minutes."]])
+    labels: list[str] = Field(..., description="candidate labels, each put into the hypothesis template",
+                              examples=[["sports", "politics", "business"]])
+    hypothesis_template: str | None = Field(None, description="exactly one '{}'; default: the service's",
+                                            examples=["This text is about {}."])
+    multi_label: bool = Field(False, description="score labels independently (entailment vs contradiction)")
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, texts: list[str]) -> list[str]:
+        if not texts:
+            raise ValueError("texts is empty: send at least one text to classify")
+        blank = [i for i, t in enumerate(texts) if not t.strip()]
+        if blank:
+            raise ValueError(f"texts[{blank[0]}] is empty or whitespace: every text needs content "
+                             f"({len(blank)} such text{'s' if len(blank) > 1 else ''})")
+        return texts
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: list[str]) -> list[str]:
+        if not labels:
+            raise ValueError("labels is empty: send at least one candidate label")
+        for i, label in enumerate(labels):
+            if not label.strip():
+                raise ValueError(f"labels[{i}] is empty or whitespace: every candidate label needs a name")
+            if len(label) > MAX_LABEL_CHARS:
+                raise ValueError(f"labels[{i}] has {len(label)} characters; keep labels under {MAX_LABEL_CHARS}")
+        repeated = [label for label, n in Counter(labels).items() if n > 1]
+        if repeated:
+            raise ValueError(f"labels must be unique; repeated: {', '.join(map(repr, repeated))}")
+        return labels
+
+    @field_validator("hypothesis_template")
+    @classmethod
+    def _template(cls, template: str | None) -> str | None:
+        return None if template is None else validate_template(template)
+
+
+class ZeroShotItem(BaseModel):
+    """One text's result: candidate labels sorted by descending score."""
+
+    text: str
+    labels: list[str]
+    scores: list[float]
+
+
+class ZeroShotResponse(BaseModel):
+    """``POST /zero-shot`` answer: ``results[i]`` belongs to ``texts[i]``."""
+
+    results: list[ZeroShotItem]
+    model: str
+    engine: str
+    hypothesis_template: str
+    multi_label: bool

@@ -1,0 +1,150 @@
+"""The HTTP API over real HTTP: every endpoint, every bad-input case, and `python -m service`."""
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.config import Settings
+
+from .conftest import REPO, LiveServer, free_port
+
+pytestmark = pytest.mark.slow
+
+LABELS = ["sports", "business", "politics"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, cache_dir):
+    settings = Settings(model=str(tiny_model_dir), engine="onnxruntime", cache_dir=cache_dir, max_texts=3,
+                        max_labels=4, max_text_chars=500)
+    with LiveServer(create_app(settings)) as live:
+        assert live.wait_ready().status_code == 200
+        yield live
+
+
+def post(server, **body):
+    return httpx.post(server.url + "/zero-shot", json=body, timeout=60)
+
+
+def test_health_ready_info(server, tiny_model_dir):
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    ready = httpx.get(server.url + "/ready").json()
+    assert ready["status"] == "ready" and ready["engine"] == "onnxruntime"
+    info = httpx.get(server.url + "/info").json()
+    assert info["model_path"] == str(tiny_model_dir)
+    assert info["engine"] == "onnxruntime"
+    assert info["max_length"] == 48
+    assert info["label2id"] == {"contradiction": 0, "neutral": 1, "entailment": 2}
+    assert info["entailment_id"] == 2 and info["contradiction_id"] == 0
+    assert info["sparsity"] == 0.0 and info["quantization"] == "none"
+    assert info["limits"] == {"max_texts": 3, "max_labels": 4, "max_text_chars": 500}
+
+
+def test_zero_shot_answers_one_sorted_result_per_text_in_order(server, tiny_model_dir):
+    texts = ["The match ended in a draw.", "Stocks rallied on Friday."]
+    response = post(server, texts=texts, labels=LABELS, hypothesis_template="This text is about {}.")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r["text"] for r in body["results"]] == texts
+    for result in body["results"]:
+        assert sorted(result["labels"]) == sorted(LABELS)
+        assert result["scores"] == sorted(result["scores"], reverse=True)
+        assert sum(result["scores"]) == pytest.approx(1, abs=1e-6)
+    assert body["engine"] == "onnxruntime" and body["multi_label"] is False
+
+    from transformers import pipeline
+
+    expected = pipeline("zero-shot-classification", model=str(tiny_model_dir), device="cpu")(
+        texts, candidate_labels=LABELS, hypothesis_template="This text is about {}.")
+    for want, got in zip(expected, body["results"]):
+        assert got["labels"] == want["labels"]
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-4)
+
+
+def test_multi_label_and_default_template(server):
+    body = post(server, texts=["Rain is expected tomorrow."], labels=LABELS, multi_label=True).json()
+    assert body["hypothesis_template"] == "This text is about {}."
+    assert body["multi_label"] is True
+    assert all(0 <= s <= 1 for s in body["results"][0]["scores"])
+    assert sum(body["results"][0]["scores"]) != pytest.approx(1, abs=1e-3)
+
+
+def test_template_braces_are_never_formatted(server):
+    response = post(server, texts=["x y z"], labels=["a"], hypothesis_template="{0.__class__} and {}")
+    assert response.status_code == 200
+    assert response.json()["hypothesis_template"] == "{0.__class__} and {}"
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"texts": [], "labels": LABELS}, "texts is empty"),
+    ({"texts": ["a"], "labels": []}, "labels is empty"),
+    ({"texts": ["ok", "  "], "labels": LABELS}, "texts[1] is empty"),
+    ({"texts": ["ok"], "labels": ["sports", ""]}, "labels[1] is empty"),
+    ({"texts": ["ok"], "labels": ["sports", "news", "sports"]}, "labels must be unique"),
+    ({"texts": ["a", "b", "c", "d"], "labels": LABELS}, "exceed the limit of 3"),
+    ({"texts": ["a"], "labels": ["a", "b", "c", "d", "e"]}, "exceed the limit of 4"),
+    ({"texts": ["a" * 501], "labels": LABELS}, "over the limit of 500"),
+    ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "About it."}, "exactly one '{}'"),
+    ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "{} or {}"}, "exactly one '{}'"),
+    ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "{0.__class__}"}, "exactly one '{}'"),
+    ({"texts": ["a"], "labels": LABELS, "temperature": 2}, "Extra inputs are not permitted"),
+    ({"texts": "a single string", "labels": LABELS}, "valid list"),
+])
+def test_bad_input_is_a_422_that_says_what_to_fix(server, body, fragment):
+    response = post(server, **body)
+    assert response.status_code == 422, response.text
+    assert fragment in response.text
+
+
+def test_a_bad_request_does_not_disturb_the_next_one(server):
+    assert post(server, texts=[], labels=LABELS).status_code == 422
+    assert post(server, texts=["fine"], labels=LABELS).status_code == 200
+
+
+def test_a_model_that_fails_to_load_is_reported(cache_dir, tmp_path):
+    settings = Settings(model=str(tmp_path / "no-such-model"), engine="onnxruntime", cache_dir=cache_dir)
+    with LiveServer(create_app(settings)) as live:
+        ready = live.wait_ready()
+        assert ready.status_code == 500 and "does not exist" in ready.json()["error"]
+        assert httpx.get(live.url + "/health").status_code == 200
+        response = httpx.post(live.url + "/zero-shot", json={"texts": ["a"], "labels": ["b"]})
+        assert response.status_code == 503 and "does not exist" in response.text
+
+
+@pytest.mark.parametrize("launcher", ["python -m service", "uvicorn service.app:app"])
+def test_the_documented_launchers_serve_over_http(launcher, tiny_model_dir, cache_dir):
+    port = free_port()
+    env = {**os.environ, "ZSC_CACHE_DIR": str(cache_dir), "ZSC_MODEL": str(tiny_model_dir), "ZSC_ENGINE": "torch"}
+    if launcher == "python -m service":
+        command = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"]
+    else:
+        command = [sys.executable, "-m", "uvicorn", "service.app:app", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(command, cwd=REPO, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert httpx.get(url + "/info").json()["engine"] == "torch"
+        body = httpx.post(url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}).json()
+        assert len(body["results"]) == 1
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_bad_cli_option_exits_nonzero_with_one_line():
+    proc = subprocess.run([sys.executable, "-m", "service", "--engine", "tensorrt"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "engine" in proc.stderr

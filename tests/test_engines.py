@@ -1,0 +1,115 @@
+"""Every engine gives the transformers pipeline's numbers (1e-4) on the same fp32 checkpoint."""
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+
+from service.config import Settings
+from service.engines import EngineError, create_engine
+from service.loader import load_model
+from service.onnx_export import export_onnx, inspect_onnx
+from service.sources import resolve_model
+
+TEXTS = [
+    "The striker scored twice in the last ten minutes and the home side won the cup.",
+    "Shares of the chipmaker fell 8% after it cut its revenue forecast for the third quarter. " * 4,  # truncated
+    "ok",
+    "Scientists found water ice in a crater near the moon's south pole, NASA said on Tuesday.",
+]
+LABELS = ["sports", "business", "science and technology", "world politics"]
+TEMPLATE = "This news story is about {}."
+
+
+def pipeline_scores(model_dir, texts, labels, multi_label):
+    from transformers import pipeline
+
+    pipe = pipeline("zero-shot-classification", model=str(model_dir), device="cpu")
+    out = pipe(texts, candidate_labels=labels, hypothesis_template=TEMPLATE, multi_label=multi_label)
+    return [dict(zip(r["labels"], r["scores"])) for r in out]
+
+
+@pytest.fixture(scope="module", params=["tiny", "minilm"])
+def model_dir(request):
+    return request.getfixturevalue({"tiny": "tiny_model_dir", "minilm": "minilm_random_head_dir"}[request.param])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime", "deepsparse"])
+def test_scores_match_the_transformers_pipeline(model_dir, engine, cache_dir):
+    loaded = load_model(Settings(model=str(model_dir), engine=engine, batch_size=3, cache_dir=cache_dir))
+    assert loaded.engine.name == engine
+    for multi_label in (False, True):
+        expected = pipeline_scores(model_dir, TEXTS, LABELS, multi_label)
+        results = loaded.classifier(TEXTS, LABELS, hypothesis_template=TEMPLATE, multi_label=multi_label)
+        for text, want, got in zip(TEXTS, expected, results):
+            assert got.text == text
+            assert got.scores == sorted(got.scores, reverse=True)
+            np.testing.assert_allclose(got.scores, [want[label] for label in got.labels], atol=1e-4, rtol=0)
+            if not multi_label:
+                assert abs(sum(got.scores) - 1) < 1e-6
+    loaded.close()
+
+
+@pytest.mark.slow
+def test_premise_only_truncation_keeps_the_hypothesis(tiny_model_dir, cache_dir):
+    loaded = load_model(Settings(model=str(tiny_model_dir), engine="onnxruntime", cache_dir=cache_dir))
+    assert loaded.classifier.max_length == 48
+    long_text = "word " * 500  # ten times the model's 48 tokens
+    scores = loaded.classifier.scores([long_text], LABELS, hypothesis_template=TEMPLATE, multi_label=False)
+    # were the hypothesis cut, every label would see the same tokens and get the same score
+    assert len(set(np.round(scores[0], 6))) == len(LABELS)
+    expected = pipeline_scores(tiny_model_dir, [long_text], LABELS, multi_label=False)[0]
+    np.testing.assert_allclose(scores[0], [expected[label] for label in LABELS], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_missing_deepsparse_falls_back_to_onnxruntime_with_one_warning(tiny_model_dir, cache_dir, monkeypatch, caplog):
+    # A machine without the deepsparse extra: the import must fail. sys.modules[name] = None makes
+    # `import deepsparse` raise ImportError exactly as when the package is not installed.
+    monkeypatch.setitem(sys.modules, "deepsparse", None)
+    source = resolve_model(str(tiny_model_dir))
+    with caplog.at_level(logging.WARNING, logger="service.engines"):
+        engine = create_engine("deepsparse", source, cache_dir=cache_dir, batch_size=4, max_length=48)
+    assert engine.name == "onnxruntime"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "falling back to ONNX Runtime" in warnings[0].getMessage()
+
+
+@pytest.mark.slow
+def test_deepsparse_compile_failure_falls_back(tiny_model_dir, cache_dir, tmp_path, caplog):
+    # A graph DeepSparse cannot compile: an ONNX file that is not a model.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (broken / name).write_bytes((tiny_model_dir / name).read_bytes())
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    source = resolve_model(str(broken))
+    with caplog.at_level(logging.WARNING, logger="service.engines"), pytest.raises(EngineError):
+        create_engine("deepsparse", source, cache_dir=cache_dir, batch_size=4, max_length=48)
+    assert any("falling back to ONNX Runtime" in r.getMessage() for r in caplog.records)
+
+
+def test_unknown_engine_is_refused(tiny_model_dir, cache_dir):
+    with pytest.raises(EngineError, match="unknown engine"):
+        create_engine("tensorrt", resolve_model(str(tiny_model_dir)), cache_dir=cache_dir, batch_size=4, max_length=48)
+
+
+@pytest.mark.slow
+def test_onnx_inspection_measures_sparsity(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        for layer in linears:
+            layer.weight[:, : layer.weight.shape[1] // 2] = 0  # half of every Linear weight
+    model.save_pretrained(tmp_path / "half")
+    facts = inspect_onnx(export_onnx(tmp_path / "half", tmp_path / "half.onnx"))
+    total = sum(m.weight.numel() for m in linears)
+    zeros = sum(int((m.weight == 0).sum()) for m in linears)
+    assert facts["quantization"] == "none"
+    assert facts["weight_params"] == total
+    assert facts["sparsity"] == pytest.approx(zeros / total, abs=1e-4)

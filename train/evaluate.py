@@ -1,0 +1,151 @@
+"""Zero-shot evaluation of an NLI model on labelled classification sets, through the service's code.
+
+The texts go through :func:`service.loader.load_model` and the same
+:class:`~service.zeroshot.ZeroShotClassifier` the service runs, so the numbers are the served
+numbers. Default suite: the full AG News test split (text = title + description) and the emotion
+test split, each with several hypothesis templates and label verbalizations.
+
+Example::
+
+    python -m train.evaluate --model default --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from tqdm.auto import tqdm
+
+logger = logging.getLogger("train.evaluate")
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+
+
+@dataclass(frozen=True)
+class ZeroShotTask:
+    """One zero-shot evaluation: a labelled JSONL file, a template, and the label verbalizations.
+
+    ``verbalizer`` maps each gold label of the file to the candidate label text sent to the model
+    (identity for the file's own label names).
+    """
+
+    dataset: str
+    path: Path
+    template: str
+    verbalizer: dict[str, str]
+    text_fields: tuple[str, ...] = ("text",)
+    multi_label: bool = False
+    tags: dict = field(default_factory=dict)
+
+
+AG_NEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
+AG_NEWS_DESCRIPTIVE = {"World": "world news", "Sports": "sports", "Business": "business", "Sci/Tech": "science and technology"}
+EMOTION_LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
+
+
+def default_zero_shot_suite(data_dir: Path) -> list[ZeroShotTask]:
+    """AG News test (3 settings) and emotion test (3 templates); files missing from ``data_dir`` are skipped."""
+    ag = Path(data_dir) / "classification" / "ag_news" / "test.jsonl"
+    emotion = Path(data_dir) / "classification" / "emotion" / "test.jsonl"
+    identity_ag = {label: label for label in AG_NEWS_LABELS}
+    identity_emotion = {label: label for label in EMOTION_LABELS}
+    tasks = [
+        ZeroShotTask("ag_news", ag, "This text is about {}.", identity_ag, ("title", "description")),
+        ZeroShotTask("ag_news", ag, "This news article is about {}.", identity_ag, ("title", "description")),
+        ZeroShotTask("ag_news", ag, "This news article is about {}.", AG_NEWS_DESCRIPTIVE, ("title", "description")),
+        ZeroShotTask("emotion", emotion, "This text is about {}.", identity_emotion),
+        ZeroShotTask("emotion", emotion, "This person feels {}.", identity_emotion),
+        ZeroShotTask("emotion", emotion, "The emotion of this text is {}.", identity_emotion),
+    ]
+    present = [t for t in tasks if t.path.is_file()]
+    for task in tasks:
+        if not task.path.is_file():
+            logger.warning("zero-shot eval file %s missing, skipped", task.path)
+    return present
+
+
+def read_labelled(path: Path, text_fields: tuple[str, ...], limit: int | None = None) -> tuple[list[str], list[str]]:
+    """Texts (fields joined by a space) and gold labels from a JSONL file."""
+    texts, labels = [], []
+    with Path(path).open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            texts.append(" ".join(row[f].strip() for f in text_fields if row.get(f)))
+            labels.append(row["label"])
+            if limit is not None and len(texts) >= limit:
+                break
+    return texts, labels
+
+
+def evaluate_task(classifier, task: ZeroShotTask, *, limit: int | None = None, chunk: int = 256) -> dict:
+    """Accuracy, macro-F1 and throughput of one task (scores from ``classifier.scores``)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    texts, gold = read_labelled(task.path, task.text_fields, limit)
+    gold_names = list(task.verbalizer)
+    candidates = [task.verbalizer[g] for g in gold_names]
+    predictions = []
+    started = time.perf_counter()
+    for start in tqdm(range(0, len(texts), chunk), desc=f"{task.dataset} {task.template!r}", unit="chunk", leave=False):
+        scores = classifier.scores(texts[start:start + chunk], candidates, hypothesis_template=task.template,
+                                   multi_label=task.multi_label)
+        predictions.extend(gold_names[i] for i in scores.argmax(axis=1))
+    seconds = time.perf_counter() - started
+    result = {
+        "dataset": task.dataset, "template": task.template, "labels": candidates, "n": len(texts),
+        "accuracy": float(accuracy_score(gold, predictions)),
+        "macro_f1": float(f1_score(gold, predictions, labels=gold_names, average="macro")),
+        "texts_per_s": round(len(texts) / seconds, 2),
+        "pairs_per_s": round(len(texts) * len(candidates) / seconds, 2),
+        "prediction_counts": {g: int(np.sum(np.array(predictions) == g)) for g in gold_names},
+    }
+    logger.info("%s %r %s: accuracy %.4f macro-F1 %.4f (%d texts, %.1f texts/s)", task.dataset, task.template,
+                candidates, result["accuracy"], result["macro_f1"], len(texts), result["texts_per_s"])
+    return result
+
+
+def run_zero_shot_suite(model: str | Path, tasks: list[ZeroShotTask], *, engine: str = "onnxruntime",
+                        limit: int | None = None, batch_size: int = 64, cache_dir: Path | None = None) -> list[dict]:
+    """Load ``model`` with the service's loader and evaluate every task; one result dict per task."""
+    from service.config import Settings
+    from service.loader import load_model
+
+    options = {"cache_dir": cache_dir} if cache_dir is not None else {}
+    loaded = load_model(Settings(model=str(model), engine=engine, batch_size=batch_size, **options))
+    try:
+        return [{**evaluate_task(loaded.classifier, task, limit=limit), "engine": loaded.engine.name} for task in tasks]
+    finally:
+        loaded.close()
+
+
+@app.command()
+def main(
+    model: Annotated[str, typer.Option(help="default, a model directory or a hub id.")] = "default",
+    data_dir: Annotated[Path, typer.Option(help="The shared data folder (holds classification/).")] = Path("../shared/data"),
+    engine: Annotated[str, typer.Option(help="auto, deepsparse, onnxruntime or torch.")] = "onnxruntime",
+    limit: Annotated[Optional[int], typer.Option(help="First N texts of each dataset (default: all).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    """Zero-shot accuracy and macro-F1 of a model on AG News and emotion (several templates each)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tasks = default_zero_shot_suite(data_dir)
+    if not tasks:
+        typer.echo(f"error: no evaluation files under {data_dir}/classification", err=True)
+        raise typer.Exit(1)
+    results = run_zero_shot_suite(model, tasks, engine=engine, limit=limit)
+    typer.echo("| dataset | template | labels | n | accuracy | macro-F1 | texts/s |\n|---|---|---|---|---|---|---|")
+    for r in results:
+        typer.echo(f"| {r['dataset']} | `{r['template']}` | {', '.join(r['labels'])} | {r['n']} | "
+                   f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['texts_per_s']} |")
+    if output:
+        output.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    app()
