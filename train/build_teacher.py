@@ -241,7 +241,7 @@ def train(model, tokenizer, pairs: list[NLIPair], work_dir: Path, *, device: tor
 def write_model_card(output_dir: Path, info: dict) -> None:
     """README.md for the model directory; every number comes from ``info`` (the run's metrics.json)."""
     lines = [
-        "---", "license: apache-2.0", "pipeline_tag: zero-shot-classification", "language: en", "---", "",
+        "---", "license: other", "pipeline_tag: zero-shot-classification", "language: en", "---", "",
         f"# {info['name']}", "",
         "An NLI cross-encoder (premise, hypothesis -> contradiction / neutral / entailment) built by "
         "`train/build_teacher.py` of this project, for zero-shot classification with Hugging Face's "
@@ -249,6 +249,8 @@ def write_model_card(output_dir: Path, info: dict) -> None:
         f"- Base model: `{info['base_model']}`",
         f"- Head: `{json.dumps(info['id2label'])}`",
         f"- Weights stored as {info['weights_dtype']} (upcast to float32 when loaded).",
+        "- Licence: the base encoder is Apache-2.0; the training data's terms are listed below (several are "
+        "CC BY-SA, one C-UDA 1.0): check their share-alike and attribution terms for your use.",
         f"- Training: {info['train']['pairs_seen']:,} pairs seen in {info['train']['step']:,} steps, "
         f"{info['train']['seconds'] / 60:.1f} min on {info['device']}"
         + (" (stopped by the time budget)" if info['train'].get('stopped_by_budget') else "") + ".", "",
