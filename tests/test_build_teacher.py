@@ -6,9 +6,18 @@ import math
 import pytest
 import torch
 
-from train.build_teacher import length_grouped_batches, partial_label_loss, predict_nli, train
-from train.nli_data import (ALLOWED_CLASSES, DEFAULT_MIX, MixEntry, NLIPair, decontaminate, load_mix, mix_summary,
-                            read_pairs)
+from train.build_teacher import length_grouped_batches, partial_label_loss, train
+from train.evaluate import predict_nli
+from train.nli_data import (
+    ALLOWED_CLASSES,
+    DEFAULT_MIX,
+    MixEntry,
+    NLIPair,
+    decontaminate,
+    load_mix,
+    mix_summary,
+    read_pairs,
+)
 
 
 def test_partial_label_loss_is_cross_entropy_or_the_marginal():

@@ -5,8 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from service.zeroshot import (TemplateError, contradiction_index, entailment_index, fill_template,
-                              scores_from_logits, validate_template)
+from service.zeroshot import (
+    TemplateError,
+    contradiction_index,
+    entailment_index,
+    fill_template,
+    scores_from_logits,
+    validate_template,
+)
 
 
 def test_fill_template_substitutes_plainly():

@@ -20,9 +20,9 @@ import logging
 import math
 import os
 import platform
-import sys
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 from service.sources import PACKAGED_MINILM, default_cache_dir, resolve_model
-from train.nli_data import (ALLOWED_CLASSES, DEFAULT_MIX, EVAL_FILES, NLI_CLASSES, NLIPair, decontaminate,
-                            load_mix, mix_summary, read_pairs)
+from train.evaluate import evaluate_nli
+from train.nli_data import ALLOWED_CLASSES, DEFAULT_MIX, NLI_CLASSES, NLIPair, decontaminate, load_mix, mix_summary
 from train.recast import read_topics, recast_topics
 
 logger = logging.getLogger("train.build_teacher")
@@ -123,45 +123,6 @@ def _decontaminated(pairs: list[NLIPair], nli_eval_dir: Path) -> list[NLIPair]:
 def read_pairs_with_source(path: Path) -> list[NLIPair]:
     with path.open(encoding="utf-8") as fh:
         return [NLIPair(**json.loads(line)) for line in fh]
-
-
-@torch.inference_mode()
-def predict_nli(model, tokenizer, pairs: list[NLIPair], *, device: torch.device, batch_size: int = 64,
-                max_length: int = 256, desc: str = "eval") -> np.ndarray:
-    """Predicted class ids, shape ``(len(pairs),)``, in :data:`NLI_CLASSES` order."""
-    model.eval()
-    order = np.argsort([len(p.premise) + len(p.hypothesis) for p in pairs])
-    preds = np.zeros(len(pairs), dtype=np.int64)
-    for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", leave=False):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([pairs[i].premise for i in idx], [pairs[i].hypothesis for i in idx], padding=True,
-                        truncation="only_first", max_length=max_length, return_tensors="pt").to(device)
-        preds[idx] = model(**enc).logits.argmax(-1).cpu().numpy()
-    return preds
-
-
-def evaluate_nli(model, tokenizer, eval_dir: Path, *, device: torch.device, limit: int | None = None) -> dict:
-    """Accuracy and per-class F1 on each file of :data:`EVAL_FILES` present in ``eval_dir``.
-
-    2-class gold labels (none in the default eval files) would count a prediction as correct when
-    it is among the allowed classes.
-    """
-    from sklearn.metrics import accuracy_score, f1_score
-
-    results = {}
-    for name, file in EVAL_FILES.items():
-        path = Path(eval_dir) / file
-        if not path.is_file():
-            logger.warning("eval file %s missing, skipped", path)
-            continue
-        pairs = read_pairs(path)[:limit]
-        gold = np.array([NLI_CLASSES.index(p.label) for p in pairs])
-        pred = predict_nli(model, tokenizer, pairs, device=device, desc=f"eval {name}")
-        f1 = f1_score(gold, pred, labels=[0, 1, 2], average=None)
-        results[name] = {"n": len(pairs), "accuracy": float(accuracy_score(gold, pred)),
-                         "f1": {c: float(f1[i]) for i, c in enumerate(NLI_CLASSES)}}
-        logger.info("%s: accuracy %.4f (n=%d)", name, results[name]["accuracy"], len(pairs))
-    return results
 
 
 def train(model, tokenizer, pairs: list[NLIPair], work_dir: Path, *, device: torch.device, epochs: float,

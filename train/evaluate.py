@@ -17,11 +17,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import numpy as np
 import typer
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import torch
+
+from train.nli_data import EVAL_FILES, NLI_CLASSES, NLIPair, read_pairs
 
 logger = logging.getLogger("train.evaluate")
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
@@ -110,6 +115,47 @@ def evaluate_task(classifier, task: ZeroShotTask, *, limit: int | None = None, c
     return result
 
 
+def predict_nli(model, tokenizer, pairs: list[NLIPair], *, device: torch.device, batch_size: int = 64,
+                max_length: int = 256, desc: str = "eval") -> np.ndarray:
+    """Predicted class ids of a torch sequence classifier, shape ``(len(pairs),)``, in :data:`NLI_CLASSES` order."""
+    import torch
+
+    model.eval()
+    order = np.argsort([len(p.premise) + len(p.hypothesis) for p in pairs])
+    preds = np.zeros(len(pairs), dtype=np.int64)
+    for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", leave=False):
+        idx = order[start:start + batch_size]
+        with torch.inference_mode():
+            enc = tokenizer([pairs[i].premise for i in idx], [pairs[i].hypothesis for i in idx], padding=True,
+                            truncation="only_first", max_length=max_length, return_tensors="pt").to(device)
+            preds[idx] = model(**enc).logits.argmax(-1).cpu().numpy()
+    return preds
+
+
+def evaluate_nli(model, tokenizer, eval_dir: Path, *, device: torch.device, limit: int | None = None) -> dict:
+    """Accuracy and per-class F1 on each (3-class) file of :data:`EVAL_FILES` present in ``eval_dir``.
+
+    Returns:
+        ``{name: {"n", "accuracy", "f1": {class: f1}}}``.
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    results = {}
+    for name, file in EVAL_FILES.items():
+        path = Path(eval_dir) / file
+        if not path.is_file():
+            logger.warning("eval file %s missing, skipped", path)
+            continue
+        pairs = read_pairs(path)[:limit]
+        gold = np.array([NLI_CLASSES.index(p.label) for p in pairs])
+        pred = predict_nli(model, tokenizer, pairs, device=device, desc=f"eval {name}")
+        f1 = f1_score(gold, pred, labels=[0, 1, 2], average=None)
+        results[name] = {"n": len(pairs), "accuracy": float(accuracy_score(gold, pred)),
+                         "f1": {c: float(f1[i]) for i, c in enumerate(NLI_CLASSES)}}
+        logger.info("%s: accuracy %.4f (n=%d)", name, results[name]["accuracy"], len(pairs))
+    return results
+
+
 def run_zero_shot_suite(model: str | Path, tasks: list[ZeroShotTask], *, engine: str = "onnxruntime",
                         limit: int | None = None, batch_size: int = 64, cache_dir: Path | None = None) -> list[dict]:
     """Load ``model`` with the service's loader and evaluate every task; one result dict per task."""
@@ -131,9 +177,23 @@ def main(
     engine: Annotated[str, typer.Option(help="auto, deepsparse, onnxruntime or torch.")] = "onnxruntime",
     limit: Annotated[Optional[int], typer.Option(help="First N texts of each dataset (default: all).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here.")] = None,
+    nli: Annotated[bool, typer.Option(help="Also evaluate NLI accuracy on MNLI-m / SNLI test / XNLI-en dev (torch).")] = False,
 ) -> None:
     """Zero-shot accuracy and macro-F1 of a model on AG News and emotion (several templates each)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if nli:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from service.sources import resolve_model
+
+        path = resolve_model(model).path
+        classifier = AutoModelForSequenceClassification.from_pretrained(path, torch_dtype=torch.float32)
+        nli_results = evaluate_nli(classifier, AutoTokenizer.from_pretrained(path), data_dir / "nli" / "eval",
+                                   device=torch.device("cpu"))
+        typer.echo("| set | n | accuracy |\n|---|---|---|")
+        for name, r in nli_results.items():
+            typer.echo(f"| {name} | {r['n']} | {r['accuracy']:.4f} |")
     tasks = default_zero_shot_suite(data_dir)
     if not tasks:
         typer.echo(f"error: no evaluation files under {data_dir}/classification", err=True)
