@@ -18,6 +18,7 @@ from service import __doc__ as service_doc
 from service.config import Settings
 from service.loader import LoadedModel, load_model
 from service.schemas import ZeroShotItem, ZeroShotRequest, ZeroShotResponse
+from service.zeroshot import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             model=model.source.model_id, engine=model.engine.name, hypothesis_template=template,
             multi_label=request.multi_label or len(request.labels) == 1)
 
-    @app.exception_handler(ValueError)
-    async def value_error(_: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": [{"type": "input_error", "loc": ["body"], "msg": str(exc)}]}, status_code=422)
 
     return app
 

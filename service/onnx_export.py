@@ -8,6 +8,7 @@ content fingerprint and is rebuilt on demand, never committed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -94,6 +95,17 @@ _MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "DequantizeLi
 
 
 def inspect_onnx(onnx_path: Path) -> dict:
+    """Cached :func:`_inspect_onnx` (keyed by path, size and modification time)."""
+    stat = Path(onnx_path).stat()
+    return dict(_inspect_cached(str(onnx_path), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=16)
+def _inspect_cached(path: str, size: int, mtime_ns: int) -> tuple:
+    return tuple(_inspect_onnx(Path(path)).items())
+
+
+def _inspect_onnx(onnx_path: Path) -> dict:
     """Sparsity and quantization of a graph, measured from its initializers and nodes.
 
     Returns:

@@ -30,7 +30,11 @@ logger = logging.getLogger(__name__)
 PLACEHOLDER = "{}"
 
 
-class TemplateError(ValueError):
+class InputError(ValueError):
+    """Input the model cannot take as given (the service answers 422 with the message)."""
+
+
+class TemplateError(InputError):
     """A hypothesis template without exactly one ``{}`` placeholder."""
 
 
@@ -147,11 +151,20 @@ class ZeroShotClassifier:
 
         Raises:
             ValueError: ``premises`` and ``hypotheses`` differ in length.
+            InputError: a hypothesis alone does not fit in ``max_length`` tokens.
         """
         if len(premises) != len(hypotheses):
             raise ValueError(f"{len(premises)} premises but {len(hypotheses)} hypotheses")
-        encoded = self.tokenizer(premises, hypotheses, truncation="only_first", max_length=self.max_length,
-                                 padding=False, return_attention_mask=False, return_token_type_ids=True)
+        try:
+            encoded = self.tokenizer(premises, hypotheses, truncation="only_first", max_length=self.max_length,
+                                     padding=False, return_attention_mask=False, return_token_type_ids=True)
+        except Exception as exc:  # the Rust tokenizer raises a bare Exception
+            if "Truncation error" not in str(exc):
+                raise
+            longest = max(hypotheses, key=lambda h: len(self.tokenizer.tokenize(h)))
+            raise InputError(
+                f"the hypothesis {longest!r} leaves no room for the text within the model's max length of "
+                f"{self.max_length} tokens: shorten the label or the template") from None
         ids, types = encoded["input_ids"], encoded.get("token_type_ids")
         order = np.argsort([len(x) for x in ids], kind="stable")
         out: np.ndarray | None = None

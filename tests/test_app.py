@@ -93,6 +93,7 @@ def test_template_braces_are_never_formatted(server):
     ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "{} or {}"}, "exactly one '{}'"),
     ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "{0.__class__}"}, "exactly one '{}'"),
     ({"texts": ["a"], "labels": LABELS, "temperature": 2}, "Extra inputs are not permitted"),
+    ({"texts": ["a"], "labels": ["a " * 99]}, "shorten the label or the template"),  # > the tiny model's 48 tokens
     ({"texts": "a single string", "labels": LABELS}, "valid list"),
 ])
 def test_bad_input_is_a_422_that_says_what_to_fix(server, body, fragment):

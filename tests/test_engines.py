@@ -96,17 +96,36 @@ def test_unknown_engine_is_refused(tiny_model_dir, cache_dir):
         create_engine("tensorrt", resolve_model(str(tiny_model_dir)), cache_dir=cache_dir, batch_size=4, max_length=48)
 
 
-@pytest.mark.slow
-def test_onnx_inspection_measures_sparsity(tiny_model_dir, tmp_path):
+def half_sparse_copy(tiny_model_dir, target):
+    """The tiny model with the first half of every Linear weight's columns set to zero."""
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
     with torch.no_grad():
-        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        for layer in linears:
-            layer.weight[:, : layer.weight.shape[1] // 2] = 0  # half of every Linear weight
-    model.save_pretrained(tmp_path / "half")
+        for layer in (m for m in model.modules() if isinstance(m, torch.nn.Linear)):
+            layer.weight[:, : layer.weight.shape[1] // 2] = 0
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(target)
+    return model
+
+
+@pytest.mark.slow
+def test_auto_prefers_deepsparse_only_for_sparse_graphs(tiny_model_dir, cache_dir, tmp_path):
+    dense = create_engine("auto", resolve_model(str(tiny_model_dir)), cache_dir=cache_dir, batch_size=4, max_length=48)
+    assert dense.name == "onnxruntime"
+    half_sparse_copy(tiny_model_dir, tmp_path / "half")
+    sparse = create_engine("auto", resolve_model(str(tmp_path / "half")), cache_dir=cache_dir, batch_size=4,
+                           max_length=48)
+    assert sparse.name == "deepsparse"
+
+
+@pytest.mark.slow
+def test_onnx_inspection_measures_sparsity(tiny_model_dir, tmp_path):
+    import torch
+
+    model = half_sparse_copy(tiny_model_dir, tmp_path / "half")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     facts = inspect_onnx(export_onnx(tmp_path / "half", tmp_path / "half.onnx"))
     total = sum(m.weight.numel() for m in linears)
     zeros = sum(int((m.weight == 0).sum()) for m in linears)

@@ -1,8 +1,8 @@
 """Engines behind one interface (:class:`~service.engines.base.Engine`), and how one is chosen.
 
-``auto`` prefers DeepSparse, then ONNX Runtime, then the PyTorch reference. When DeepSparse is
-asked for (or tried by ``auto``) and is missing or fails to compile, the service falls back to ONNX
-Runtime with one logged warning.
+``auto`` tries DeepSparse first for sparse or int8 graphs and ONNX Runtime first for dense ones
+(:func:`auto_order`), then the rest. When DeepSparse is asked for (or tried by ``auto``) and is
+missing or fails to compile, the service falls back to ONNX Runtime with one logged warning.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from service.engines.base import Engine, EngineError
-from service.onnx_export import ExportError, onnx_for
+from service.onnx_export import ExportError, inspect_onnx, onnx_for
 from service.sources import ModelSource
 
 logger = logging.getLogger(__name__)
@@ -43,27 +43,55 @@ def _build(kind: str, source: ModelSource, *, cache_dir: Path, batch_size: int, 
         work_dir = Path(cache_dir) / "deepsparse" / (source.fingerprint() if source.has_torch_weights else onnx_path.parent.name)
         return DeepSparseEngine(onnx_path, work_dir=work_dir, batch_size=batch_size, max_length=max_length,
                                 num_threads=num_threads)
-    raise EngineError(f"unknown engine {kind!r}; choose one of auto, {', '.join(ENGINES)}")
+    raise AssertionError(kind)
+
+
+_DISPLAY = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "torch": "the torch engine"}
+
+
+def auto_order(source: ModelSource, cache_dir: Path) -> tuple[str, ...]:
+    """Engines to try for ``auto``: DeepSparse first only for sparse (>= 50% zeros) or int8 graphs.
+
+    DeepSparse's speed comes from sparsity and quantization; on a dense float32 graph it has
+    nothing to exploit. Measured on this project's 2-core AVX2 machine (no VNNI) with the dense
+    default teacher, 512 AG News texts x 4 labels: DeepSparse 46-47 pairs/s (static-shape buckets,
+    compilation included) against ONNX Runtime's 85-91.
+    """
+    try:
+        facts = inspect_onnx(onnx_for(source, cache_dir))
+    except Exception:  # no graph to inspect: the engines will say why when built
+        return ENGINES
+    if facts["sparsity"] >= 0.5 or facts["quantization"] != "none":
+        return ENGINES
+    return ("onnxruntime", "deepsparse", "torch")
 
 
 def create_engine(kind: str, source: ModelSource, *, cache_dir: Path, batch_size: int, max_length: int,
                   num_threads: int | None = None) -> Engine:
     """Build the engine ``kind`` (``auto`` or one of :data:`ENGINES`) for a resolved model.
 
+    ``deepsparse`` falls back to ONNX Runtime; ``auto`` tries :func:`auto_order`'s engines in
+    turn. Each fallback logs one warning with the reason.
+
     Raises:
-        EngineError: the engine (and, for deepsparse/auto, every fallback) could not be built.
+        EngineError: the engine (and every fallback) could not be built.
     """
+    if kind == "deepsparse":
+        order: tuple[str, ...] = ("deepsparse", "onnxruntime")
+    elif kind == "auto":
+        order = auto_order(source, cache_dir)
+    elif kind in ENGINES:
+        order = (kind,)
+    else:
+        raise EngineError(f"unknown engine {kind!r}; choose one of auto, {', '.join(ENGINES)}")
     options = dict(cache_dir=cache_dir, batch_size=batch_size, max_length=max_length, num_threads=num_threads)
-    if kind in ("auto", "deepsparse"):
+    errors = []
+    for position, name in enumerate(order):
         try:
-            return _build("deepsparse", source, **options)
+            return _build(name, source, **options)
         except EngineError as exc:
-            logger.warning("DeepSparse unavailable (%s); falling back to ONNX Runtime", exc)
-        try:
-            return _build("onnxruntime", source, **options)
-        except EngineError:
-            if kind == "deepsparse":
-                raise
-            logger.warning("ONNX Runtime unavailable; falling back to the torch engine", exc_info=True)
-        return _build("torch", source, **options)
-    return _build(kind, source, **options)
+            errors.append(f"{name}: {exc}")
+            if position + 1 < len(order):
+                logger.warning("%s unavailable (%s); falling back to %s", _DISPLAY[name], exc,
+                               _DISPLAY[order[position + 1]])
+    raise EngineError("no engine could run the model: " + "; ".join(errors))
