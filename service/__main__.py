@@ -16,14 +16,14 @@ cli = typer.Typer(add_completion=False, help=__doc__)
 
 @cli.command()
 def main(
-    host: Annotated[Optional[str], typer.Option(help="Interface to bind [env ZSC_HOST, default 127.0.0.1].")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port [env ZSC_PORT, default 8000].")] = None,
-    model: Annotated[Optional[str], typer.Option(help="default, a model directory, a hub id or a zoo: stub [env ZSC_MODEL].")] = None,
-    engine: Annotated[Optional[str], typer.Option(help="auto, deepsparse, onnxruntime or torch [env ZSC_ENGINE].")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per pair [env ZSC_MAX_LENGTH].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Pairs per forward pass [env ZSC_BATCH_SIZE].")] = None,
-    num_threads: Annotated[Optional[int], typer.Option(help="Threads/cores for the engine [env ZSC_NUM_THREADS].")] = None,
-    log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning [env ZSC_LOG_LEVEL].")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Interface to bind (env ZSC_HOST; default 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (env ZSC_PORT; default 8000).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="default, a model directory, a hub id or a zoo: stub (env ZSC_MODEL).")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="auto, deepsparse, onnxruntime or torch (env ZSC_ENGINE).")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per pair (env ZSC_MAX_LENGTH).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Pairs per forward pass (env ZSC_BATCH_SIZE).")] = None,
+    num_threads: Annotated[Optional[int], typer.Option(help="Threads/cores for the engine (env ZSC_NUM_THREADS).")] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning (env ZSC_LOG_LEVEL).")] = None,
 ) -> None:
     """Start the HTTP server; the model loads in the background (watch GET /ready)."""
     overrides = {k: v for k, v in dict(host=host, port=port, model=model, engine=engine, max_length=max_length,

@@ -108,3 +108,14 @@ def test_training_improves_and_resumes_from_its_checkpoint(tiny_model_dir, data_
 def test_mix_entries_name_their_licence():
     assert all(isinstance(e, MixEntry) and e.licence for e in DEFAULT_MIX)
     assert NLIPair("p", "h", "entailment", "s").label == "entailment"
+
+
+def test_cli_refuses_a_missing_data_dir_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "train.build_teacher", "--data-dir", str(tmp_path / "nowhere"),
+                           "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--data-dir" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -244,6 +244,12 @@ def write_model_card(output_dir: Path, info: dict) -> None:
     (output_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
+def fail(message: str) -> None:
+    """One line on stderr and exit code 2 (bad command-line input)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
 @app.command()
 def main(
     output_dir: Annotated[Path, typer.Option(help="Where to write the Hugging Face model directory.")] = Path("runs/teacher"),
@@ -270,10 +276,10 @@ def main(
     """Train, evaluate and write the NLI teacher (resumable: run the same command again to continue)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if weights_dtype not in ("float32", "float16"):
-        raise typer.BadParameter("must be float32 or float16", param_hint="--weights-dtype")
+        fail("--weights-dtype must be float32 or float16")
     nli_train, nli_eval = data_dir / "nli" / "train", data_dir / "nli" / "eval"
     if not nli_train.is_dir():
-        raise typer.BadParameter(f"{nli_train} not found: point --data-dir at the shared data folder", param_hint="--data-dir")
+        fail(f"--data-dir: {nli_train} not found; point --data-dir at the shared data folder (holds nli/)")
     torch.manual_seed(seed)
     dev = pick_device(device)
     if dev.type == "cpu":
