@@ -178,6 +178,8 @@ def main(
     limit: Annotated[Optional[int], typer.Option(help="First N texts of each dataset (default: all).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here.")] = None,
     nli: Annotated[bool, typer.Option(help="Also evaluate NLI accuracy on MNLI-m / SNLI test / XNLI-en dev (torch).")] = False,
+    dataset: Annotated[Optional[list[str]], typer.Option(help="Only these datasets (ag_news, emotion); repeatable.")] = None,
+    template: Annotated[Optional[str], typer.Option(help="Only tasks with this hypothesis template.")] = None,
 ) -> None:
     """Zero-shot accuracy and macro-F1 of a model on AG News and emotion (several templates each)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -194,9 +196,10 @@ def main(
         typer.echo("| set | n | accuracy |\n|---|---|---|")
         for name, r in nli_results.items():
             typer.echo(f"| {name} | {r['n']} | {r['accuracy']:.4f} |")
-    tasks = default_zero_shot_suite(data_dir)
+    tasks = [t for t in default_zero_shot_suite(data_dir)
+             if (not dataset or t.dataset in dataset) and (template is None or t.template == template)]
     if not tasks:
-        typer.echo(f"error: no evaluation files under {data_dir}/classification", err=True)
+        typer.echo(f"error: no evaluation task matches under {data_dir}/classification", err=True)
         raise typer.Exit(1)
     results = run_zero_shot_suite(model, tasks, engine=engine, limit=limit)
     typer.echo("| dataset | template | labels | n | accuracy | macro-F1 | texts/s |\n|---|---|---|---|---|---|---|")
