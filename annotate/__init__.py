@@ -1,1 +1,2 @@
-"""Pre-annotation with Argilla: push zero-shot suggestions, export curated records (coming with the Argilla issue)."""
+"""Pre-annotation with Argilla: push zero-shot suggestions (``python -m annotate push``), export curated records
+(``python -m annotate export``)."""

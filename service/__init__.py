@@ -1,1 +1,1 @@
-"""Zero-shot pre-annotation service: NLI cross-encoder scoring behind a FastAPI app."""
+"""Zero-shot pre-annotation service: NLI cross-encoder and sentence-embedding scoring behind a FastAPI app."""

@@ -18,7 +18,16 @@ cli = typer.Typer(add_completion=False, help=__doc__)
 def main(
     host: Annotated[Optional[str], typer.Option(help="Interface to bind (env ZSC_HOST; default 127.0.0.1).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (env ZSC_PORT; default 8000).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="default, a model directory, a hub id or a zoo: stub (env ZSC_MODEL).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="NLI model: default, a model directory, a hub id, a zoo: stub, "
+                                                 "or none (env ZSC_MODEL).")] = None,
+    embedding_model: Annotated[Optional[str], typer.Option(help="Sentence encoder of the embedding method: default "
+                                                           "(packaged all-MiniLM-L6-v2), a directory, a hub id, or "
+                                                           "none (env ZSC_EMBEDDING_MODEL).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Method when a request names none: auto (embedding "
+                                                  "for single-label, nli for multi-label), nli, embedding or "
+                                                  "ensemble (env ZSC_METHOD).")] = None,
+    calibrate: Annotated[Optional[bool], typer.Option(help="Apply the fitted temperatures stored with the models "
+                                                      "(env ZSC_CALIBRATE; default on).")] = None,
     engine: Annotated[Optional[str], typer.Option(help="auto, deepsparse, onnxruntime or torch (env ZSC_ENGINE).")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per pair (env ZSC_MAX_LENGTH).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Pairs per forward pass (env ZSC_BATCH_SIZE).")] = None,
@@ -26,14 +35,16 @@ def main(
     log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning (env ZSC_LOG_LEVEL).")] = None,
 ) -> None:
     """Start the HTTP server; the model loads in the background (watch GET /ready)."""
-    overrides = {k: v for k, v in dict(host=host, port=port, model=model, engine=engine, max_length=max_length,
+    overrides = {k: v for k, v in dict(host=host, port=port, model=model, embedding_model=embedding_model,
+                                       method=method, calibrate=calibrate, engine=engine, max_length=max_length,
                                        batch_size=batch_size, num_threads=num_threads, log_level=log_level).items()
                  if v is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
-        typer.echo(f"error: --{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}", err=True)
+        where = f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: " if err["loc"] else ""
+        typer.echo(f"error: {where}{err['msg']}", err=True)
         raise typer.Exit(2) from None
     import uvicorn
 

@@ -1,7 +1,7 @@
 """The FastAPI application: ``uvicorn service.app:app`` or ``python -m service``.
 
-Lifecycle (as in LitServe's setup/predict split): at start-up the model loads in a background
-thread, so ``GET /health`` answers at once and ``GET /ready`` turns 200 when the model is loaded
+Lifecycle (as in LitServe's setup/predict split): at start-up the models load in a background
+thread, so ``GET /health`` answers at once and ``GET /ready`` turns 200 when they are loaded
 (503 before, or 500 with the reason if loading failed). ``POST /zero-shot`` answers 503 until then.
 """
 
@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from service import __doc__ as service_doc
 from service.config import Settings
-from service.loader import LoadedModel, load_model
+from service.loader import ServedMethods, load_methods
 from service.schemas import ZeroShotItem, ZeroShotRequest, ZeroShotResponse
 from service.zeroshot import InputError
 
@@ -24,10 +24,10 @@ logger = logging.getLogger(__name__)
 
 
 class ModelSlot:
-    """Holds the model once the background load finishes, or the error that stopped it."""
+    """Holds the served methods once the background load finishes, or the error that stopped it."""
 
     def __init__(self) -> None:
-        self.model: LoadedModel | None = None
+        self.model: ServedMethods | None = None
         self.error: str | None = None
         self.lock = threading.Lock()  # one inference at a time: engines use every core already
         self._thread: threading.Thread | None = None
@@ -38,7 +38,7 @@ class ModelSlot:
 
     def _load(self, settings: Settings) -> None:
         try:
-            self.model = load_model(settings)
+            self.model = load_methods(settings)
         except Exception as exc:  # reported by /ready; the process stays up to say why
             logger.exception("model failed to load")
             self.error = f"{type(exc).__name__}: {exc}"
@@ -49,15 +49,18 @@ class ModelSlot:
         return self.model is not None
 
 
-def check_limits(request: ZeroShotRequest, settings: Settings) -> None:
+def check_limits(request: ZeroShotRequest, settings: Settings, method: str) -> None:
     """422 when a request exceeds the configured limits (same shape as pydantic's errors)."""
     problems = []
     if len(request.texts) > settings.max_texts:
         problems.append((["body", "texts"], f"{len(request.texts)} texts exceed the limit of {settings.max_texts} "
                          "per request: split them into several requests"))
-    if len(request.labels) > settings.max_labels:
+    max_labels = settings.max_labels_embedding if method == "embedding" else settings.max_labels
+    if len(request.labels) > max_labels:
+        hint = "" if method == "embedding" else f" with the {method} method (the embedding method takes up to " \
+            f"{settings.max_labels_embedding})"
         problems.append((["body", "labels"], f"{len(request.labels)} labels exceed the limit of "
-                         f"{settings.max_labels} per request"))
+                         f"{max_labels} per request{hint}"))
     too_long = [i for i, t in enumerate(request.texts) if len(t) > settings.max_text_chars]
     if too_long:
         problems.append((["body", "texts", too_long[0]], f"texts[{too_long[0]}] has {len(request.texts[too_long[0]])} "
@@ -81,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Zero-shot pre-annotation service", description=service_doc, version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.slot = settings, slot
 
-    def ready_model() -> LoadedModel:
+    def ready_model() -> ServedMethods:
         if slot.model is None:
             raise HTTPException(503, detail=slot.error or "the model is still loading; retry when GET /ready is 200")
         return slot.model
@@ -93,34 +96,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/ready")
     def ready() -> JSONResponse:
-        """Readiness: 200 once the model is loaded; 503 while loading; 500 if loading failed."""
+        """Readiness: 200 once the models are loaded; 503 while loading; 500 if loading failed."""
         if slot.model is not None:
-            return JSONResponse({"status": "ready", "model": slot.model.source.model_id, "engine": slot.model.engine.name})
+            served = slot.model
+            return JSONResponse({"status": "ready", "default_method": served.default_method,
+                                 "methods": list(served.methods),
+                                 "models": {role: m.source.model_id for role, m in served.models.items()}})
         if slot.error:
             return JSONResponse({"status": "failed", "error": slot.error}, status_code=500)
         return JSONResponse({"status": "loading"}, status_code=503)
 
     @app.get("/info")
     def info() -> dict:
-        """The loaded model: id, path, engine, max sequence length, labels, sparsity, quantization."""
-        model = ready_model()
-        return {**model.info, **model.engine.describe(), "limits": {"max_texts": settings.max_texts, "max_labels": settings.max_labels,
-                                         "max_text_chars": settings.max_text_chars},
-                "default_hypothesis_template": settings.hypothesis_template}
+        """Methods and models loaded: ids, engines, max lengths, calibration, sparsity, quantization; limits."""
+        served = ready_model()
+        limits = {"max_texts": settings.max_texts, "max_labels": settings.max_labels,
+                  "max_labels_embedding": settings.max_labels_embedding, "max_text_chars": settings.max_text_chars}
+        return {**served.info(), "limits": limits, "default_hypothesis_template": settings.hypothesis_template}
 
     @app.post("/zero-shot", response_model=ZeroShotResponse)
     def zero_shot(request: ZeroShotRequest) -> ZeroShotResponse:
         """Score every (text, label) pair; labels of each result sorted by descending score."""
-        check_limits(request, settings)
-        model = ready_model()
+        method = settings.resolve_method(request.method, request.multi_label or len(request.labels) == 1)
+        check_limits(request, settings, method)
+        served = ready_model()
+        if method not in served.methods:
+            raise HTTPException(422, detail=[{"type": "method_not_loaded", "loc": ["body", "method"],
+                                              "msg": f"method {method!r} is not loaded by this service; "
+                                                     f"choose one of {', '.join(served.methods)}"}])
         template = request.hypothesis_template or settings.hypothesis_template
         with slot.lock:
-            results = model.classifier(request.texts, request.labels, hypothesis_template=template,
-                                       multi_label=request.multi_label)
+            results = served.methods[method](request.texts, request.labels, hypothesis_template=template,
+                                             multi_label=request.multi_label)
         return ZeroShotResponse(
             results=[ZeroShotItem(text=r.text, labels=r.labels, scores=r.scores) for r in results],
-            model=model.source.model_id, engine=model.engine.name, hypothesis_template=template,
-            multi_label=request.multi_label or len(request.labels) == 1)
+            method=method, model=served.model_id(method), engine=served.engine_name(method),
+            hypothesis_template=template, multi_label=request.multi_label or len(request.labels) == 1)
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:

@@ -5,31 +5,51 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.sources import default_cache_dir
 
 EngineName = Literal["auto", "deepsparse", "onnxruntime", "torch"]
+MethodName = Literal["nli", "embedding", "ensemble"]
+#: ``auto`` picks per request (:meth:`Settings.resolve_method`).
+MethodChoice = Literal["auto", "nli", "embedding", "ensemble"]
+METHODS: tuple[str, ...] = ("nli", "embedding", "ensemble")
 DEFAULT_TEMPLATE = "This text is about {}."
+#: A model setting that loads no model of that role.
+NO_MODEL = "none"
 
 
 class Settings(BaseSettings):
     """Frozen service settings. Every field can be set as ``ZSC_<FIELD>`` (e.g. ``ZSC_ENGINE=torch``).
 
-    Limits bound one request's work: a request costs ``len(texts) * len(labels)`` forward passes.
+    Limits bound one request's work: an ``nli`` or ``ensemble`` request costs
+    ``len(texts) * len(labels)`` forward passes, an ``embedding`` one ``len(texts) + len(labels)``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="ZSC_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ZSC_", frozen=True, extra="ignore", protected_namespaces=())
 
-    model: str = Field("default", description="default (embedded teacher), a model directory, a hub id or a zoo: stub")
+    model: str = Field("default", description="NLI model: default (embedded teacher), a model directory, a hub id, "
+                       "a zoo: stub, or none")
+    embedding_model: str = Field("default", description="sentence encoder of the embedding method: default "
+                                 "(packaged all-MiniLM-L6-v2), a sentence-transformers directory, a hub id, or none")
+    method: MethodChoice = Field("auto", description="zero-shot method when a request names none; auto: embedding "
+                                 "for single-label requests, nli for multi-label ones (README, Zero-shot methods)")
     revision: str | None = Field(None, description="hub revision for hub ids")
     engine: EngineName = Field("auto", description="auto tries deepsparse, then onnxruntime, then torch")
     max_length: int | None = Field(None, ge=8, description="max tokens per (premise, hypothesis) pair; default: the tokenizer's")
+    embedding_max_length: int | None = Field(None, ge=8, description="max tokens per text for the sentence encoder; "
+                                             "default: its max_seq_length")
     batch_size: int = Field(32, ge=1, le=1024, description="pairs per forward pass")
     num_threads: int | None = Field(None, ge=1, description="intra-op threads / cores; default: all")
     max_texts: int = Field(64, ge=1, description="most texts in one request")
-    max_labels: int = Field(32, ge=1, description="most candidate labels in one request")
+    max_labels: int = Field(32, ge=1, description="most candidate labels in one nli or ensemble request")
+    max_labels_embedding: int = Field(512, ge=1, description="most candidate labels in one embedding request")
+    label_cache_size: int = Field(4096, ge=1, description="hypothesis embeddings kept by the embedding method (LRU)")
+    calibrate: bool = Field(True, description="apply the fitted temperatures stored with the models; false gives "
+                            "raw scores (NLI: exactly Hugging Face's zero-shot pipeline)")
+    calibration_dir: Path | None = Field(None, description="extra directory of calibration files "
+                                         "(python -m train.calibrate --output-dir), searched before the embedded ones")
     max_text_chars: int = Field(20_000, ge=1, description="longest accepted text, in characters")
     hypothesis_template: str = Field(DEFAULT_TEMPLATE, description="default template when a request gives none")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="derived artifacts (ONNX exports, engine copies)")
@@ -43,3 +63,35 @@ class Settings(BaseSettings):
         from service.zeroshot import validate_template
 
         return validate_template(value)
+
+    @model_validator(mode="after")
+    def _default_method_loadable(self) -> "Settings":
+        if self.method == "auto":
+            if self.model == NO_MODEL and self.embedding_model == NO_MODEL:
+                raise ValueError(f"model and embedding_model are both {NO_MODEL!r}: name at least one")
+            return self
+        needs = {"nli": ("model",), "embedding": ("embedding_model",), "ensemble": ("model", "embedding_model")}
+        off = [name for name in needs[self.method] if getattr(self, name) == NO_MODEL]
+        if off:
+            raise ValueError(f"method {self.method!r} needs {' and '.join(off)} to name a model, not {NO_MODEL!r}")
+        return self
+
+    def resolve_method(self, requested: str | None, multi_label: bool) -> str:
+        """The method that serves a request: the one it names, else ``method``; ``auto`` means ``embedding``
+        for single-label and ``nli`` for multi-label requests (each when loaded, else the other).
+
+        Why: on the project's benchmark (README, "Zero-shot methods") the embedding method is more accurate
+        and several times faster on single-label tasks, while only NLI has the entailment semantics that
+        independent per-label scores need.
+        """
+        method = requested or self.method
+        if method != "auto":
+            return method
+        loaded = self.methods()
+        preferred = ("nli", "embedding") if multi_label else ("embedding", "nli")
+        return next(m for m in preferred if m in loaded)
+
+    def methods(self) -> tuple[str, ...]:
+        """The methods these settings can serve (those whose models are not ``none``)."""
+        nli, embedding = self.model != NO_MODEL, self.embedding_model != NO_MODEL
+        return tuple(m for m, ok in (("nli", nli), ("embedding", embedding), ("ensemble", nli and embedding)) if ok)

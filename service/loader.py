@@ -1,66 +1,190 @@
-"""Loading a model for serving: resolve the source, build the engine, wrap it in the zero-shot core."""
+"""Loading models for serving: resolve the sources, build the engines, wrap them in zero-shot methods.
+
+Two model roles: the NLI cross-encoder (``settings.model``, the ``nli`` method) and the sentence
+encoder (``settings.embedding_model``, the ``embedding`` method); with both, the ``ensemble`` method
+combines them. Each method's calibration is looked up by the models' content fingerprints
+(:mod:`service.calibration`).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
-from service.config import Settings
+from service.calibration import IDENTITY, Calibration, calibration_key, find_calibration
+from service.config import NO_MODEL, Settings
+from service.embedding import EmbeddingClassifier, SentenceEncoder
 from service.engines import Engine, create_engine
-from service.sources import ModelSource, resolve_model
-from service.zeroshot import ZeroShotClassifier
+from service.ensemble import EnsembleClassifier
+from service.sources import DEFAULT_MODEL, PACKAGED_MINILM, ModelSource, resolve_model
+from service.zeroshot import ZeroShotClassifier, ZeroShotMethod
 
 logger = logging.getLogger(__name__)
+
+Role = Literal["nli", "embedding"]
+#: What ``embedding_model="default"`` means: the PyPI-packaged all-MiniLM-L6-v2.
+DEFAULT_EMBEDDING_MODEL = PACKAGED_MINILM
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to serve, with the facts ``GET /info`` reports."""
+    """A model ready to serve, with the facts ``GET /info`` reports.
 
+    ``classifier`` is the model's own method: :class:`~service.zeroshot.ZeroShotClassifier` for the
+    NLI role, :class:`~service.embedding.EmbeddingClassifier` for the embedding role.
+    """
+
+    role: Role
     source: ModelSource
     engine: Engine
-    classifier: ZeroShotClassifier
+    classifier: ZeroShotMethod
     info: dict = field(default_factory=dict)
 
     def close(self) -> None:
         self.engine.close()
 
 
-def load_model(settings: Settings) -> LoadedModel:
-    """Resolve ``settings.model``, build ``settings.engine`` (with fallbacks) and the classifier.
+def _calibration(settings: Settings, method: str, *fingerprints: str) -> tuple[Calibration, dict]:
+    """The stored calibration of ``method`` for these models, or the identity (with the reason in the info)."""
+    key = calibration_key(method, *fingerprints)
+    if not settings.calibrate:
+        return IDENTITY, {"calibration": None, "calibration_note": "disabled (ZSC_CALIBRATE=false): raw scores"}
+    found = find_calibration(key, settings.calibration_dir)
+    if found is None:
+        logger.warning("no calibration %s.json for the %s method: scores are uncalibrated "
+                       "(fit one with python -m train.calibrate)", key, method)
+        return IDENTITY, {"calibration": None, "calibration_note": f"no {key}.json: uncalibrated"}
+    calibration, path = found
+    return calibration, {"calibration": {"file": str(path), "temperature": calibration.temperature,
+                                         "binary_scale": calibration.binary_scale,
+                                         "binary_bias": calibration.binary_bias,
+                                         **({"weight": calibration.weight} if method == "ensemble" else {})}}
+
+
+def load_model(settings: Settings, role: Role = "nli") -> LoadedModel:
+    """Resolve the model of ``role``, build ``settings.engine`` (with fallbacks) and its classifier.
 
     Raises:
         service.sources.ModelSourceError: the model cannot be found.
         service.engines.EngineError: no engine could run it.
-        ValueError: the model is not an NLI model (no entailment label).
+        ValueError: an NLI model without an entailment label, or a sentence encoder whose pooling is
+            not supported; ``role``'s model setting is ``none``.
     """
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
-    source = resolve_model(settings.model, revision=settings.revision)
+    model_id = settings.model if role == "nli" else settings.embedding_model
+    if model_id == NO_MODEL:
+        raise ValueError(f"the {role} model is set to {NO_MODEL!r}")
+    if role == "embedding" and model_id == DEFAULT_MODEL:
+        model_id = DEFAULT_EMBEDDING_MODEL
+    source = resolve_model(model_id, revision=settings.revision)
     config = source.config()
     tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
-    max_length = settings.max_length or min(tokenizer.model_max_length, config.get("max_position_embeddings", 512))
-    engine = create_engine(settings.engine, source, cache_dir=settings.cache_dir, batch_size=settings.batch_size,
-                           max_length=max_length, num_threads=settings.num_threads)
-    label2id = {str(k): int(v) for k, v in config.get("label2id", {}).items()}
-    classifier = ZeroShotClassifier(tokenizer, engine, label2id, max_length=max_length, batch_size=settings.batch_size)
+    model_limit = min(tokenizer.model_max_length, config.get("max_position_embeddings", 512))
+    fingerprint = source.fingerprint()
+    if role == "nli":
+        max_length = settings.max_length or model_limit
+        engine = create_engine(settings.engine, source, cache_dir=settings.cache_dir, batch_size=settings.batch_size,
+                               max_length=max_length, num_threads=settings.num_threads)
+        label2id = {str(k): int(v) for k, v in config.get("label2id", {}).items()}
+        calibration, calibration_info = _calibration(settings, "nli", fingerprint)
+        classifier: ZeroShotMethod = ZeroShotClassifier(tokenizer, engine, label2id, max_length=max_length,
+                                                        batch_size=settings.batch_size, calibration=calibration)
+        role_info = {"label2id": label2id, "entailment_id": classifier.entailment_id,
+                     "contradiction_id": classifier.contradiction_id}
+    else:
+        from service.pooling import read_pooling_config
+
+        pooling = read_pooling_config(source.path)
+        max_length = settings.embedding_max_length or min(pooling.max_seq_length or model_limit, model_limit)
+        engine = create_engine(settings.engine, source, cache_dir=settings.cache_dir, batch_size=settings.batch_size,
+                               max_length=max_length, num_threads=settings.num_threads, task="sentence-embedding")
+        calibration, calibration_info = _calibration(settings, "embedding", fingerprint)
+        encoder = SentenceEncoder(tokenizer, engine, max_length=max_length, batch_size=settings.batch_size,
+                                  pooling=pooling)
+        classifier = EmbeddingClassifier(encoder, calibration=calibration, cache_size=settings.label_cache_size)
+        role_info = {"pooling": pooling.mode, "normalize": pooling.normalize}
     info = {
         "model_id": source.model_id,
         "model_path": str(source.path),
+        "fingerprint": fingerprint,
         "architecture": (config.get("architectures") or [config.get("model_type")])[0],
         "max_length": max_length,
         "batch_size": settings.batch_size,
-        "label2id": label2id,
-        "entailment_id": classifier.entailment_id,
-        "contradiction_id": classifier.contradiction_id,
+        **role_info,
+        **calibration_info,
         **_weights_facts(engine, source),
         **engine.describe(),
         "load_seconds": round(time.perf_counter() - started, 3),
     }
-    logger.info("loaded %s on %s in %.1f s", source.model_id, engine.name, info["load_seconds"])
-    return LoadedModel(source=source, engine=engine, classifier=classifier, info=info)
+    logger.info("loaded %s model %s on %s in %.1f s", role, source.model_id, engine.name, info["load_seconds"])
+    return LoadedModel(role=role, source=source, engine=engine, classifier=classifier, info=info)
+
+
+@dataclass
+class ServedMethods:
+    """Everything a service process serves: the loaded models and the methods built on them."""
+
+    models: dict[str, LoadedModel]
+    methods: dict[str, ZeroShotMethod]
+    default_method: str
+    ensemble_info: dict = field(default_factory=dict)
+
+    def model_id(self, method: str) -> str:
+        """The model id(s) behind ``method`` (``nli+embedding`` ids joined by ``+`` for the ensemble)."""
+        return "+".join(m.source.model_id for m in self._models_of(method))
+
+    def engine_name(self, method: str) -> str:
+        """The engine name(s) behind ``method``, joined by ``+`` for the ensemble."""
+        return "+".join(m.engine.name for m in self._models_of(method))
+
+    def _models_of(self, method: str) -> list[LoadedModel]:
+        roles = {"nli": ["nli"], "embedding": ["embedding"], "ensemble": ["nli", "embedding"]}[method]
+        return [self.models[r] for r in roles]
+
+    def info(self) -> dict:
+        """``GET /info``'s description of the methods and models."""
+        methods = {name: {"models": [m.role for m in self._models_of(name)]} for name in self.methods}
+        if "ensemble" in methods:
+            methods["ensemble"].update(self.ensemble_info)
+        embedding = self.methods.get("embedding")
+        if isinstance(embedding, EmbeddingClassifier):
+            methods["embedding"]["label_cache"] = embedding.cache_info()
+        return {"default_method": self.default_method, "methods": methods,
+                "models": {role: {**m.info, **m.engine.describe()} for role, m in self.models.items()}}
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.close()
+
+
+def load_methods(settings: Settings) -> ServedMethods:
+    """Load every model the settings name (NLI and/or sentence encoder) and build the methods.
+
+    Raises:
+        the errors of :func:`load_model`; models already loaded are closed first.
+    """
+    models: dict[str, LoadedModel] = {}
+    try:
+        if settings.model != NO_MODEL:
+            models["nli"] = load_model(settings, "nli")
+        if settings.embedding_model != NO_MODEL:
+            models["embedding"] = load_model(settings, "embedding")
+    except Exception:
+        for model in models.values():
+            model.close()
+        raise
+    methods: dict[str, ZeroShotMethod] = {role: m.classifier for role, m in models.items()}
+    ensemble_info: dict = {}
+    if len(models) == 2:
+        calibration, ensemble_info = _calibration(settings, "ensemble", models["nli"].info["fingerprint"],
+                                                  models["embedding"].info["fingerprint"])
+        methods["ensemble"] = EnsembleClassifier(models["nli"].classifier, models["embedding"].classifier,  # type: ignore[arg-type]
+                                                 calibration=calibration)
+    return ServedMethods(models=models, methods=methods, default_method=settings.method, ensemble_info=ensemble_info)
 
 
 def _weights_facts(engine: Engine, source: ModelSource) -> dict:

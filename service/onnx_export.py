@@ -1,4 +1,4 @@
-"""ONNX export of Hugging Face sequence classifiers, cached by content, and graph inspection.
+"""ONNX export of Hugging Face sequence classifiers and sentence encoders, cached by content; graph inspection.
 
 Exports use PyTorch's TorchScript-based exporter at opset 14: DeepSparse 1.8 does not support the
 ``LayerNormalization`` op of opset 17, and the dynamo exporter (PyTorch's default since 2.9) would
@@ -22,34 +22,46 @@ logger = logging.getLogger(__name__)
 
 OPSET = 14
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+#: What a graph computes: NLI logits ``(batch, n_classes)`` or pooled, normalised embeddings ``(batch, hidden)``.
+TASKS = ("sequence-classification", "sentence-embedding")
+_FILE_NAMES = {"sequence-classification": "model.onnx", "sentence-embedding": "sentence_embedding.onnx"}
 
 
 class ExportError(RuntimeError):
     """The ONNX graph could not be produced (no torch, no weights, exporter failure)."""
 
 
-def onnx_for(source: ModelSource, cache_dir: Path) -> Path:
-    """The ONNX graph of a model: the one it ships with, or a cached export of its torch weights.
+def onnx_for(source: ModelSource, cache_dir: Path, task: str = "sequence-classification") -> Path:
+    """The ONNX graph of a model for ``task`` (one of :data:`TASKS`): the one it ships with, or a
+    cached export of its torch weights (``<cache_dir>/onnx/<fingerprint>/<task file>``).
+
+    A shipped graph is taken as is: for ``sentence-embedding`` it may output token states
+    ``(batch, seq_len, hidden)``, which :mod:`service.embedding` pools in numpy.
 
     Raises:
         ExportError: no shipped graph and no way to export one.
     """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; one of {TASKS}")
     if source.onnx_path is not None:
         return source.onnx_path
     if not source.has_torch_weights:
         raise ExportError(f"{source.path} has neither an ONNX graph nor torch weights to export")
-    target = Path(cache_dir) / "onnx" / source.fingerprint() / "model.onnx"
+    target = Path(cache_dir) / "onnx" / source.fingerprint() / _FILE_NAMES[task]
     if not target.is_file():
-        export_onnx(source.path, target)
+        export_onnx(source.path, target, task=task)
     return target
 
 
-def export_onnx(model_dir: Path, target: Path, *, opset: int = OPSET) -> Path:
-    """Export ``AutoModelForSequenceClassification`` at ``model_dir`` to ``target`` (float32).
+def export_onnx(model_dir: Path, target: Path, *, opset: int = OPSET, task: str = "sequence-classification") -> Path:
+    """Export the model at ``model_dir`` to ``target`` (float32).
 
     Inputs are ``input_ids``, ``attention_mask`` and, when the model takes it, ``token_type_ids``,
-    each int64 ``(batch, seq_len)`` with both axes dynamic; the output is ``logits``
-    ``(batch, n_classes)``. Written to a temporary file and renamed, so a crash leaves no half file.
+    each int64 ``(batch, seq_len)`` with both axes dynamic. For ``sequence-classification``
+    (``AutoModelForSequenceClassification``) the output is ``logits`` ``(batch, n_classes)``; for
+    ``sentence-embedding`` it is ``sentence_embedding`` ``(batch, hidden)``: the encoder with its
+    pooling and L2 normalisation inside the graph (:class:`service.pooling.SentenceEmbedder`).
+    Written to a temporary file and renamed, so a crash leaves no half file.
 
     Raises:
         ExportError: torch/transformers missing or the exporter failed.
@@ -64,13 +76,21 @@ def export_onnx(model_dir: Path, target: Path, *, opset: int = OPSET) -> Path:
             "exporting ONNX needs torch and transformers (pip install '.[torch]'), or give a model directory "
             "that already holds model.onnx"
         ) from exc
-    logger.info("exporting %s to ONNX (opset %d) at %s", model_dir, opset, target)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
-    accepted = inspect.signature(model.forward).parameters
+    logger.info("exporting %s (%s) to ONNX (opset %d) at %s", model_dir, task, opset, target)
+    if task == "sentence-embedding":
+        from service.pooling import sentence_embedder
+
+        model = sentence_embedder(model_dir)
+        accepted = inspect.signature(model.encoder.forward).parameters
+        output = "sentence_embedding"
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+        accepted = inspect.signature(model.forward).parameters
+        output = "logits"
     names = [n for n in INPUT_NAMES if n in accepted]
     dummy = tuple(torch.ones((2, 16), dtype=torch.int64) for _ in names)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {output: {0: "batch"}}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.stem + f".{os.getpid()}.tmp.onnx")
     try:
@@ -78,7 +98,7 @@ def export_onnx(model_dir: Path, target: Path, *, opset: int = OPSET) -> Path:
             # the TorchScript exporter is deprecated but chosen on purpose (opset 14, see module docstring)
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(model, dummy, str(tmp), input_names=names, output_names=["logits"],
+            torch.onnx.export(model, dummy, str(tmp), input_names=names, output_names=[output],
                               dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
     except Exception as exc:
         tmp.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from collections import Counter
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.config import MethodChoice
 from service.zeroshot import validate_template
 
 MAX_LABEL_CHARS = 200
@@ -28,6 +29,9 @@ class ZeroShotRequest(BaseModel):
     hypothesis_template: str | None = Field(None, description="exactly one '{}'; default: the service's",
                                             examples=["This text is about {}."])
     multi_label: bool = Field(False, description="score labels independently (entailment vs contradiction)")
+    method: MethodChoice | None = Field(None, description="nli (N x K cross-encoder passes), embedding (N + K "
+                                        "sentence-encoder passes), ensemble (both) or auto (embedding for "
+                                        "single-label, nli for multi-label); default: the service's")
 
     @field_validator("texts")
     @classmethod
@@ -73,6 +77,7 @@ class ZeroShotResponse(BaseModel):
     """``POST /zero-shot`` answer: ``results[i]`` belongs to ``texts[i]``."""
 
     results: list[ZeroShotItem]
+    method: str
     model: str
     engine: str
     hypothesis_template: str

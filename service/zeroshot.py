@@ -15,15 +15,25 @@ The entailment index is read from ``config.label2id`` (the first label starting 
 case-insensitive), as the pipeline does. The pipeline takes the contradiction index to be 0, or -1
 when entailment is 0; this module reads a label starting with "contra" from ``label2id`` and only
 falls back to the pipeline's rule when there is none (the two agree for every standard MNLI head).
+
+A fitted :class:`~service.calibration.Calibration` (temperature for single-label, Platt scale and
+bias for multi-label) may rescale those scores; without one the numbers are the pipeline's.
+
+Every zero-shot method (this NLI one, :mod:`service.embedding`, :mod:`service.ensemble`) implements
+:class:`ZeroShotMethod`: raw outputs first, probabilities from them, ranked results last.
 """
 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
+
+from service.batching import run_sorted_batches
+from service.calibration import IDENTITY, Calibration, sigmoid, softmax
 
 logger = logging.getLogger(__name__)
 
@@ -82,30 +92,30 @@ def contradiction_index(label2id: dict[str, int], entailment_id: int) -> int:
     return -1 if entailment_id == 0 else 0
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax in float64 (float64 keeps 1e-4 agreement for large logits)."""
-    x = np.asarray(x, dtype=np.float64)
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def scores_from_logits(logits: np.ndarray, *, entailment_id: int, contradiction_id: int, multi_label: bool) -> np.ndarray:
+def scores_from_logits(logits: np.ndarray, *, entailment_id: int, contradiction_id: int, multi_label: bool,
+                       calibration: Calibration = IDENTITY) -> np.ndarray:
     """Zero-shot scores from NLI logits.
 
     Args:
         logits: ``(n_texts, n_labels, n_classes)`` NLI logits for every (text, label) pair.
         multi_label: score each label independently (entailment vs contradiction) instead of a
             softmax across labels. Forced on when there is a single label, as in the pipeline.
+        calibration: single-label ``softmax(entailment / T)``; multi-label
+            ``sigmoid(scale * (entailment - contradiction) + bias)``. The identity (default) is the
+            pipeline's softmax over (contradiction, entailment).
 
     Returns:
         ``(n_texts, n_labels)`` probabilities in [0, 1]; rows sum to 1 unless multi-label.
     """
     if logits.ndim != 3:
         raise ValueError(f"logits must be (n_texts, n_labels, n_classes), got shape {logits.shape}")
+    logits = np.asarray(logits, dtype=np.float64)
     if multi_label or logits.shape[1] == 1:
-        pair = logits[..., [contradiction_id, entailment_id]]
-        return softmax(pair, axis=-1)[..., 1]
-    return softmax(logits[..., entailment_id], axis=-1)
+        if calibration.is_identity:
+            return softmax(logits[..., [contradiction_id, entailment_id]], axis=-1)[..., 1]
+        margin = logits[..., entailment_id] - logits[..., contradiction_id]
+        return sigmoid(calibration.binary_scale * margin + calibration.binary_bias)
+    return softmax(logits[..., entailment_id] / calibration.temperature, axis=-1)
 
 
 class Engine(Protocol):
@@ -125,8 +135,49 @@ class ZeroShotResult:
     scores: list[float]
 
 
-class ZeroShotClassifier:
-    """NLI zero-shot classification over any engine.
+def rank(texts: list[str], labels: list[str], scores: np.ndarray) -> list[ZeroShotResult]:
+    """One :class:`ZeroShotResult` per text from ``(len(texts), len(labels))`` scores, labels by descending score."""
+    results = []
+    for text, row in zip(texts, scores):
+        top = list(reversed(row.argsort()))  # the pipeline's ordering, ties included
+        results.append(ZeroShotResult(text, [labels[i] for i in top], [float(row[i]) for i in top]))
+    return results
+
+
+class ZeroShotMethod(ABC):
+    """A zero-shot scoring method: texts x candidate labels -> probabilities.
+
+    Two stages, so evaluation and calibration can reuse one forward pass: :meth:`raw` runs the
+    model(s), :meth:`probabilities` applies the calibrated transform. A single candidate label is
+    always scored multi-label (a softmax over one label would be 1), as in Hugging Face's pipeline.
+    """
+
+    name: ClassVar[str]
+    calibration: Calibration
+
+    @abstractmethod
+    def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str) -> Any:
+        """The model outputs the scores derive from (method-specific arrays)."""
+
+    @abstractmethod
+    def probabilities(self, raw: Any, *, multi_label: bool) -> np.ndarray:
+        """``(n_texts, n_labels)`` probabilities from :meth:`raw`'s output."""
+
+    def scores(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
+               multi_label: bool = False) -> np.ndarray:
+        """``(len(texts), len(labels))`` scores in input order; rows sum to 1 unless multi-label."""
+        raw = self.raw(texts, labels, hypothesis_template=hypothesis_template)
+        return self.probabilities(raw, multi_label=multi_label or len(labels) == 1)
+
+    def __call__(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
+                 multi_label: bool = False) -> list[ZeroShotResult]:
+        """Classify ``texts`` against candidate ``labels``; one :class:`ZeroShotResult` per text, in order."""
+        return rank(texts, labels, self.scores(texts, labels, hypothesis_template=hypothesis_template,
+                                               multi_label=multi_label))
+
+
+class ZeroShotClassifier(ZeroShotMethod):
+    """NLI zero-shot classification over any engine (the ``nli`` method): N x K forward passes.
 
     Args:
         tokenizer: a Hugging Face fast tokenizer of the model.
@@ -136,15 +187,20 @@ class ZeroShotClassifier:
         max_length: max tokens per pair; longer pairs lose premise tokens (never hypothesis tokens).
         batch_size: pairs per engine call. Pairs are sorted by length first, so each batch is
             padded only to its own longest pair (dynamic padding).
+        calibration: fitted temperature / Platt numbers; the identity gives the pipeline's scores.
     """
 
-    def __init__(self, tokenizer, engine: Engine, label2id: dict[str, int], *, max_length: int, batch_size: int = 32):
+    name = "nli"
+
+    def __init__(self, tokenizer, engine: Engine, label2id: dict[str, int], *, max_length: int, batch_size: int = 32,
+                 calibration: Calibration = IDENTITY):
         self.tokenizer = tokenizer
         self.engine = engine
         self.entailment_id = entailment_index(label2id)
         self.contradiction_id = contradiction_index(label2id, self.entailment_id)
         self.max_length = max_length
         self.batch_size = batch_size
+        self.calibration = calibration
 
     def logits(self, premises: list[str], hypotheses: list[str]) -> np.ndarray:
         """NLI logits for aligned pairs: ``(len(premises), n_classes)`` float32.
@@ -165,43 +221,17 @@ class ZeroShotClassifier:
             raise InputError(
                 f"the hypothesis {longest!r} leaves no room for the text within the model's max length of "
                 f"{self.max_length} tokens: shorten the label or the template") from None
-        ids, types = encoded["input_ids"], encoded.get("token_type_ids")
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        out: np.ndarray | None = None
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            width = max(len(ids[i]) for i in idx)
-            input_ids = np.full((len(idx), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
-            attention = np.zeros((len(idx), width), dtype=np.int64)
-            token_types = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                n = len(ids[i])
-                input_ids[row, :n] = ids[i]
-                attention[row, :n] = 1
-                if types is not None:
-                    token_types[row, :n] = types[i]
-            batch = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
-            logits = self.engine({k: v for k, v in batch.items() if k in self.engine.input_names})
-            if out is None:
-                out = np.empty((len(premises), logits.shape[-1]), dtype=np.float32)
-            out[idx] = logits
-        return out if out is not None else np.empty((0, 0), dtype=np.float32)
+        return run_sorted_batches(self.engine, encoded["input_ids"], batch_size=self.batch_size,
+                                  pad_id=self.tokenizer.pad_token_id or 0, token_type_ids=encoded.get("token_type_ids"))
 
-    def scores(self, texts: list[str], labels: list[str], *, hypothesis_template: str, multi_label: bool) -> np.ndarray:
-        """``(len(texts), len(labels))`` zero-shot scores, in input order (see :func:`scores_from_logits`)."""
+    def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str) -> np.ndarray:
+        """NLI logits of every (text, label) pair: ``(len(texts), len(labels), n_classes)`` float32."""
         hypotheses = [fill_template(hypothesis_template, label) for label in labels]
         premises = [text for text in texts for _ in labels]
         logits = self.logits(premises, hypotheses * len(texts))
-        logits = logits.reshape(len(texts), len(labels), -1)
-        return scores_from_logits(logits, entailment_id=self.entailment_id,
-                                  contradiction_id=self.contradiction_id, multi_label=multi_label)
+        return logits.reshape(len(texts), len(labels), -1)
 
-    def __call__(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
-                 multi_label: bool = False) -> list[ZeroShotResult]:
-        """Classify ``texts`` against candidate ``labels``; one :class:`ZeroShotResult` per text, in order."""
-        scores = self.scores(texts, labels, hypothesis_template=hypothesis_template, multi_label=multi_label)
-        results = []
-        for text, row in zip(texts, scores):
-            top = list(reversed(row.argsort()))  # the pipeline's ordering, ties included
-            results.append(ZeroShotResult(text, [labels[i] for i in top], [float(row[i]) for i in top]))
-        return results
+    def probabilities(self, raw: np.ndarray, *, multi_label: bool) -> np.ndarray:
+        """Scores from :meth:`raw`'s logits (see :func:`scores_from_logits`)."""
+        return scores_from_logits(raw, entailment_id=self.entailment_id, contradiction_id=self.contradiction_id,
+                                  multi_label=multi_label, calibration=self.calibration)

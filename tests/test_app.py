@@ -1,4 +1,4 @@
-"""The HTTP API over real HTTP: every endpoint, every bad-input case, and `python -m service`."""
+"""The HTTP API over real HTTP: every endpoint, the three methods, every bad-input case, and `python -m service`."""
 
 import os
 import subprocess
@@ -6,6 +6,7 @@ import sys
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from service.app import create_app
@@ -19,9 +20,9 @@ LABELS = ["sports", "business", "politics"]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, cache_dir):
-    settings = Settings(model=str(tiny_model_dir), engine="onnxruntime", cache_dir=cache_dir, max_texts=3,
-                        max_labels=4, max_text_chars=500)
+def server(tiny_model_dir, minilm_dir, cache_dir):
+    settings = Settings(model=str(tiny_model_dir), embedding_model=str(minilm_dir), method="nli", engine="onnxruntime",
+                        cache_dir=cache_dir, max_texts=3, max_labels=4, max_labels_embedding=6, max_text_chars=500)
     with LiveServer(create_app(settings)) as live:
         assert live.wait_ready().status_code == 200
         yield live
@@ -31,18 +32,24 @@ def post(server, **body):
     return httpx.post(server.url + "/zero-shot", json=body, timeout=60)
 
 
-def test_health_ready_info(server, tiny_model_dir):
+def test_health_ready_info(server, tiny_model_dir, minilm_dir):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     ready = httpx.get(server.url + "/ready").json()
-    assert ready["status"] == "ready" and ready["engine"] == "onnxruntime"
+    assert ready["status"] == "ready" and ready["methods"] == ["nli", "embedding", "ensemble"]
+    assert ready["default_method"] == "nli"  # the fixture pins it; the shipped default is auto
     info = httpx.get(server.url + "/info").json()
-    assert info["model_path"] == str(tiny_model_dir)
-    assert info["engine"] == "onnxruntime"
-    assert info["max_length"] == 48
-    assert info["label2id"] == {"contradiction": 0, "neutral": 1, "entailment": 2}
-    assert info["entailment_id"] == 2 and info["contradiction_id"] == 0
-    assert info["sparsity"] == 0.0 and info["quantization"] == "none"
-    assert info["limits"] == {"max_texts": 3, "max_labels": 4, "max_text_chars": 500}
+    assert set(info["methods"]) == {"nli", "embedding", "ensemble"}
+    assert info["methods"]["ensemble"]["models"] == ["nli", "embedding"]
+    nli, embedding = info["models"]["nli"], info["models"]["embedding"]
+    assert nli["model_path"] == str(tiny_model_dir) and embedding["model_path"] == str(minilm_dir)
+    assert nli["engine"] == embedding["engine"] == "onnxruntime"
+    assert nli["max_length"] == 48 and embedding["max_length"] == 256 and embedding["pooling"] == "mean"
+    assert nli["label2id"] == {"contradiction": 0, "neutral": 1, "entailment": 2}
+    assert nli["entailment_id"] == 2 and nli["contradiction_id"] == 0
+    assert nli["sparsity"] == 0.0 and nli["quantization"] == "none"
+    assert nli["calibration"] is None and "uncalibrated" in nli["calibration_note"]  # a test model: nothing fitted
+    assert embedding["calibration"]["temperature"] < 1  # the packaged encoder's shipped calibration
+    assert info["limits"] == {"max_texts": 3, "max_labels": 4, "max_labels_embedding": 6, "max_text_chars": 500}
 
 
 def test_zero_shot_answers_one_sorted_result_per_text_in_order(server, tiny_model_dir):
@@ -55,7 +62,7 @@ def test_zero_shot_answers_one_sorted_result_per_text_in_order(server, tiny_mode
         assert sorted(result["labels"]) == sorted(LABELS)
         assert result["scores"] == sorted(result["scores"], reverse=True)
         assert sum(result["scores"]) == pytest.approx(1, abs=1e-6)
-    assert body["engine"] == "onnxruntime" and body["multi_label"] is False
+    assert body["engine"] == "onnxruntime" and body["multi_label"] is False and body["method"] == "nli"
 
     from transformers import pipeline
 
@@ -64,6 +71,49 @@ def test_zero_shot_answers_one_sorted_result_per_text_in_order(server, tiny_mode
     for want, got in zip(expected, body["results"]):
         assert got["labels"] == want["labels"]
         assert got["scores"] == pytest.approx(want["scores"], abs=1e-4)
+
+
+def test_embedding_method_scores_tempered_cosine_similarities(server, minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["The match ended in a draw.", "Stocks rallied on Friday."]
+    body = post(server, texts=texts, labels=LABELS, method="embedding").json()
+    assert body["method"] == "embedding" and body["model"] == str(minilm_dir) and body["engine"] == "onnxruntime"
+    temperature = httpx.get(server.url + "/info").json()["models"]["embedding"]["calibration"]["temperature"]
+    encoder = SentenceTransformer(str(minilm_dir), device="cpu")
+    cos = encoder.encode(texts, normalize_embeddings=True) @ encoder.encode(
+        [f"This text is about {label}." for label in LABELS], normalize_embeddings=True).T
+    expected = np.exp(cos / temperature) / np.exp(cos / temperature).sum(axis=1, keepdims=True)
+    for row, result in zip(expected, body["results"]):
+        assert result["labels"] == [LABELS[i] for i in np.argsort(-row)]
+        assert result["scores"] == pytest.approx(sorted(row, reverse=True), abs=1e-4)
+
+
+def test_ensemble_method_over_http(server, tiny_model_dir, minilm_dir):
+    body = post(server, texts=["Rain is expected tomorrow."], labels=LABELS, method="ensemble").json()
+    assert body["method"] == "ensemble" and body["model"] == f"{tiny_model_dir}+{minilm_dir}"
+    assert body["engine"] == "onnxruntime+onnxruntime"
+    assert sum(body["results"][0]["scores"]) == pytest.approx(1, abs=1e-6)
+    multi = post(server, texts=["Rain is expected tomorrow."], labels=LABELS, method="ensemble", multi_label=True)
+    assert multi.status_code == 200 and all(0 < s < 1 for s in multi.json()["results"][0]["scores"])
+
+
+def test_auto_method_picks_embedding_for_single_label_and_nli_for_multi_label(server):
+    single = post(server, texts=["Rain is expected tomorrow."], labels=LABELS, method="auto").json()
+    multi = post(server, texts=["Rain is expected tomorrow."], labels=LABELS, method="auto", multi_label=True).json()
+    one_label = post(server, texts=["Rain is expected tomorrow."], labels=["weather"], method="auto").json()
+    assert (single["method"], multi["method"], one_label["method"]) == ("embedding", "nli", "nli")
+    settings = Settings(model="none", embedding_model="default")  # auto with one model: that model's method
+    assert settings.method == "auto" and settings.resolve_method(None, multi_label=True) == "embedding"
+
+
+def test_a_method_that_is_not_loaded_is_a_422(tiny_model_dir, cache_dir):
+    settings = Settings(model=str(tiny_model_dir), embedding_model="none", engine="onnxruntime", cache_dir=cache_dir)
+    with LiveServer(create_app(settings)) as live:
+        assert live.wait_ready().json()["methods"] == ["nli"]
+        response = httpx.post(live.url + "/zero-shot", json={"texts": ["a"], "labels": LABELS, "method": "ensemble"})
+        assert response.status_code == 422 and "method 'ensemble' is not loaded" in response.text
+        assert "choose one of nli" in response.text
 
 
 def test_multi_label_and_default_template(server):
@@ -87,7 +137,10 @@ def test_template_braces_are_never_formatted(server):
     ({"texts": ["ok"], "labels": ["sports", ""]}, "labels[1] is empty"),
     ({"texts": ["ok"], "labels": ["sports", "news", "sports"]}, "labels must be unique"),
     ({"texts": ["a", "b", "c", "d"], "labels": LABELS}, "exceed the limit of 3"),
-    ({"texts": ["a"], "labels": ["a", "b", "c", "d", "e"]}, "exceed the limit of 4"),
+    ({"texts": ["a"], "labels": ["a", "b", "c", "d", "e"]}, "exceed the limit of 4 per request with the nli method "
+     "(the embedding method takes up to 6)"),
+    ({"texts": ["a"], "labels": list("abcdefg"), "method": "embedding"}, "exceed the limit of 6"),
+    ({"texts": ["a"], "labels": LABELS, "method": "bm25"}, "Input should be 'auto', 'nli', 'embedding' or 'ensemble'"),
     ({"texts": ["a" * 501], "labels": LABELS}, "over the limit of 500"),
     ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "About it."}, "exactly one '{}'"),
     ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "{} or {}"}, "exactly one '{}'"),
@@ -120,7 +173,8 @@ def test_a_model_that_fails_to_load_is_reported(cache_dir, tmp_path):
 @pytest.mark.parametrize("launcher", ["python -m service", "uvicorn service.app:app"])
 def test_the_documented_launchers_serve_over_http(launcher, tiny_model_dir, cache_dir):
     port = free_port()
-    env = {**os.environ, "ZSC_CACHE_DIR": str(cache_dir), "ZSC_MODEL": str(tiny_model_dir), "ZSC_ENGINE": "torch"}
+    env = {**os.environ, "ZSC_CACHE_DIR": str(cache_dir), "ZSC_MODEL": str(tiny_model_dir), "ZSC_ENGINE": "torch",
+           "ZSC_EMBEDDING_MODEL": "none"}
     if launcher == "python -m service":
         command = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"]
     else:
@@ -136,7 +190,7 @@ def test_the_documented_launchers_serve_over_http(launcher, tiny_model_dir, cach
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        assert httpx.get(url + "/info").json()["engine"] == "torch"
+        assert httpx.get(url + "/info").json()["models"]["nli"]["engine"] == "torch"
         body = httpx.post(url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}).json()
         assert len(body["results"]) == 1
     finally:
@@ -144,8 +198,13 @@ def test_the_documented_launchers_serve_over_http(launcher, tiny_model_dir, cach
         proc.wait(30)
 
 
-def test_bad_cli_option_exits_nonzero_with_one_line():
-    proc = subprocess.run([sys.executable, "-m", "service", "--engine", "tensorrt"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("args, fragment", [
+    (["--engine", "tensorrt"], "engine"),
+    (["--model", "none", "--method", "nli"], "method 'nli' needs model to name a model"),
+    (["--model", "none", "--embedding-model", "none"], "both 'none'"),
+    (["--method", "ensemble", "--embedding-model", "none"], "needs embedding_model"),
+])
+def test_bad_cli_option_exits_nonzero_with_one_line(args, fragment):
+    proc = subprocess.run([sys.executable, "-m", "service", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "engine" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and fragment in proc.stderr

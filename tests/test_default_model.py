@@ -1,4 +1,4 @@
-"""The embedded default teacher ships inside the package, loads offline, and classifies real news sensibly."""
+"""The embedded default models ship inside the package, load offline, and classify real news sensibly."""
 
 import json
 
@@ -34,3 +34,16 @@ def test_default_model_classifies_real_ag_news_texts(data_dir, cache_dir):
     # chance is 0.25; the full test split is reported in the model card
     assert result["accuracy"] > 0.5, result
     assert min(result["prediction_counts"].values()) > 0, "the model predicts every class at least once"
+
+
+@pytest.mark.slow
+def test_default_embedding_method_classifies_real_ag_news_texts(data_dir, cache_dir):
+    from train.evaluate import AG_NEWS_DESCRIPTIVE
+
+    task = ZeroShotTask("ag_news", data_dir / "classification" / "ag_news" / "test.jsonl",
+                        "This news article is about {}.", AG_NEWS_DESCRIPTIVE, ("title", "description"))
+    [result] = run_zero_shot_suite(DEFAULT_MODEL, [task], limit=200, cache_dir=cache_dir, method="embedding")
+    assert result["method"] == "embedding" and result["n"] == 200
+    # measured on the full split in README's methods table; chance is 0.25
+    assert result["accuracy"] > 0.6, result
+    assert min(result["prediction_counts"].values()) > 0

@@ -1,7 +1,7 @@
-"""Zero-shot evaluation of an NLI model on labelled classification sets, through the service's code.
+"""Zero-shot evaluation on labelled classification sets, through the service's code.
 
-The texts go through :func:`service.loader.load_model` and the same
-:class:`~service.zeroshot.ZeroShotClassifier` the service runs, so the numbers are the served
+The texts go through :func:`service.loader.load_methods` and the same zero-shot method
+(``--method nli|embedding|ensemble``) the service runs, so the numbers are the served
 numbers. Default suite: the full AG News test split (text = title + description) and the emotion
 test split, each with several hypothesis templates and label verbalizations.
 
@@ -157,17 +157,21 @@ def evaluate_nli(model, tokenizer, eval_dir: Path, *, device: torch.device, limi
 
 
 def run_zero_shot_suite(model: str | Path, tasks: list[ZeroShotTask], *, engine: str = "onnxruntime",
-                        limit: int | None = None, batch_size: int = 64, cache_dir: Path | None = None) -> list[dict]:
-    """Load ``model`` with the service's loader and evaluate every task; one result dict per task."""
+                        limit: int | None = None, batch_size: int = 64, cache_dir: Path | None = None,
+                        method: str = "nli", embedding_model: str = "default") -> list[dict]:
+    """Load the models ``method`` needs with the service's loader and evaluate every task; one result dict per task."""
     from service.config import Settings
-    from service.loader import load_model
+    from service.loader import load_methods
 
     options = {"cache_dir": cache_dir} if cache_dir is not None else {}
-    loaded = load_model(Settings(model=str(model), engine=engine, batch_size=batch_size, **options))
+    served = load_methods(Settings(
+        model=str(model) if method != "embedding" else "none", method=method, engine=engine, batch_size=batch_size,
+        embedding_model=embedding_model if method != "nli" else "none", **options))
     try:
-        return [{**evaluate_task(loaded.classifier, task, limit=limit), "engine": loaded.engine.name} for task in tasks]
+        return [{**evaluate_task(served.methods[method], task, limit=limit), "method": method,
+                 "engine": served.engine_name(method)} for task in tasks]
     finally:
-        loaded.close()
+        served.close()
 
 
 @app.command()
@@ -180,6 +184,8 @@ def main(
     nli: Annotated[bool, typer.Option(help="Also evaluate NLI accuracy on MNLI-m / SNLI test / XNLI-en dev (torch).")] = False,
     dataset: Annotated[Optional[list[str]], typer.Option(help="Only these datasets (ag_news, emotion); repeatable.")] = None,
     template: Annotated[Optional[str], typer.Option(help="Only tasks with this hypothesis template.")] = None,
+    method: Annotated[str, typer.Option(help="Zero-shot method: nli, embedding or ensemble.")] = "nli",
+    embedding_model: Annotated[str, typer.Option(help="Sentence encoder of the embedding/ensemble methods.")] = "default",
 ) -> None:
     """Zero-shot accuracy and macro-F1 of a model on AG News and emotion (several templates each)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -201,7 +207,11 @@ def main(
     if not tasks:
         typer.echo(f"error: no evaluation task matches under {data_dir}/classification", err=True)
         raise typer.Exit(1)
-    results = run_zero_shot_suite(model, tasks, engine=engine, limit=limit)
+    if method not in ("nli", "embedding", "ensemble"):
+        typer.echo(f"error: --method must be nli, embedding or ensemble, not {method!r}", err=True)
+        raise typer.Exit(2)
+    results = run_zero_shot_suite(model, tasks, engine=engine, limit=limit, method=method,
+                                  embedding_model=embedding_model)
     typer.echo("| dataset | template | labels | n | accuracy | macro-F1 | texts/s |\n|---|---|---|---|---|---|---|")
     for r in results:
         typer.echo(f"| {r['dataset']} | `{r['template']}` | {', '.join(r['labels'])} | {r['n']} | "

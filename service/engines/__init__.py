@@ -22,15 +22,15 @@ __all__ = ["ENGINES", "Engine", "EngineError", "create_engine"]
 
 
 def _build(kind: str, source: ModelSource, *, cache_dir: Path, batch_size: int, max_length: int,
-           num_threads: int | None) -> Engine:
+           num_threads: int | None, task: str) -> Engine:
     if kind == "torch":
         from service.engines.torch import TorchEngine
 
         if not source.has_torch_weights:
             raise EngineError(f"{source.path} has no torch weights for the torch engine")
-        return TorchEngine(source.path, num_threads=num_threads)
+        return TorchEngine(source.path, num_threads=num_threads, task=task)
     try:
-        onnx_path = onnx_for(source, cache_dir)
+        onnx_path = onnx_for(source, cache_dir, task)
     except ExportError as exc:
         raise EngineError(str(exc)) from exc
     if kind == "onnxruntime":
@@ -40,7 +40,8 @@ def _build(kind: str, source: ModelSource, *, cache_dir: Path, batch_size: int, 
     if kind == "deepsparse":
         from service.engines.deepsparse import DeepSparseEngine
 
-        work_dir = Path(cache_dir) / "deepsparse" / (source.fingerprint() if source.has_torch_weights else onnx_path.parent.name)
+        key = source.fingerprint() if source.has_torch_weights else onnx_path.parent.name
+        work_dir = Path(cache_dir) / "deepsparse" / key / onnx_path.stem
         return DeepSparseEngine(onnx_path, work_dir=work_dir, batch_size=batch_size, max_length=max_length,
                                 num_threads=num_threads)
     raise AssertionError(kind)
@@ -49,7 +50,7 @@ def _build(kind: str, source: ModelSource, *, cache_dir: Path, batch_size: int, 
 _DISPLAY = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "torch": "the torch engine"}
 
 
-def auto_order(source: ModelSource, cache_dir: Path) -> tuple[str, ...]:
+def auto_order(source: ModelSource, cache_dir: Path, task: str = "sequence-classification") -> tuple[str, ...]:
     """Engines to try for ``auto``: DeepSparse first only for sparse (>= 50% zeros) or int8 graphs.
 
     DeepSparse's speed comes from sparsity and quantization; on a dense float32 graph it has
@@ -59,7 +60,7 @@ def auto_order(source: ModelSource, cache_dir: Path) -> tuple[str, ...]:
     texts/s, DeepSparse 10.0 (static-shape buckets, compilation included), torch 14.3.
     """
     try:
-        facts = inspect_onnx(onnx_for(source, cache_dir))
+        facts = inspect_onnx(onnx_for(source, cache_dir, task))
     except Exception:  # no graph to inspect: the engines will say why when built
         return ENGINES
     if facts["sparsity"] >= 0.5 or facts["quantization"] != "none":
@@ -68,8 +69,11 @@ def auto_order(source: ModelSource, cache_dir: Path) -> tuple[str, ...]:
 
 
 def create_engine(kind: str, source: ModelSource, *, cache_dir: Path, batch_size: int, max_length: int,
-                  num_threads: int | None = None) -> Engine:
+                  num_threads: int | None = None, task: str = "sequence-classification") -> Engine:
     """Build the engine ``kind`` (``auto`` or one of :data:`ENGINES`) for a resolved model.
+
+    ``task`` is what the graph computes (:data:`service.onnx_export.TASKS`): NLI logits, or pooled
+    sentence embeddings for the embedding method.
 
     ``deepsparse`` falls back to ONNX Runtime; ``auto`` tries :func:`auto_order`'s engines in
     turn. Each fallback logs one warning with the reason.
@@ -80,12 +84,12 @@ def create_engine(kind: str, source: ModelSource, *, cache_dir: Path, batch_size
     if kind == "deepsparse":
         order: tuple[str, ...] = ("deepsparse", "onnxruntime")
     elif kind == "auto":
-        order = auto_order(source, cache_dir)
+        order = auto_order(source, cache_dir, task)
     elif kind in ENGINES:
         order = (kind,)
     else:
         raise EngineError(f"unknown engine {kind!r}; choose one of auto, {', '.join(ENGINES)}")
-    options = dict(cache_dir=cache_dir, batch_size=batch_size, max_length=max_length, num_threads=num_threads)
+    options = dict(cache_dir=cache_dir, batch_size=batch_size, max_length=max_length, num_threads=num_threads, task=task)
     errors = []
     for position, name in enumerate(order):
         try:

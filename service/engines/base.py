@@ -13,13 +13,15 @@ class EngineError(RuntimeError):
 
 
 class Engine(ABC):
-    """A sequence-classification forward pass: token arrays in, logits out.
+    """One forward pass of an encoder graph: token arrays in, one float array out.
 
     Lifecycle: construct (load / compile), call any number of times, :meth:`close`.
 
     Call contract: ``inputs`` maps each of :attr:`input_names` to an int64 array of shape
     ``(batch, seq_len)`` (``input_ids``, ``attention_mask``, optionally ``token_type_ids``); the
-    result is a float32 array of logits, shape ``(batch, n_classes)``. Engines must accept any
+    result is the graph's first output as float32: NLI logits ``(batch, n_classes)``, pooled sentence
+    embeddings ``(batch, hidden)``, or, for a shipped encoder graph, token states
+    ``(batch, seq_len, hidden)`` (pooled by :mod:`service.embedding`). Engines must accept any
     batch size and sequence length (static-shape engines pad internally) and be safe to call from
     one thread at a time.
     """
@@ -29,7 +31,7 @@ class Engine(ABC):
 
     @abstractmethod
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits ``(batch, n_classes)`` float32 for a padded batch."""
+        """The graph's first output, float32, for a padded batch (see the class docstring)."""
 
     def describe(self) -> dict:
         """Facts for ``GET /info`` (engine name, threads, compiled shapes, ...)."""

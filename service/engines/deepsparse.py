@@ -107,7 +107,8 @@ class DeepSparseEngine(Engine):
                 padded[: len(part), :width] = part
                 chunk.append(padded)
             n = min(self.batch_size, rows - start)
-            out.append(np.asarray(engine(chunk)[0][:n], dtype=np.float32))
+            result = np.asarray(engine(chunk)[0][:n], dtype=np.float32)
+            out.append(result[:, :width] if result.ndim == 3 else result)  # token states: drop padded positions
         return np.concatenate(out, axis=0)
 
     def describe(self) -> dict:

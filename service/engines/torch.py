@@ -10,7 +10,11 @@ from service.engines.base import Engine, EngineError
 
 
 class TorchEngine(Engine):
-    """``AutoModelForSequenceClassification`` in float32 on the CPU: the numerical reference.
+    """The model itself in float32 on the CPU: the numerical reference.
+
+    ``task="sequence-classification"`` runs ``AutoModelForSequenceClassification`` (logits out);
+    ``task="sentence-embedding"`` runs :func:`service.pooling.sentence_embedder` (pooled, normalised
+    embeddings out).
 
     Raises:
         EngineError: torch/transformers are not installed or the directory has no torch weights.
@@ -18,7 +22,7 @@ class TorchEngine(Engine):
 
     name = "torch"
 
-    def __init__(self, model_dir: Path, *, num_threads: int | None = None):
+    def __init__(self, model_dir: Path, *, num_threads: int | None = None, task: str = "sequence-classification"):
         try:
             import torch
             from transformers import AutoModelForSequenceClassification
@@ -27,13 +31,21 @@ class TorchEngine(Engine):
         if num_threads:
             torch.set_num_threads(num_threads)
         try:
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+            if task == "sentence-embedding":
+                from service.pooling import sentence_embedder
+
+                self.model = sentence_embedder(model_dir)
+                forward = self.model.encoder.forward
+            else:
+                self.model = AutoModelForSequenceClassification.from_pretrained(
+                    model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+                forward = self.model.forward
         except Exception as exc:
             raise EngineError(f"could not load a torch model from {model_dir}: {exc}") from exc
         import inspect
 
-        accepted = inspect.signature(self.model.forward).parameters
+        self.task = task
+        accepted = inspect.signature(forward).parameters
         self.input_names = tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted)
         self._torch = torch
         self.num_threads = num_threads
@@ -42,7 +54,8 @@ class TorchEngine(Engine):
         torch = self._torch
         with torch.inference_mode():
             tensors = {k: torch.from_numpy(inputs[k]) for k in self.input_names}
-            return self.model(**tensors).logits.float().numpy()
+            out = self.model(**tensors)
+            return (out if self.task == "sentence-embedding" else out.logits).float().numpy()
 
     def describe(self) -> dict:
         return {"engine": self.name, "num_threads": self._torch.get_num_threads()}

@@ -1,0 +1,36 @@
+"""Where ``python -m annotate`` finds Argilla and the scoring service: environment variables or CLI options.
+
+The Argilla variables are the ones the Argilla SDK itself reads (``ARGILLA_API_URL``, ``ARGILLA_API_KEY``);
+the project's own are ``ANNOTATE_*``. CLI options override both.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AnnotateSettings(BaseSettings):
+    """Connection settings of the pre-annotation loop (all optional until a command needs them)."""
+
+    model_config = SettingsConfigDict(env_prefix="ANNOTATE_", extra="ignore", populate_by_name=True)
+
+    api_url: str | None = Field(None, validation_alias=AliasChoices("ARGILLA_API_URL", "ANNOTATE_API_URL"),
+                                description="Argilla server URL, e.g. http://localhost:6900")
+    api_key: str | None = Field(None, validation_alias=AliasChoices("ARGILLA_API_KEY", "ANNOTATE_API_KEY"),
+                                description="Argilla API key of an owner or admin")
+    workspace: str = Field("argilla", validation_alias=AliasChoices("ARGILLA_WORKSPACE", "ANNOTATE_WORKSPACE"),
+                           description="Argilla workspace holding the dataset")
+    dataset: str | None = Field(None, description="Argilla dataset name (env ANNOTATE_DATASET)")
+    service_url: str | None = Field(None, description="zero-shot service URL; unset: score in-process "
+                                                      "(env ANNOTATE_SERVICE_URL)")
+    model: str = Field("default", description="in-process model (env ANNOTATE_MODEL), as the service's ZSC_MODEL")
+    engine: str = Field("onnxruntime", description="in-process engine (env ANNOTATE_ENGINE), as ZSC_ENGINE")
+
+    def require(self, *names: str) -> None:
+        """Raise ``ValueError`` naming the first of ``names`` that is unset (option and variable to set)."""
+        hints = {"api_url": "--api-url or ARGILLA_API_URL", "api_key": "--api-key or ARGILLA_API_KEY",
+                 "dataset": "--dataset or ANNOTATE_DATASET"}
+        for name in names:
+            if not getattr(self, name):
+                raise ValueError(f"no {name.replace('_', ' ')} given: set {hints.get(name, name)}")

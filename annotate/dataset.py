@@ -1,0 +1,145 @@
+"""The Argilla side of the loop: dataset settings, content-derived record ids, records with suggestions.
+
+Layout of a pre-annotation dataset:
+
+* field ``text`` (``TextField``); question ``label`` (``LabelQuestion``, or ``MultiLabelQuestion`` with
+  multi-label) whose options are the candidate labels, in the order given at creation;
+* float metadata ``confidence`` (top score), ``margin`` (top minus second) and ``entropy`` (normalised, see
+  :mod:`annotate.uncertainty`), visible to everyone so reviewers can filter and sort on them;
+* float metadata ``teacher_score_<i>`` per label ``i`` of the question (titled ``P(<label>)``), hidden from
+  annotators: the teacher's full score vector. Per-label float metadata is typed, range-filterable in the UI,
+  and round-trips exactly through the SDK; a JSON string would need a ``TermsMetadataProperty`` (an indexed
+  keyword no one can filter on usefully). Names use the label's index because metadata names only allow
+  ``[a-z0-9_-]`` and labels such as ``Sci/Tech`` do not;
+* each record's suggestion: value (top label, or every label scoring >= the threshold with multi-label),
+  score(s), and agent ``<model id>@<engine>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+FIELD = "text"
+QUESTION = "label"
+UNCERTAINTY = ("confidence", "margin", "entropy")
+GUIDELINES = """Pre-annotated by a zero-shot NLI teacher ({agent}; template "{template}").
+Confirm the suggested label when it is right; pick the right one when it is not; discard texts that fit no label
+or cannot be judged. Records open lowest-confidence first (sort by the suggestion score, ascending):
+those are where the model needs you most. Metadata: confidence = top score, margin = top minus second,
+entropy = normalised uncertainty (1 = most uncertain)."""
+
+
+class DatasetMismatch(ValueError):
+    """An existing dataset does not match the requested labels, label mode or layout."""
+
+
+def teacher_key(index: int) -> str:
+    """Metadata name of the teacher's score for the label at ``index`` in the question's label order."""
+    return f"teacher_score_{index}"
+
+
+def record_id(text: str, source_id: str | None = None) -> str:
+    """Content-derived record id: 32 hex chars of SHA-256 over the id column's value (if any) and the text.
+
+    The same text (with the same source id) always maps to the same record, so pushing again neither
+    duplicates nor loses records.
+    """
+    key = ("" if source_id is None else source_id) + "\x1f" + text
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def build_settings(labels: Sequence[str], multi_label: bool, guidelines: str):
+    """Argilla ``Settings`` for a new pre-annotation dataset (see the module docstring for the layout)."""
+    import argilla as rg
+
+    question_cls = rg.MultiLabelQuestion if multi_label else rg.LabelQuestion
+    metadata = [
+        rg.FloatMetadataProperty(name="confidence", title="confidence (top score)", min=0.0, max=1.0),
+        rg.FloatMetadataProperty(name="margin", title="margin (top - second)", min=0.0, max=1.0),
+        rg.FloatMetadataProperty(name="entropy", title="entropy (normalised)", min=0.0, max=1.0),
+    ] + [rg.FloatMetadataProperty(name=teacher_key(i), title=f"P({label})", min=0.0, max=1.0,
+                                  visible_for_annotators=False) for i, label in enumerate(labels)]
+    return rg.Settings(
+        guidelines=guidelines,
+        fields=[rg.TextField(name=FIELD, title="Text", use_markdown=False)],
+        questions=[question_cls(name=QUESTION, title="Which label fits this text?", labels=list(labels),
+                                description="Suggestion from the zero-shot teacher; correct it if needed.")],
+        metadata=metadata,
+        allow_extra_metadata=False,
+    )
+
+
+def question_labels(dataset) -> tuple[list[str], bool]:
+    """The ``label`` question's labels in order and whether it is multi-label.
+
+    Raises:
+        DatasetMismatch: the dataset has no ``label`` question of a label type.
+    """
+    import argilla as rg
+
+    question = next((q for q in dataset.settings.questions if q.name == QUESTION), None)
+    if not isinstance(question, (rg.LabelQuestion, rg.MultiLabelQuestion)):
+        raise DatasetMismatch(f"dataset {dataset.name!r} has no label question named {QUESTION!r}: "
+                              "it was not created by `python -m annotate push`")
+    return list(question.labels), isinstance(question, rg.MultiLabelQuestion)
+
+
+def check_compatible(dataset, labels: Sequence[str], multi_label: bool) -> None:
+    """Raise :class:`DatasetMismatch` unless ``dataset`` has exactly these labels (same order), label mode,
+    text field and metadata."""
+    existing, existing_multi = question_labels(dataset)
+    if existing != list(labels):
+        raise DatasetMismatch(f"labels {list(labels)} do not match dataset {dataset.name!r}, whose question has "
+                              f"{existing}: pass the same labels in the same order, or use another --dataset")
+    if existing_multi != multi_label:
+        mode = "multi-label" if existing_multi else "single-label"
+        raise DatasetMismatch(f"dataset {dataset.name!r} is {mode}: {'add' if existing_multi else 'drop'} "
+                              "--multi-label, or use another --dataset")
+    names = {m.name for m in dataset.settings.metadata}
+    wanted = set(UNCERTAINTY) | {teacher_key(i) for i in range(len(labels))}
+    if FIELD not in {f.name for f in dataset.settings.fields} or not wanted <= names:
+        raise DatasetMismatch(f"dataset {dataset.name!r} lacks the {FIELD!r} field or the teacher metadata: "
+                              "it was not created by `python -m annotate push`")
+
+
+def suggestion_value(scores: np.ndarray, labels: Sequence[str], multi_label: bool,
+                     threshold: float = 0.5) -> tuple[str | list[str], float | list[float]]:
+    """The suggestion for one score row ``(n_labels,)``: ``(label, score)``, or with multi-label
+    ``(labels >= threshold, their scores)`` sorted by descending score (the top label when none passes)."""
+    order = np.argsort(-scores, kind="stable")
+    if not multi_label:
+        return labels[order[0]], float(scores[order[0]])
+    chosen = [i for i in order if scores[i] >= threshold] or [order[0]]
+    return [labels[i] for i in chosen], [float(scores[i]) for i in chosen]
+
+
+def build_records(ids: Sequence[str], texts: Sequence[str], scores: np.ndarray, labels: Sequence[str],
+                  multi_label: bool, agent: str, threshold: float = 0.5) -> list:
+    """Argilla records, one per text: ``scores`` has shape ``(len(texts), len(labels))`` in label order."""
+    import argilla as rg
+
+    from annotate.uncertainty import summarize
+
+    stats = summarize(scores, multi_label)
+    records = []
+    for row, (rid, text) in enumerate(zip(ids, texts)):
+        value, score = suggestion_value(scores[row], labels, multi_label, threshold)
+        metadata = {name: round(float(stats[name][row]), 6) for name in UNCERTAINTY}
+        metadata.update({teacher_key(i): float(scores[row, i]) for i in range(len(labels))})
+        records.append(rg.Record(id=rid, fields={FIELD: text}, metadata=metadata,
+                                 suggestions=[rg.Suggestion(question_name=QUESTION, value=value, score=score,
+                                                            agent=agent)]))
+    return records
+
+
+def teacher_scores(metadata: dict, labels: Sequence[str]) -> dict[str, float | None]:
+    """``{label: probability}`` for every label, in question order, from a record's metadata."""
+    return {label: metadata.get(teacher_key(i)) for i, label in enumerate(labels)}
+
+
+def deep_link(api_url: str, dataset_id, question: str = QUESTION) -> str:
+    """URL of the dataset in Argilla's UI, lowest suggestion score first (pending records by default)."""
+    return f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?sort=suggestion.{question}.score.asc"

@@ -1,0 +1,118 @@
+"""The ``embedding`` zero-shot method: N + K encoder passes instead of N x K.
+
+Each text is embedded once by a sentence encoder (all-MiniLM-L6-v2 by default), each candidate
+label's hypothesis (the label in the hypothesis template) is embedded once and kept in a bounded LRU
+cache, and a (text, label) pair scores by the cosine similarity of the two unit vectors. This is the
+bi-encoder baseline of Yin et al. (2019, "Benchmarking Zero-shot Text Classification") and of
+sentence-transformers' label-similarity recipe; it costs one pass per new text whatever the number of
+labels. Similarities become probabilities with the method's :class:`~service.calibration.Calibration`:
+``softmax(cos / T)`` across labels, or ``sigmoid(scale * cos + bias)`` per label for multi-label.
+
+It has no notion of "none of these labels": a text always sits nearest some label. Use the ``nli``
+method where entailment semantics matter (multi-label, abstention).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from cachetools import LRUCache
+
+from service.batching import run_sorted_batches
+from service.calibration import IDENTITY, Calibration, sigmoid, softmax
+from service.pooling import PoolingConfig, pool_numpy
+from service.zeroshot import Engine, ZeroShotMethod, fill_template
+
+
+class SentenceEncoder:
+    """Texts -> unit-length sentence embeddings through any engine.
+
+    Args:
+        tokenizer: the encoder's Hugging Face fast tokenizer.
+        engine: maps ``(batch, seq_len)`` int64 token arrays to pooled embeddings ``(batch, hidden)``
+            (graphs exported by this project pool inside the graph) or to token states
+            ``(batch, seq_len, hidden)`` (shipped graphs; pooled here with ``pooling``).
+        max_length: tokens per text; longer texts are truncated (as sentence-transformers does at
+            its ``max_seq_length``).
+        batch_size: texts per engine call, length-sorted (dynamic padding).
+        pooling: how token states are pooled when the engine returns them.
+    """
+
+    def __init__(self, tokenizer, engine: Engine, *, max_length: int, batch_size: int = 32,
+                 pooling: PoolingConfig = PoolingConfig()):
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.pooling = pooling
+
+    def _pool(self, output: np.ndarray, batch: dict[str, np.ndarray]) -> np.ndarray:
+        if output.ndim == 3:
+            return pool_numpy(output, batch["attention_mask"], self.pooling)
+        norms = np.linalg.norm(output, axis=1, keepdims=True)
+        return output / np.clip(norms, 1e-12, None)  # no-op for graphs that normalise; unit length for others
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """``(len(texts), hidden)`` float32 embeddings of unit L2 norm, in input order."""
+        if not texts:
+            return np.empty((0, 0), dtype=np.float32)
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False,
+                                 return_attention_mask=False, return_token_type_ids=True)
+        return run_sorted_batches(self.engine, encoded["input_ids"], batch_size=self.batch_size,
+                                  pad_id=self.tokenizer.pad_token_id or 0,
+                                  token_type_ids=encoded.get("token_type_ids"), postprocess=self._pool)
+
+
+class EmbeddingClassifier(ZeroShotMethod):
+    """Zero-shot classification by text-hypothesis cosine similarity (the ``embedding`` method).
+
+    Args:
+        encoder: the sentence encoder.
+        calibration: fitted temperature (single-label) and Platt numbers (multi-label); the identity
+            gives ``softmax(cos)``, which is nearly uniform - fit one with ``python -m train.calibrate``.
+        cache_size: most hypothesis embeddings kept (LRU). Keys are the filled hypotheses, so the
+            cache is per (model, template, label): one classifier serves one model.
+    """
+
+    name = "embedding"
+
+    def __init__(self, encoder: SentenceEncoder, *, calibration: Calibration = IDENTITY, cache_size: int = 4096):
+        self.encoder = encoder
+        self.calibration = calibration
+        self.cache: LRUCache = LRUCache(maxsize=cache_size)
+        self._cache_lock = threading.Lock()
+        self.cache_hits = self.cache_misses = 0
+
+    def hypothesis_embeddings(self, hypotheses: list[str]) -> np.ndarray:
+        """``(len(hypotheses), hidden)`` embeddings, from the cache where present; misses are encoded in one call."""
+        with self._cache_lock:
+            found = {h: self.cache.get(h) for h in hypotheses}
+        missing = [h for h, e in found.items() if e is None]
+        self.cache_hits += len(found) - len(missing)
+        self.cache_misses += len(missing)
+        if missing:
+            fresh = self.encoder.encode(missing)
+            with self._cache_lock:
+                for h, e in zip(missing, fresh):
+                    self.cache[h] = e
+                    found[h] = e
+        return np.stack([found[h] for h in hypotheses])
+
+    def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str) -> np.ndarray:
+        """Cosine similarities ``(len(texts), len(labels))`` float64, in [-1, 1]."""
+        hypotheses = [fill_template(hypothesis_template, label) for label in labels]
+        label_vectors = self.hypothesis_embeddings(hypotheses)
+        text_vectors = self.encoder.encode(texts)
+        return text_vectors.astype(np.float64) @ label_vectors.astype(np.float64).T
+
+    def probabilities(self, raw: np.ndarray, *, multi_label: bool) -> np.ndarray:
+        """``softmax(cos / T)`` across labels, or ``sigmoid(scale * cos + bias)`` per label (multi-label)."""
+        if multi_label:
+            return sigmoid(self.calibration.binary_scale * raw + self.calibration.binary_bias)
+        return softmax(raw / self.calibration.temperature, axis=-1)
+
+    def cache_info(self) -> dict:
+        """Hypothesis-cache size and hit counts, for ``GET /info``."""
+        return {"size": len(self.cache), "max_size": int(self.cache.maxsize), "hits": self.cache_hits,
+                "misses": self.cache_misses}

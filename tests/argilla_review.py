@@ -1,0 +1,77 @@
+"""Stand-in reviewers: submit (or discard) responses on a pushed dataset through the Argilla SDK.
+
+Used by the round-trip test and by ``scripts/demo_session.sh``, where the gold labels of AG News play the
+people who would review the suggestions in the UI::
+
+    python -m tests.argilla_review --dataset ag_news_pool --gold pool.jsonl --count 300 [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+
+def submit(dataset, decisions: dict[str, str | list[str] | None], user_id) -> int:
+    """Add one response per record id in ``decisions``: the label(s) as ``submitted``, or ``discarded`` for
+    ``None``. Returns how many records were updated.
+
+    Raises:
+        KeyError: a record id is not in the dataset.
+    """
+    import argilla as rg
+
+    from annotate.dataset import QUESTION
+
+    records = [r for r in dataset.records(with_suggestions=True, with_responses=True) if str(r.id) in decisions]
+    found = {str(r.id) for r in records}
+    lost = set(decisions) - found
+    if lost:
+        raise KeyError(f"{len(lost)} record ids not in the dataset, e.g. {sorted(lost)[0]}")
+    for record in records:
+        value = decisions[str(record.id)]
+        status = "discarded" if value is None else "submitted"
+        record.responses.add(rg.Response(question_name=QUESTION, value=value, user_id=user_id, status=status))
+    dataset.records.log(records)
+    return len(records)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.argilla_review", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--workspace", default=None, help="default: ARGILLA_WORKSPACE or argilla")
+    parser.add_argument("--gold", required=True, type=Path, help="JSONL with the pushed texts and a gold label")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--count", type=int, default=300, help="records to review (random sample)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import os
+
+    from annotate.client import connect, find_dataset
+    from annotate.dataset import record_id
+
+    client = connect(os.environ["ARGILLA_API_URL"], os.environ["ARGILLA_API_KEY"])
+    workspace = args.workspace or os.environ.get("ARGILLA_WORKSPACE", "argilla")
+    dataset = find_dataset(client, args.dataset, workspace)
+    if dataset is None:
+        print(f"error: dataset {args.dataset!r} not found", file=sys.stderr)
+        return 1
+    gold = {}
+    with args.gold.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            gold[record_id(str(row[args.text_column]).strip())] = row[args.label_column]
+    present = sorted(str(r.id) for r in dataset.records(with_suggestions=False, with_responses=False))
+    chosen = random.Random(args.seed).sample([i for i in present if i in gold], k=min(args.count, len(present)))
+    done = submit(dataset, {i: gold[i] for i in chosen}, client.me.id)
+    print(f"submitted gold-label responses for {done} records of {workspace}/{args.dataset}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
