@@ -38,6 +38,8 @@ class _Scorer:
     model_id: str = "?"
     engine: str = "?"
     method: str | None = None
+    #: The method that actually served the scores (the service's answer, or the in-process choice).
+    served_method: str | None = None
     batch_size: int = 64
 
     def __init__(self) -> None:
@@ -46,11 +48,14 @@ class _Scorer:
 
     @property
     def agent(self) -> str:
-        """What Argilla shows as the suggestion's agent: ``<model id>:<engine>`` (``:<method>`` when given).
+        """What Argilla shows as the suggestion's agent: ``<model id>:<engine>:<method>``.
 
+        The method is the one that served the scores (the service reports it in every answer, so a request
+        that left it to the service's default still names it); before any scoring, the requested one.
         Characters Argilla does not allow in an agent (anything but letters, digits, ``-_:./`` and spaces)
         become ``-``."""
-        agent = f"{self.model_id}:{self.engine}" + (f":{self.method}" if self.method else "")
+        method = self.served_method or self.method
+        agent = f"{self.model_id}:{self.engine}" + (f":{method}" if method else "")
         return re.sub(r"[^a-zA-Z0-9\-_:./ ]", "-", agent)
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
@@ -148,6 +153,7 @@ class HttpScorer(_Scorer):
         except (httpx.HTTPError, _Transient) as exc:
             raise ScoringError(f"zero-shot service at {self.url} failed after retries: {exc}") from None
         self.model_id, self.engine = answer.get("model", self.model_id), answer.get("engine", self.engine)
+        self.served_method = answer.get("method", self.served_method)
         return [_reorder(r["labels"], r["scores"], self.labels) for r in answer["results"]]
 
     def close(self) -> None:
@@ -181,6 +187,7 @@ class LocalScorer(_Scorer):
         except Exception as exc:  # model source, engine and config errors all end the run the same way
             raise ScoringError(f"cannot load the {chosen} method ({model!r} on {engine}): {exc}") from None
         self._method = self._served.methods[chosen]
+        self.served_method = chosen
         self.model_id, self.engine = self._served.model_id(chosen), self._served.engine_name(chosen)
 
     def _score(self, texts: list[str]) -> list[list[float]]:

@@ -95,7 +95,7 @@ def pushed(argilla_stack, zeroshot_service, data_dir, tmp_path_factory):
 def test_push_writes_records_suggestions_scores_and_metadata(pushed, argilla_stack, zeroshot_service):
     summary, rows = pushed["summary"], pushed["rows"]
     assert summary["pushed"] == 200 and summary["read"] == 200 and summary["failed"] == 0
-    assert summary["skipped_existing"] == 0 and summary["agent"] == "default:onnxruntime"
+    assert summary["skipped_existing"] == 0 and summary["agent"] == "default:onnxruntime:nli"
     assert sum(summary["label_counts"].values()) == 200
     assert summary["url"].endswith(f"/dataset/{summary['dataset_id']}/annotation-mode?sort=suggestion.label.score.asc")
     assert summary["url"] in pushed["stdout"] and "mean confidence" in pushed["stdout"]
@@ -110,7 +110,7 @@ def test_push_writes_records_suggestions_scores_and_metadata(pushed, argilla_sta
         suggestion = record.suggestions["label"]
         assert suggestion.value == LABELS[int(scores.argmax())]
         assert suggestion.score == pytest.approx(scores.max(), abs=1e-9)
-        assert suggestion.agent == "default:onnxruntime"
+        assert suggestion.agent == "default:onnxruntime:nli"
         assert record.metadata["confidence"] == pytest.approx(scores.max(), abs=1e-6)
         assert record.metadata["margin"] == pytest.approx(np.sort(scores)[-1] - np.sort(scores)[-2], abs=1e-6)
         assert record.metadata["entropy"] == pytest.approx(entropy(scores[None])[0], abs=1e-6)
@@ -179,7 +179,7 @@ def test_export_has_exactly_the_reviewed_records(pushed, reviewed, argilla_stack
         assert row["teacher_scores"] == {label: record.metadata[teacher_key(i)] for i, label in enumerate(LABELS)}
         assert row["suggestion"] == record.suggestions["label"].value
         assert row["suggestion_score"] == pytest.approx(max(row["teacher_scores"].values()))
-        assert row["agent"] == "default:onnxruntime"
+        assert row["agent"] == "default:onnxruntime:nli"
         correct += row["suggestion"] == row["label"]
 
     summary = json.loads(summary_path.read_text())

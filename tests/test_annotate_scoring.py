@@ -27,7 +27,7 @@ def test_http_and_local_scorers_agree_in_label_order(zeroshot_service):
     scores = http.score(TEXTS)
     assert scores.shape == (4, 4) and np.allclose(scores.sum(axis=1), 1, atol=1e-6)
     assert [LABELS[i] for i in scores.argmax(axis=1)][:2] == ["Sports", "Business"]
-    assert http.agent == "default:onnxruntime" and http.seconds > 0 and http.texts_scored == 4
+    assert http.agent == "default:onnxruntime:nli" and http.seconds > 0 and http.texts_scored == 4
     local = LocalScorer(LABELS, TEMPLATE, model="default", engine="onnxruntime", method="nli", batch_size=3)
     assert np.allclose(local.score(TEXTS), scores, atol=1e-5) and local.agent == http.agent
     local.close()
