@@ -32,13 +32,26 @@ def main(
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per pair (env ZSC_MAX_LENGTH).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Pairs per forward pass (env ZSC_BATCH_SIZE).")] = None,
     num_threads: Annotated[Optional[int], typer.Option(help="Threads/cores for the engine (env ZSC_NUM_THREADS).")] = None,
+    quantization: Annotated[Optional[str], typer.Option(help="auto (each engine's measured int8 form), none (fp32), "
+                                                        "qdq, integer or dynamic (env ZSC_QUANTIZATION).")] = None,
+    batch_wait_ms: Annotated[Optional[float], typer.Option(help="Micro-batching wait in ms; 0 turns it off "
+                                                           "(env ZSC_BATCH_WAIT_MS).")] = None,
+    classifier: Annotated[Optional[list[str]], typer.Option(help="A fine-tuned classifier for POST /classify, "
+                                                            "NAME=DIR (repeatable; env ZSC_CLASSIFIERS as JSON).")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning (env ZSC_LOG_LEVEL).")] = None,
 ) -> None:
     """Start the HTTP server; the model loads in the background (watch GET /ready)."""
     overrides = {k: v for k, v in dict(host=host, port=port, model=model, embedding_model=embedding_model,
                                        method=method, calibrate=calibrate, engine=engine, max_length=max_length,
-                                       batch_size=batch_size, num_threads=num_threads, log_level=log_level).items()
+                                       batch_size=batch_size, num_threads=num_threads, log_level=log_level,
+                                       quantization=quantization, batch_wait_ms=batch_wait_ms).items()
                  if v is not None}
+    if classifier:
+        bad = [c for c in classifier if "=" not in c or not c.split("=", 1)[0] or not c.split("=", 1)[1]]
+        if bad:
+            typer.echo(f"error: --classifier {bad[0]!r}: write NAME=DIR", err=True)
+            raise typer.Exit(2)
+        overrides["classifiers"] = dict(c.split("=", 1) for c in classifier)
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:

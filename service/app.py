@@ -3,6 +3,9 @@
 Lifecycle (as in LitServe's setup/predict split): at start-up the models load in a background
 thread, so ``GET /health`` answers at once and ``GET /ready`` turns 200 when they are loaded
 (503 before, or 500 with the reason if loading failed). ``POST /zero-shot`` answers 503 until then.
+Requests run concurrently (FastAPI's thread pool); each model's micro-batcher
+(:class:`service.batching.MicroBatcher`) merges their pairs into shared, length-sorted batches, and answers
+503 with ``Retry-After`` when its bounded queue is full.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from service import __doc__ as service_doc
+from service.batching import QueueFull
 from service.config import Settings
 from service.loader import ServedMethods, load_methods
-from service.schemas import ZeroShotItem, ZeroShotRequest, ZeroShotResponse
+from service.schemas import ClassifyRequest, ClassifyResponse, ZeroShotItem, ZeroShotRequest, ZeroShotResponse
 from service.zeroshot import InputError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +33,7 @@ class ModelSlot:
     def __init__(self) -> None:
         self.model: ServedMethods | None = None
         self.error: str | None = None
-        self.lock = threading.Lock()  # one inference at a time: engines use every core already
+        self.lock = threading.Lock()  # without micro-batching: one inference at a time (engines use every core)
         self._thread: threading.Thread | None = None
 
     def start(self, settings: Settings) -> None:
@@ -101,7 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             served = slot.model
             return JSONResponse({"status": "ready", "default_method": served.default_method,
                                  "methods": list(served.methods),
-                                 "models": {role: m.source.model_id for role, m in served.models.items()}})
+                                 "models": {role: m.source.model_id for role, m in served.models.items()},
+                                 "classifiers": list(served.classifiers)})
         if slot.error:
             return JSONResponse({"status": "failed", "error": slot.error}, status_code=500)
         return JSONResponse({"status": "loading"}, status_code=503)
@@ -117,6 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/zero-shot", response_model=ZeroShotResponse)
     def zero_shot(request: ZeroShotRequest) -> ZeroShotResponse:
         """Score every (text, label) pair; labels of each result sorted by descending score."""
+        if not settings.methods():
+            raise HTTPException(422, detail=[{"type": "method_not_loaded", "loc": ["body"], "msg": "this service "
+                                              "loads no zero-shot model, only classifiers: use POST /classify"}])
         method = settings.resolve_method(request.method, request.multi_label or len(request.labels) == 1)
         check_limits(request, settings, method)
         served = ready_model()
@@ -125,13 +133,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                               "msg": f"method {method!r} is not loaded by this service; "
                                                      f"choose one of {', '.join(served.methods)}"}])
         template = request.hypothesis_template or settings.hypothesis_template
-        with slot.lock:
-            results = served.methods[method](request.texts, request.labels, hypothesis_template=template,
-                                             multi_label=request.multi_label)
+        run = served.methods[method]
+        if settings.batch_wait_ms > 0:  # micro-batchers serialize engine calls and coalesce concurrent requests
+            results = run(request.texts, request.labels, hypothesis_template=template, multi_label=request.multi_label)
+        else:
+            with slot.lock:
+                results = run(request.texts, request.labels, hypothesis_template=template,
+                              multi_label=request.multi_label)
         return ZeroShotResponse(
             results=[ZeroShotItem(text=r.text, labels=r.labels, scores=r.scores) for r in results],
             method=method, model=served.model_id(method), engine=served.engine_name(method),
             hypothesis_template=template, multi_label=request.multi_label or len(request.labels) == 1)
+
+    @app.post("/classify", response_model=ClassifyResponse)
+    def classify(request: ClassifyRequest) -> ClassifyResponse:
+        """Label distribution of each text from a fine-tuned classifier (``train/finetune.py``)."""
+        problems = []
+        if len(request.texts) > settings.max_texts:
+            problems.append((["body", "texts"], f"{len(request.texts)} texts exceed the limit of {settings.max_texts} "
+                             "per request: split them into several requests"))
+        too_long = [i for i, t in enumerate(request.texts) if len(t) > settings.max_text_chars]
+        if too_long:
+            problems.append((["body", "texts", too_long[0]], f"texts[{too_long[0]}] has "
+                             f"{len(request.texts[too_long[0]])} characters, over the limit of {settings.max_text_chars}"))
+        served = ready_model()
+        names = list(served.classifiers)
+        if request.model is None and len(names) != 1:
+            problems.append((["body", "model"], "name the classifier: " + (", ".join(names) if names else
+                             "none is loaded (start the service with --classifier NAME=DIR)")))
+        elif request.model is not None and request.model not in served.classifiers:
+            problems.append((["body", "model"], f"no classifier named {request.model!r}; loaded: "
+                             f"{', '.join(names) or 'none (start the service with --classifier NAME=DIR)'}"))
+        if problems:
+            raise HTTPException(422, detail=[{"type": "invalid", "loc": loc, "msg": msg} for loc, msg in problems])
+        classifier = served.classifiers[request.model or names[0]]
+        if settings.batch_wait_ms > 0:
+            results = classifier(request.texts)
+        else:
+            with slot.lock:
+                results = classifier(request.texts)
+        return ClassifyResponse(results=[ZeroShotItem(text=r.text, labels=r.labels, scores=r.scores) for r in results],
+                                model=classifier.name, engine=classifier.engine.name, multi_label=classifier.multi_label)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse({"detail": f"the service is saturated: {exc}"}, status_code=503,
+                            headers={"Retry-After": "1"})
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:

@@ -1,12 +1,16 @@
-"""Dynamic padding: run tokenized sequences through an engine in length-sorted batches.
+"""Dynamic padding and micro-batching: run tokenized sequences through an engine in length-sorted batches.
 
 Sequences are sorted by length, so each batch is padded only to its own longest member and a
 batch never pays for padding that it does not need; results come back in input order.
+:class:`MicroBatcher` does the same across concurrent requests (a bounded queue with a maximum wait).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -61,3 +65,148 @@ def run_sorted_batches(engine: BatchEngine, input_ids: Sequence[Sequence[int]], 
             out = np.empty((len(input_ids), *result.shape[1:]), dtype=np.float32)
         out[idx] = result
     return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+
+class SequenceRunner:
+    """Tokenized sequences -> engine outputs in input order, through :func:`run_sorted_batches` (no coalescing).
+
+    Args:
+        engine: see :class:`BatchEngine`.
+        batch_size: sequences per engine call.
+        pad_id: the tokenizer's padding id.
+        postprocess: per-batch transform of the engine output (see :func:`run_sorted_batches`).
+    """
+
+    def __init__(self, engine: BatchEngine, *, batch_size: int, pad_id: int,
+                 postprocess: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None):
+        self.engine, self.batch_size, self.pad_id, self.postprocess = engine, batch_size, pad_id, postprocess
+
+    def __call__(self, input_ids: Sequence[Sequence[int]],
+                 token_type_ids: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+        """``(len(input_ids), ...)`` float32 outputs, row ``i`` for sequence ``i``."""
+        return run_sorted_batches(self.engine, input_ids, batch_size=self.batch_size, pad_id=self.pad_id,
+                                  token_type_ids=token_type_ids, postprocess=self.postprocess)
+
+    def describe(self) -> dict:
+        return {"micro_batching": False}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class QueueFull(RuntimeError):
+    """The micro-batching queue holds ``max_queue`` sequences already: the caller should retry later."""
+
+
+@dataclass
+class _Job:
+    input_ids: Sequence[Sequence[int]]
+    token_type_ids: Sequence[Sequence[int]] | None
+    arrived: float
+    done: threading.Event = field(default_factory=threading.Event)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+class MicroBatcher(SequenceRunner):
+    """A :class:`SequenceRunner` that coalesces the sequences of concurrent callers into shared batches.
+
+    Each call enqueues its sequences and blocks. One worker thread takes everything queued once the queue
+    holds ``batch_size`` sequences or the oldest job has waited ``max_wait_ms``, sorts all of it by length
+    (dynamic padding across requests), runs it through the engine and hands each caller its rows. Many small
+    requests (1 text x 4 labels each) thus fill batches instead of running a forward pass each. The worker is
+    the only thread that calls the engine, so engines need not be thread-safe.
+
+    Args:
+        max_wait_ms: longest time a job waits for company before its batch runs.
+        max_queue: most sequences queued; a call that would exceed it raises :class:`QueueFull` (the service
+            answers 503 with Retry-After) instead of growing memory without bound.
+
+    Raises (from a call):
+        QueueFull: the queue is full.
+        RuntimeError: the batcher is closed.
+        whatever the engine raised while running the batch holding this call's sequences.
+    """
+
+    def __init__(self, engine: BatchEngine, *, batch_size: int, pad_id: int,
+                 postprocess: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None,
+                 max_wait_ms: float = 2.0, max_queue: int = 16384, name: str = "micro-batcher"):
+        super().__init__(engine, batch_size=batch_size, pad_id=pad_id, postprocess=postprocess)
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self._queue: list[_Job] = []
+        self._queued = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self.stats = {"batches": 0, "jobs": 0, "sequences": 0, "max_jobs_per_round": 0, "rejected": 0}
+        self._worker = threading.Thread(target=self._run, name=name, daemon=True)
+        self._worker.start()
+
+    def __call__(self, input_ids: Sequence[Sequence[int]],
+                 token_type_ids: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+        if not len(input_ids):
+            return np.empty((0, 0), dtype=np.float32)
+        job = _Job(input_ids, token_type_ids, time.monotonic())
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the micro-batcher is closed")
+            if self._queued and self._queued + len(input_ids) > self.max_queue:
+                self.stats["rejected"] += 1
+                raise QueueFull(f"{self._queued} sequences are queued (limit {self.max_queue}); retry shortly")
+            self._queue.append(job)
+            self._queued += len(input_ids)
+            self._cond.notify()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            deadline = self._queue[0].arrived + self.max_wait
+            while self._queued < self.batch_size and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            jobs, self._queue, self._queued = self._queue, [], 0
+            return jobs
+
+    def _run(self) -> None:
+        while (jobs := self._take()) is not None:
+            ids = [seq for job in jobs for seq in job.input_ids]
+            types = None
+            if any(job.token_type_ids is not None for job in jobs):
+                types = [t for job in jobs for t in (job.token_type_ids if job.token_type_ids is not None
+                                                     else [[0] * len(s) for s in job.input_ids])]
+            try:
+                out = super().__call__(ids, types)
+            except BaseException as exc:  # every waiting caller gets the engine's error
+                for job in jobs:
+                    job.error = exc
+                    job.done.set()
+                continue
+            start = 0
+            for job in jobs:
+                job.result = out[start:start + len(job.input_ids)]
+                start += len(job.input_ids)
+                job.done.set()
+            self.stats["batches"] += -(-len(ids) // self.batch_size)
+            self.stats["jobs"] += len(jobs)
+            self.stats["sequences"] += len(ids)
+            self.stats["max_jobs_per_round"] = max(self.stats["max_jobs_per_round"], len(jobs))
+
+    def describe(self) -> dict:
+        return {"micro_batching": True, "max_wait_ms": self.max_wait * 1000, "max_queue": self.max_queue,
+                **self.stats}
+
+    def close(self) -> None:
+        """Stop the worker after the jobs already queued have run."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._worker.join(timeout=60)

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.sources import default_cache_dir
 
 EngineName = Literal["auto", "deepsparse", "onnxruntime", "torch"]
+#: Graph form: the model's calibrated int8 choice per engine (auto), float32 (none), or one int8 form.
+QuantizationName = Literal["auto", "none", "qdq", "integer", "dynamic"]
 MethodName = Literal["nli", "embedding", "ensemble"]
 #: ``auto`` picks per request (:meth:`Settings.resolve_method`).
 MethodChoice = Literal["auto", "nli", "embedding", "ensemble"]
@@ -35,12 +37,26 @@ class Settings(BaseSettings):
                                  "(packaged all-MiniLM-L6-v2), a sentence-transformers directory, a hub id, or none")
     method: MethodChoice = Field("auto", description="zero-shot method when a request names none; auto: embedding "
                                  "for single-label requests, nli for multi-label ones (README, Zero-shot methods)")
+    classifiers: dict[str, str] = Field(default_factory=dict, description="fine-tuned classifiers served by POST "
+                                        "/classify, name -> model directory (train/finetune.py output); env as JSON: "
+                                        "ZSC_CLASSIFIERS='{\"ag_news\": \"runs/student\"}'")
     revision: str | None = Field(None, description="hub revision for hub ids")
-    engine: EngineName = Field("auto", description="auto tries deepsparse, then onnxruntime, then torch")
+    engine: EngineName = Field("auto", description="auto times deepsparse and onnxruntime at start-up and keeps the "
+                               "faster (torch only when neither runs)")
+    quantization: QuantizationName = Field("auto", description="auto: the int8 form each engine runs best "
+                                           "(the model's quantization.json; float32 without one); none: float32; "
+                                           "qdq, integer, dynamic: that int8 form on every engine")
     max_length: int | None = Field(None, ge=8, description="max tokens per (premise, hypothesis) pair; default: the tokenizer's")
     embedding_max_length: int | None = Field(None, ge=8, description="max tokens per text for the sentence encoder; "
                                              "default: its max_seq_length")
     batch_size: int = Field(32, ge=1, le=1024, description="pairs per forward pass")
+    batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="micro-batching: longest wait (ms) for concurrent "
+                                 "requests to fill a batch; 0 turns micro-batching off")
+    max_queue: int = Field(16384, ge=1, description="most sequences waiting for the engine; beyond it requests get "
+                           "503 with Retry-After")
+    deepsparse_compile: Literal["lazy", "startup", "background"] = Field(
+        "background", description="when DeepSparse compiles its (batch, seq) buckets: on first use, all at start-up, "
+        "or in the background once the service is ready (README, 'Speed')")
     num_threads: int | None = Field(None, ge=1, description="intra-op threads / cores; default: all")
     max_texts: int = Field(64, ge=1, description="most texts in one request")
     max_labels: int = Field(32, ge=1, description="most candidate labels in one nli or ensemble request")
@@ -67,8 +83,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_method_loadable(self) -> "Settings":
         if self.method == "auto":
-            if self.model == NO_MODEL and self.embedding_model == NO_MODEL:
-                raise ValueError(f"model and embedding_model are both {NO_MODEL!r}: name at least one")
+            if self.model == NO_MODEL and self.embedding_model == NO_MODEL and not self.classifiers:
+                raise ValueError(f"model and embedding_model are both {NO_MODEL!r} and no classifier is named: "
+                                 "name at least one model")
             return self
         needs = {"nli": ("model",), "embedding": ("embedding_model",), "ensemble": ("model", "embedding_model")}
         off = [name for name in needs[self.method] if getattr(self, name) == NO_MODEL]

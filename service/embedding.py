@@ -19,7 +19,7 @@ import threading
 import numpy as np
 from cachetools import LRUCache
 
-from service.batching import run_sorted_batches
+from service.batching import SequenceRunner
 from service.calibration import IDENTITY, Calibration, sigmoid, softmax
 from service.pooling import PoolingConfig, pool_numpy
 from service.zeroshot import Engine, ZeroShotMethod, fill_template
@@ -46,6 +46,9 @@ class SentenceEncoder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.pooling = pooling
+        #: Runs tokenized texts (the service swaps in a :class:`~service.batching.MicroBatcher`).
+        self.runner: SequenceRunner = SequenceRunner(engine, batch_size=batch_size,
+                                                     pad_id=tokenizer.pad_token_id or 0, postprocess=self._pool)
 
     def _pool(self, output: np.ndarray, batch: dict[str, np.ndarray]) -> np.ndarray:
         if output.ndim == 3:
@@ -59,9 +62,7 @@ class SentenceEncoder:
             return np.empty((0, 0), dtype=np.float32)
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False,
                                  return_attention_mask=False, return_token_type_ids=True)
-        return run_sorted_batches(self.engine, encoded["input_ids"], batch_size=self.batch_size,
-                                  pad_id=self.tokenizer.pad_token_id or 0,
-                                  token_type_ids=encoded.get("token_type_ids"), postprocess=self._pool)
+        return self.runner(encoded["input_ids"], encoded.get("token_type_ids"))
 
 
 class EmbeddingClassifier(ZeroShotMethod):

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from service.batching import MicroBatcher
 from service.calibration import IDENTITY, Calibration, calibration_key, find_calibration
 from service.config import NO_MODEL, Settings
 from service.embedding import EmbeddingClassifier, SentenceEncoder
@@ -42,7 +43,13 @@ class LoadedModel:
     classifier: ZeroShotMethod
     info: dict = field(default_factory=dict)
 
+    @property
+    def runner(self):
+        """The :class:`~service.batching.SequenceRunner` (or micro-batcher) in front of the engine."""
+        return self.classifier.runner if self.role == "nli" else self.classifier.encoder.runner  # type: ignore[attr-defined]
+
     def close(self) -> None:
+        self.runner.close()
         self.engine.close()
 
 
@@ -80,7 +87,7 @@ def load_model(settings: Settings, role: Role = "nli") -> LoadedModel:
         raise ValueError(f"the {role} model is set to {NO_MODEL!r}")
     if role == "embedding" and model_id == DEFAULT_MODEL:
         model_id = DEFAULT_EMBEDDING_MODEL
-    source = resolve_model(model_id, revision=settings.revision)
+    source = resolve_model(model_id, revision=settings.revision, cache_dir=settings.cache_dir)
     config = source.config()
     tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
     model_limit = min(tokenizer.model_max_length, config.get("max_position_embeddings", 512))
@@ -88,7 +95,8 @@ def load_model(settings: Settings, role: Role = "nli") -> LoadedModel:
     if role == "nli":
         max_length = settings.max_length or model_limit
         engine = create_engine(settings.engine, source, cache_dir=settings.cache_dir, batch_size=settings.batch_size,
-                               max_length=max_length, num_threads=settings.num_threads)
+                               max_length=max_length, num_threads=settings.num_threads,
+                               quantization=settings.quantization, compile=settings.deepsparse_compile)
         label2id = {str(k): int(v) for k, v in config.get("label2id", {}).items()}
         calibration, calibration_info = _calibration(settings, "nli", fingerprint)
         classifier: ZeroShotMethod = ZeroShotClassifier(tokenizer, engine, label2id, max_length=max_length,
@@ -101,12 +109,19 @@ def load_model(settings: Settings, role: Role = "nli") -> LoadedModel:
         pooling = read_pooling_config(source.path)
         max_length = settings.embedding_max_length or min(pooling.max_seq_length or model_limit, model_limit)
         engine = create_engine(settings.engine, source, cache_dir=settings.cache_dir, batch_size=settings.batch_size,
-                               max_length=max_length, num_threads=settings.num_threads, task="sentence-embedding")
+                               max_length=max_length, num_threads=settings.num_threads, task="sentence-embedding",
+                               quantization=settings.quantization, compile=settings.deepsparse_compile)
         calibration, calibration_info = _calibration(settings, "embedding", fingerprint)
         encoder = SentenceEncoder(tokenizer, engine, max_length=max_length, batch_size=settings.batch_size,
                                   pooling=pooling)
         classifier = EmbeddingClassifier(encoder, calibration=calibration, cache_size=settings.label_cache_size)
         role_info = {"pooling": pooling.mode, "normalize": pooling.normalize}
+    runner_owner = classifier if role == "nli" else classifier.encoder  # type: ignore[attr-defined]
+    if settings.batch_wait_ms > 0:
+        plain = runner_owner.runner
+        runner_owner.runner = MicroBatcher(engine, batch_size=settings.batch_size, pad_id=plain.pad_id,
+                                           postprocess=plain.postprocess, max_wait_ms=settings.batch_wait_ms,
+                                           max_queue=settings.max_queue, name=f"micro-batcher-{role}")
     info = {
         "model_id": source.model_id,
         "model_path": str(source.path),
@@ -118,6 +133,7 @@ def load_model(settings: Settings, role: Role = "nli") -> LoadedModel:
         **calibration_info,
         **_weights_facts(engine, source),
         **engine.describe(),
+        "compact_path": str(source.compact_path) if source.compact_path else None,
         "load_seconds": round(time.perf_counter() - started, 3),
     }
     logger.info("loaded %s model %s on %s in %.1f s", role, source.model_id, engine.name, info["load_seconds"])
@@ -132,6 +148,8 @@ class ServedMethods:
     methods: dict[str, ZeroShotMethod]
     default_method: str
     ensemble_info: dict = field(default_factory=dict)
+    #: Fine-tuned classifiers of ``POST /classify``, by name (:mod:`service.classify`).
+    classifiers: dict = field(default_factory=dict)
 
     def model_id(self, method: str) -> str:
         """The model id(s) behind ``method`` (``nli+embedding`` ids joined by ``+`` for the ensemble)."""
@@ -154,11 +172,16 @@ class ServedMethods:
         if isinstance(embedding, EmbeddingClassifier):
             methods["embedding"]["label_cache"] = embedding.cache_info()
         return {"default_method": self.default_method, "methods": methods,
-                "models": {role: {**m.info, **m.engine.describe()} for role, m in self.models.items()}}
+                "models": {role: {**m.info, **m.engine.describe(), "batching": m.runner.describe()}
+                           for role, m in self.models.items()},
+                "classifiers": {name: {**c.info, **c.engine.describe(), "batching": c.runner.describe()}
+                                for name, c in self.classifiers.items()}}
 
     def close(self) -> None:
         for model in self.models.values():
             model.close()
+        for classifier in self.classifiers.values():
+            classifier.close()
 
 
 def load_methods(settings: Settings) -> ServedMethods:
@@ -167,14 +190,22 @@ def load_methods(settings: Settings) -> ServedMethods:
     Raises:
         the errors of :func:`load_model`; models already loaded are closed first.
     """
+    from service.classify import load_classifier
+
     models: dict[str, LoadedModel] = {}
+    classifiers: dict = {}
     try:
         if settings.model != NO_MODEL:
             models["nli"] = load_model(settings, "nli")
         if settings.embedding_model != NO_MODEL:
             models["embedding"] = load_model(settings, "embedding")
+        for name, path in settings.classifiers.items():
+            classifiers[name] = load_classifier(name, path, engine=settings.engine, quantization=settings.quantization,
+                                                cache_dir=settings.cache_dir, batch_size=settings.batch_size,
+                                                num_threads=settings.num_threads, batch_wait_ms=settings.batch_wait_ms,
+                                                max_queue=settings.max_queue)
     except Exception:
-        for model in models.values():
+        for model in [*models.values(), *classifiers.values()]:
             model.close()
         raise
     methods: dict[str, ZeroShotMethod] = {role: m.classifier for role, m in models.items()}
@@ -184,7 +215,8 @@ def load_methods(settings: Settings) -> ServedMethods:
                                                   models["embedding"].info["fingerprint"])
         methods["ensemble"] = EnsembleClassifier(models["nli"].classifier, models["embedding"].classifier,  # type: ignore[arg-type]
                                                  calibration=calibration)
-    return ServedMethods(models=models, methods=methods, default_method=settings.method, ensemble_info=ensemble_info)
+    return ServedMethods(models=models, methods=methods, default_method=settings.method, ensemble_info=ensemble_info,
+                         classifiers=classifiers)
 
 
 def _weights_facts(engine: Engine, source: ModelSource) -> dict:

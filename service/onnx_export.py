@@ -31,26 +31,52 @@ class ExportError(RuntimeError):
     """The ONNX graph could not be produced (no torch, no weights, exporter failure)."""
 
 
-def onnx_for(source: ModelSource, cache_dir: Path, task: str = "sequence-classification") -> Path:
+def onnx_for(source: ModelSource, cache_dir: Path, task: str = "sequence-classification", int8: str = "none") -> Path:
     """The ONNX graph of a model for ``task`` (one of :data:`TASKS`): the one it ships with, or a
     cached export of its torch weights (``<cache_dir>/onnx/<fingerprint>/<task file>``).
 
     A shipped graph is taken as is: for ``sentence-embedding`` it may output token states
     ``(batch, seq_len, hidden)``, which :mod:`service.embedding` pools in numpy.
 
+    ``int8`` other than ``none`` names a form of :data:`service.quantization.MODES`: the float32 graph is
+    quantized with the model's calibrated ranges (``quantization.json``) into
+    ``<same folder>/<stem>.int8-<mode>-<ranges digest>.onnx``, built once.
+
     Raises:
-        ExportError: no shipped graph and no way to export one.
+        ExportError: no shipped graph and no way to export one, or the int8 graph cannot be built.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; one of {TASKS}")
     if source.onnx_path is not None:
-        return source.onnx_path
-    if not source.has_torch_weights:
-        raise ExportError(f"{source.path} has neither an ONNX graph nor torch weights to export")
-    target = Path(cache_dir) / "onnx" / source.fingerprint() / _FILE_NAMES[task]
-    if not target.is_file():
-        export_onnx(source.path, target, task=task)
+        fp32 = source.onnx_path
+        derived_dir = Path(cache_dir) / "onnx" / f"shipped-{_path_key(fp32)}"
+    else:
+        if not source.has_torch_weights:
+            raise ExportError(f"{source.path} has neither an ONNX graph nor torch weights to export")
+        fp32 = Path(cache_dir) / "onnx" / source.fingerprint() / _FILE_NAMES[task]
+        derived_dir = fp32.parent
+        if not fp32.is_file():
+            export_onnx(source.path, fp32, task=task)
+    if int8 == "none":
+        return fp32
+    from service.quantization import build_int8
+
+    try:
+        spec = source.quantization()
+        target = derived_dir / f"{fp32.stem}.int8-{int8}-{spec.digest() if spec else 'nocal'}.onnx"
+        if not target.is_file():
+            logger.info("building the %s int8 graph of %s at %s", int8, source.model_id, target)
+            build_int8(fp32, target, int8, spec)
+    except (ValueError, KeyError) as exc:
+        raise ExportError(f"int8 ({int8}) graph of {source.model_id}: {exc}") from exc
     return target
+
+
+def _path_key(path: Path) -> str:
+    import hashlib
+
+    stat = Path(path).stat()
+    return hashlib.sha256(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 def export_onnx(model_dir: Path, target: Path, *, opset: int = OPSET, task: str = "sequence-classification") -> Path:
@@ -129,21 +155,33 @@ def _inspect_onnx(onnx_path: Path) -> dict:
     """Sparsity and quantization of a graph, measured from its initializers and nodes.
 
     Returns:
-        ``{"sparsity": float, "quantization": str, "weight_params": int}``: sparsity is the
-        fraction of exact zeros over the 2-D weight initializers that feed MatMul/Gemm (or their
-        quantized forms) - the Linear layers, not the embedding tables; quantization is ``"int8"`` when quantize/dequantize or
-        integer matmul nodes are present, else ``"none"``.
+        ``{"sparsity": float, "quantization": str, "weight_params": int}``: sparsity is the fraction of
+        exact zeros over the 2-D weight initializers that feed MatMul/Gemm or their quantized forms (the Linear
+        layers, not the embedding tables); a quantized weight counts as zero where it equals its zero point
+        (128 for the uint8 weights of the ``integer`` form). quantization is ``"int8"`` when quantize /
+        dequantize or integer matmul nodes are present, else ``"none"``.
     """
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(onnx_path))
-    matmul_inputs = {name for node in model.graph.node if node.op_type in _MATMUL_OPS for name in node.input}
+    initializers = {init.name: init for init in model.graph.initializer}
+    zero_points: dict[str, int] = {}
+    matmul_inputs = set()
+    for node in model.graph.node:
+        if node.op_type not in _MATMUL_OPS:
+            continue
+        matmul_inputs.update(node.input)
+        zp_index = {"MatMulInteger": (1, 3), "DequantizeLinear": (0, 2)}.get(node.op_type)
+        if zp_index and len(node.input) > zp_index[1] and node.input[zp_index[1]] in initializers:
+            zp = numpy_helper.to_array(initializers[node.input[zp_index[1]]])
+            if zp.size and np.all(zp == zp.flat[0]):
+                zero_points[node.input[zp_index[0]]] = int(zp.flat[0])
     zeros = total = 0
     for init in model.graph.initializer:
         if init.name in matmul_inputs and len(init.dims) == 2 and min(init.dims) > 1:
             array = numpy_helper.to_array(init)
-            zeros += int(np.count_nonzero(array == 0))
+            zeros += int(np.count_nonzero(array == zero_points.get(init.name, 0)))
             total += array.size
     ops = {node.op_type for node in model.graph.node}
     return {"sparsity": round(zeros / total, 4) if total else 0.0,

@@ -17,6 +17,17 @@ from service.zeroshot import validate_template
 MAX_LABEL_CHARS = 200
 
 
+def check_texts(texts: list[str]) -> list[str]:
+    """``texts`` if non-empty with no blank text; ``ValueError`` saying which one otherwise."""
+    if not texts:
+        raise ValueError("texts is empty: send at least one text to classify")
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        raise ValueError(f"texts[{blank[0]}] is empty or whitespace: every text needs content "
+                         f"({len(blank)} such text{'s' if len(blank) > 1 else ''})")
+    return texts
+
+
 class ZeroShotRequest(BaseModel):
     """``POST /zero-shot``: score every (text, candidate label) pair."""
 
@@ -36,13 +47,7 @@ class ZeroShotRequest(BaseModel):
     @field_validator("texts")
     @classmethod
     def _texts(cls, texts: list[str]) -> list[str]:
-        if not texts:
-            raise ValueError("texts is empty: send at least one text to classify")
-        blank = [i for i, t in enumerate(texts) if not t.strip()]
-        if blank:
-            raise ValueError(f"texts[{blank[0]}] is empty or whitespace: every text needs content "
-                             f"({len(blank)} such text{'s' if len(blank) > 1 else ''})")
-        return texts
+        return check_texts(texts)
 
     @field_validator("labels")
     @classmethod
@@ -81,4 +86,30 @@ class ZeroShotResponse(BaseModel):
     model: str
     engine: str
     hypothesis_template: str
+    multi_label: bool
+
+
+class ClassifyRequest(BaseModel):
+    """``POST /classify``: label distributions from a fine-tuned classifier (a fixed label set, one pass a text)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    texts: list[str] = Field(..., description="texts to classify; one result per text, in order",
+                             examples=[["The striker scored twice in the final minutes."]])
+    model: str | None = Field(None, description="name of a loaded classifier (GET /info); optional when one is loaded")
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, texts: list[str]) -> list[str]:
+        return check_texts(texts)
+
+
+class ClassifyResponse(BaseModel):
+    """``POST /classify`` answer: ``results[i]`` belongs to ``texts[i]``, labels by descending probability."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    results: list[ZeroShotItem]
+    model: str
+    engine: str
     multi_label: bool

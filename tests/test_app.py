@@ -22,7 +22,8 @@ LABELS = ["sports", "business", "politics"]
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, minilm_dir, cache_dir):
     settings = Settings(model=str(tiny_model_dir), embedding_model=str(minilm_dir), method="nli", engine="onnxruntime",
-                        cache_dir=cache_dir, max_texts=3, max_labels=4, max_labels_embedding=6, max_text_chars=500)
+                        cache_dir=cache_dir, max_texts=3, max_labels=4, max_labels_embedding=6, max_text_chars=500,
+                        batch_wait_ms=50)
     with LiveServer(create_app(settings)) as live:
         assert live.wait_ready().status_code == 200
         yield live
@@ -208,3 +209,37 @@ def test_bad_cli_option_exits_nonzero_with_one_line(args, fragment):
     proc = subprocess.run([sys.executable, "-m", "service", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and fragment in proc.stderr
+
+
+def test_concurrent_requests_share_batches_and_keep_their_answers(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"Report number {i}: the {w} made headlines on Monday." for i, w in
+             enumerate(["striker", "central bank", "senate", "rover", "coach", "merger", "election", "probe"])]
+    one = lambda t: post(server, texts=[t], labels=LABELS, method="nli").json()["results"][0]  # noqa: E731
+    sequential = [one(t) for t in texts]
+    before = httpx.get(server.url + "/info").json()["models"]["nli"]["batching"]
+    with ThreadPoolExecutor(len(texts)) as pool:
+        concurrent = list(pool.map(one, texts))
+    for a, b in zip(sequential, concurrent):
+        assert a["labels"] == b["labels"]
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+    after = httpx.get(server.url + "/info").json()["models"]["nli"]["batching"]
+    assert after["micro_batching"] and after["max_jobs_per_round"] > 1
+    assert after["batches"] - before["batches"] < len(texts)  # fewer forward passes than requests
+
+
+def test_a_saturated_queue_answers_503_with_retry_after(tiny_model_dir, cache_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = Settings(model=str(tiny_model_dir), embedding_model="none", engine="onnxruntime", cache_dir=cache_dir,
+                        batch_wait_ms=800, max_queue=4)
+    with LiveServer(create_app(settings)) as live:
+        live.wait_ready()
+        body = {"texts": ["a text"], "labels": LABELS}  # 3 pairs each: two of them overflow a queue of 4
+        with ThreadPoolExecutor(2) as pool:
+            responses = list(pool.map(lambda _: httpx.post(live.url + "/zero-shot", json=body, timeout=60), range(2)))
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200, 503], [r.text for r in responses]
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers["retry-after"] == "1" and "saturated" in refused.text

@@ -111,13 +111,37 @@ def half_sparse_copy(tiny_model_dir, target):
 
 
 @pytest.mark.slow
-def test_auto_prefers_deepsparse_only_for_sparse_graphs(tiny_model_dir, cache_dir, tmp_path):
-    dense = create_engine("auto", resolve_model(str(tiny_model_dir)), cache_dir=cache_dir, batch_size=4, max_length=48)
-    assert dense.name == "onnxruntime"
+def test_auto_keeps_the_engine_it_measured_fastest(tiny_model_dir, cache_dir, tmp_path):
     half_sparse_copy(tiny_model_dir, tmp_path / "half")
-    sparse = create_engine("auto", resolve_model(str(tmp_path / "half")), cache_dir=cache_dir, batch_size=4,
-                           max_length=48)
-    assert sparse.name == "deepsparse"
+    for path in (tiny_model_dir, tmp_path / "half"):
+        engine = create_engine("auto", resolve_model(str(path)), cache_dir=cache_dir, batch_size=4, max_length=48)
+        selection = engine.selection
+        assert set(selection["rows_per_s"]) == {"deepsparse", "onnxruntime"}  # both built and timed
+        assert selection["chosen"] == engine.name == max(selection["rows_per_s"], key=selection["rows_per_s"].get)
+        assert engine.describe()["auto_selection"] == selection
+        engine.close()
+
+
+@pytest.mark.slow
+def test_deepsparse_routes_each_batch_to_the_smallest_bucket(tiny_model_dir, cache_dir, tmp_path):
+    from service.engines.deepsparse import DeepSparseEngine, batch_buckets, plan_chunks
+    from service.onnx_export import onnx_for
+
+    assert batch_buckets(32) == (1, 4, 16, 32) and batch_buckets(1) == (1,)
+    assert plan_chunks(37, (1, 4, 16, 32)) == [(32, 32), (5, 16)]
+    graph = onnx_for(resolve_model(str(tiny_model_dir)), cache_dir)
+    engine = DeepSparseEngine(graph, work_dir=tmp_path / "ds", batch_size=32, max_length=48)
+    reference = create_engine("onnxruntime", resolve_model(str(tiny_model_dir)), cache_dir=cache_dir, batch_size=32,
+                              max_length=48)
+    rng = np.random.default_rng(0)
+    for rows, width in ((3, 20), (37, 40)):
+        inputs = {"input_ids": rng.integers(1000, 5000, (rows, width)), "attention_mask": np.ones((rows, width), int),
+                  "token_type_ids": np.zeros((rows, width), int)}
+        inputs = {k: v.astype(np.int64) for k, v in inputs.items()}
+        np.testing.assert_allclose(engine({k: inputs[k] for k in engine.input_names}),
+                                   reference({k: inputs[k] for k in reference.input_names}), atol=1e-4)
+    assert engine.describe()["compiled_buckets"] == ["1x16", "4x32", "16x48", "32x48"]
+    assert not list((tmp_path / "ds").glob("*.onnx"))  # per-bucket copies are deleted once compiled
 
 
 @pytest.mark.slow

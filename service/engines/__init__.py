@@ -1,95 +1,132 @@
 """Engines behind one interface (:class:`~service.engines.base.Engine`), and how one is chosen.
 
-``auto`` tries DeepSparse first for sparse or int8 graphs and ONNX Runtime first for dense ones
-(:func:`auto_order`), then the rest. When DeepSparse is asked for (or tried by ``auto``) and is
+``auto`` measures: it builds each available engine (DeepSparse and ONNX Runtime; the torch reference engine
+only when neither can run the model), times each on the same synthetic batches of the service's batch size,
+keeps the fastest and closes the others (:func:`create_engine`). Every engine runs the graph form it is best
+at: with a calibrated model (``quantization.json``), DeepSparse runs the ``integer`` int8 graph and ONNX
+Runtime the int8 form measured fastest for it (:mod:`train.quantize`). When DeepSparse is asked for and is
 missing or fails to compile, the service falls back to ONNX Runtime with one logged warning.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
+import numpy as np
+
 from service.engines.base import Engine, EngineError
-from service.onnx_export import ExportError, inspect_onnx, onnx_for
+from service.onnx_export import ExportError, onnx_for
 from service.sources import ModelSource
 
 logger = logging.getLogger(__name__)
 
 ENGINES = ("deepsparse", "onnxruntime", "torch")
+#: Values of the ``quantization`` setting: ``auto`` (the model's calibrated choice per engine), ``none``
+#: (float32 graphs), or one int8 form for every engine.
+QUANTIZATION_CHOICES = ("auto", "none", "qdq", "integer", "dynamic")
 
-__all__ = ["ENGINES", "Engine", "EngineError", "create_engine"]
+__all__ = ["ENGINES", "Engine", "EngineError", "create_engine", "int8_mode"]
+
+_DISPLAY = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "torch": "the torch engine"}
+
+
+def int8_mode(kind: str, source: ModelSource, quantization: str = "auto") -> str:
+    """The graph form engine ``kind`` runs for ``source``: ``none`` (float32) or an int8 form.
+
+    ``auto`` takes the model's ``quantization.json`` choice for that engine (float32 without one); the torch
+    engine always runs float32 weights.
+    """
+    if quantization not in QUANTIZATION_CHOICES:
+        raise EngineError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATION_CHOICES)}")
+    if kind == "torch" or quantization == "none":
+        return "none"
+    if quantization != "auto":
+        return quantization
+    spec = source.quantization()
+    return spec.mode_for(kind) if spec is not None else "none"
 
 
 def _build(kind: str, source: ModelSource, *, cache_dir: Path, batch_size: int, max_length: int,
-           num_threads: int | None, task: str) -> Engine:
+           num_threads: int | None, task: str, quantization: str, compile: str = "lazy") -> Engine:
     if kind == "torch":
         from service.engines.torch import TorchEngine
 
         if not source.has_torch_weights:
             raise EngineError(f"{source.path} has no torch weights for the torch engine")
         return TorchEngine(source.path, num_threads=num_threads, task=task)
+    mode = int8_mode(kind, source, quantization)
     try:
-        onnx_path = onnx_for(source, cache_dir, task)
+        onnx_path = onnx_for(source, cache_dir, task, int8=mode)
     except ExportError as exc:
         raise EngineError(str(exc)) from exc
     if kind == "onnxruntime":
         from service.engines.onnxruntime import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(onnx_path, num_threads=num_threads)
-    if kind == "deepsparse":
+        engine: Engine = OnnxRuntimeEngine(onnx_path, num_threads=num_threads)
+    elif kind == "deepsparse":
         from service.engines.deepsparse import DeepSparseEngine
 
         key = source.fingerprint() if source.has_torch_weights else onnx_path.parent.name
         work_dir = Path(cache_dir) / "deepsparse" / key / onnx_path.stem
-        return DeepSparseEngine(onnx_path, work_dir=work_dir, batch_size=batch_size, max_length=max_length,
-                                num_threads=num_threads)
-    raise AssertionError(kind)
+        engine = DeepSparseEngine(onnx_path, work_dir=work_dir, batch_size=batch_size, max_length=max_length,
+                                  num_threads=num_threads, compile=compile)
+    else:
+        raise AssertionError(kind)
+    engine.int8 = mode
+    return engine
 
 
-_DISPLAY = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "torch": "the torch engine"}
-
-
-def auto_order(source: ModelSource, cache_dir: Path, task: str = "sequence-classification") -> tuple[str, ...]:
-    """Engines to try for ``auto``: DeepSparse first only for sparse (>= 50% zeros) or int8 graphs.
-
-    DeepSparse's speed comes from sparsity and quantization; on a dense float32 graph it has
-    nothing to exploit. Measured on this project's 2-core AVX2 machine (no VNNI) with the dense
-    default teacher, 512 AG News texts x 4 labels, batch 64 (``python -m train.evaluate --dataset
-    ag_news --template 'This text is about {}.' --limit 512 --engine <name>``): ONNX Runtime 18.2
-    texts/s, DeepSparse 10.0 (static-shape buckets, compilation included), torch 14.3.
-    """
-    try:
-        facts = inspect_onnx(onnx_for(source, cache_dir, task))
-    except Exception:  # no graph to inspect: the engines will say why when built
-        return ENGINES
-    if facts["sparsity"] >= 0.5 or facts["quantization"] != "none":
-        return ENGINES
-    return ("onnxruntime", "deepsparse", "torch")
+def measure_rate(engine: Engine, *, batch_size: int, seq_len: int = 64, repeats: int = 3, seed: int = 0) -> float:
+    """Rows per second of ``engine`` on a synthetic ``(batch_size, seq_len)`` batch (best of ``repeats`` calls,
+    after one warm-up call that also compiles a static-shape engine's bucket)."""
+    rng = np.random.default_rng(seed)
+    inputs = {"input_ids": rng.integers(1000, 20000, (batch_size, seq_len), dtype=np.int64),
+              "attention_mask": np.ones((batch_size, seq_len), dtype=np.int64),
+              "token_type_ids": np.zeros((batch_size, seq_len), dtype=np.int64)}
+    feed = {k: v for k, v in inputs.items() if k in engine.input_names}
+    engine(feed)
+    best = 0.0
+    for _ in range(repeats):
+        began = time.perf_counter()
+        engine(feed)
+        best = max(best, batch_size / (time.perf_counter() - began))
+    return best
 
 
 def create_engine(kind: str, source: ModelSource, *, cache_dir: Path, batch_size: int, max_length: int,
-                  num_threads: int | None = None, task: str = "sequence-classification") -> Engine:
+                  num_threads: int | None = None, task: str = "sequence-classification",
+                  quantization: str = "auto", compile: str = "lazy") -> Engine:
     """Build the engine ``kind`` (``auto`` or one of :data:`ENGINES`) for a resolved model.
 
     ``task`` is what the graph computes (:data:`service.onnx_export.TASKS`): NLI logits, or pooled
-    sentence embeddings for the embedding method.
+    sentence embeddings for the embedding method. ``quantization`` picks the graph form
+    (:data:`QUANTIZATION_CHOICES`, see :func:`int8_mode`); ``compile`` is DeepSparse's bucket compilation policy
+    (``lazy``, ``startup``, ``background``: :mod:`service.engines.deepsparse`), applied once the engine is chosen.
 
-    ``deepsparse`` falls back to ONNX Runtime; ``auto`` tries :func:`auto_order`'s engines in
-    turn. Each fallback logs one warning with the reason.
+    ``auto`` builds DeepSparse and ONNX Runtime, times both on the same batches and keeps the faster
+    (the torch engine only when neither can be built); the measured rates are in ``engine.selection`` and in
+    :meth:`~service.engines.base.Engine.describe`. ``deepsparse`` falls back to ONNX Runtime with a warning.
 
     Raises:
         EngineError: the engine (and every fallback) could not be built.
     """
+    options = dict(cache_dir=cache_dir, batch_size=batch_size, max_length=max_length, num_threads=num_threads,
+                   task=task, quantization=quantization, compile="lazy" if compile == "background" else compile)
+    engine = _measured_choice(source, options) if kind == "auto" else _named(kind, source, options)
+    if compile == "background" and hasattr(engine, "start_background_compile"):
+        engine.start_background_compile()  # after auto's timing runs, which it would otherwise slow down
+    return engine
+
+
+def _named(kind: str, source: ModelSource, options: dict) -> Engine:
     if kind == "deepsparse":
         order: tuple[str, ...] = ("deepsparse", "onnxruntime")
-    elif kind == "auto":
-        order = auto_order(source, cache_dir, task)
     elif kind in ENGINES:
         order = (kind,)
     else:
         raise EngineError(f"unknown engine {kind!r}; choose one of auto, {', '.join(ENGINES)}")
-    options = dict(cache_dir=cache_dir, batch_size=batch_size, max_length=max_length, num_threads=num_threads, task=task)
     errors = []
     for position, name in enumerate(order):
         try:
@@ -100,3 +137,39 @@ def create_engine(kind: str, source: ModelSource, *, cache_dir: Path, batch_size
                 logger.warning("%s unavailable (%s); falling back to %s", _DISPLAY[name], exc,
                                _DISPLAY[order[position + 1]])
     raise EngineError("no engine could run the model: " + "; ".join(errors))
+
+
+def _measured_choice(source: ModelSource, options: dict) -> Engine:
+    """``auto``: build the candidates, time them on the same synthetic batches, keep the fastest."""
+    built: dict[str, Engine] = {}
+    errors = []
+    for name in ("deepsparse", "onnxruntime"):
+        try:
+            built[name] = _build(name, source, **options)
+        except EngineError as exc:
+            errors.append(f"{name}: {exc}")
+            logger.warning("auto: %s unavailable (%s)", _DISPLAY[name], exc)
+    if not built:
+        try:
+            built["torch"] = _build("torch", source, **options)
+        except EngineError as exc:
+            raise EngineError("no engine could run the model: " + "; ".join([*errors, f"torch: {exc}"])) from None
+    rows, width = min(options["batch_size"], 32), min(options["max_length"], 64)
+    rates = {}
+    for name, engine in built.items():
+        try:
+            rates[name] = round(measure_rate(engine, batch_size=rows, seq_len=width), 1)
+        except Exception as exc:  # an engine that builds but cannot run is not a candidate
+            logger.warning("auto: %s failed its timing run (%s)", _DISPLAY[name], exc)
+    if not rates:
+        raise EngineError("auto: every engine failed its timing run")
+    chosen = max(rates, key=rates.get)
+    for name, engine in built.items():
+        if name != chosen:
+            engine.close()
+    engine = built[chosen]
+    engine.selection = {"chosen": chosen, "rows_per_s": rates, "batch": [rows, width],
+                        "int8": {name: built[name].int8 for name in rates}}
+    logger.info("auto engine for %s: %s (measured rows/s on batch %dx%d: %s)", source.model_id, chosen, rows, width,
+                ", ".join(f"{k} {v}" for k, v in rates.items()))
+    return engine

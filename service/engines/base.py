@@ -28,14 +28,18 @@ class Engine(ABC):
 
     name: ClassVar[str]
     input_names: tuple[str, ...]
+    #: Graph form run: ``none`` (float32) or an int8 form of :data:`service.quantization.MODES`.
+    int8: str = "none"
+    #: How ``engine=auto`` chose this engine (measured rates), or ``None`` when it was named.
+    selection: dict | None = None
 
     @abstractmethod
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """The graph's first output, float32, for a padded batch (see the class docstring)."""
 
     def describe(self) -> dict:
-        """Facts for ``GET /info`` (engine name, threads, compiled shapes, ...)."""
-        return {"engine": self.name}
+        """Facts for ``GET /info`` (engine name, graph form, threads, compiled shapes, auto's measurements)."""
+        return {"engine": self.name, "int8": self.int8, **({"auto_selection": self.selection} if self.selection else {})}
 
     def close(self) -> None:
         """Release native resources."""

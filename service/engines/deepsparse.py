@@ -1,9 +1,12 @@
-"""DeepSparse engine: static-shape compiled engines, one per sequence-length bucket.
+"""DeepSparse engine: static-shape compiled engines, one per (batch, sequence length) bucket.
 
 DeepSparse compiles a graph for fixed input shapes, so this engine keeps one compiled engine per
-``(batch_size, seq_len)`` bucket and pads each batch (rows and columns) up to the smallest bucket
-that fits. Buckets are compiled lazily, on first use. DeepSparse rewrites a model file's input
-shapes in place, so every bucket compiles its own copy of the graph, kept in the cache directory.
+``(batch, seq_len)`` bucket and pads each batch (rows and columns) up to the smallest bucket that fits:
+a request of 4 pairs of 20 tokens runs in the ``(4, 32)`` engine, not in a ``(32, 512)`` one. Buckets
+compile on first use (``lazy``), all at construction (``startup``), or in a background thread once the
+engine is chosen (``background``: the service is ready after the first bucket, and later requests rarely
+wait for a compilation). DeepSparse rewrites a model file's input shapes in place, so every bucket compiles
+its own copy of the graph, deleted once compiled.
 """
 
 from __future__ import annotations
@@ -29,15 +32,37 @@ def seq_buckets(max_length: int) -> tuple[int, ...]:
     return tuple(b for b in SEQ_BUCKETS if b < max_length) + (max_length,)
 
 
+def batch_buckets(batch_size: int) -> tuple[int, ...]:
+    """Row buckets: powers of 4 below ``batch_size``, then ``batch_size`` (32 -> 1, 4, 16, 32)."""
+    sizes, b = [], 1
+    while b < batch_size:
+        sizes.append(b)
+        b *= 4
+    return (*sizes, batch_size)
+
+
+def plan_chunks(rows: int, buckets: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Split ``rows`` into ``(real rows, bucket)`` chunks: full largest buckets, then the smallest bucket that
+    holds the rest (so padding rows are fewer than the rest itself)."""
+    largest, plan = buckets[-1], []
+    while rows > 0:
+        take = min(rows, largest)
+        plan.append((take, next(b for b in buckets if b >= take)))
+        rows -= take
+    return plan
+
+
 class DeepSparseEngine(Engine):
     """Runs an ONNX graph on DeepSparse with static shapes (see the module docstring).
 
     Args:
         onnx_path: the graph (never modified: buckets compile copies).
         work_dir: where the per-bucket copies go (inside the cache directory).
-        batch_size: rows of every compiled engine; shorter batches are padded with empty rows.
+        batch_size: rows of the largest compiled engine; smaller row buckets are :func:`batch_buckets`.
         max_length: longest sequence; the last bucket.
         num_threads: cores DeepSparse may use (``None``: all).
+        compile: ``lazy``, ``startup`` or ``background`` (see the module docstring; ``background`` starts with
+            :meth:`start_background_compile`).
 
     Raises:
         EngineError: deepsparse is not installed, or the first bucket fails to compile (tried at
@@ -48,7 +73,7 @@ class DeepSparseEngine(Engine):
     name = "deepsparse"
 
     def __init__(self, onnx_path: Path, *, work_dir: Path, batch_size: int, max_length: int,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, compile: str = "lazy"):
         os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
         try:
             import deepsparse
@@ -60,8 +85,10 @@ class DeepSparseEngine(Engine):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.batch_size = batch_size
         self.buckets = seq_buckets(max_length)
+        self.row_buckets = batch_buckets(batch_size)
         self.num_threads = num_threads
-        self._engines: dict[int, object] = {}
+        self._engines: dict[tuple[int, int], object] = {}
+        self.compile_seconds: dict[str, float] = {}
         self._lock = threading.Lock()
         try:
             import onnx
@@ -71,25 +98,64 @@ class DeepSparseEngine(Engine):
             self.input_names = tuple(i.name for i in graph.input if i.name not in initializers)
         except Exception as exc:
             raise EngineError(f"could not read the inputs of {onnx_path}: {exc}") from exc
-        self._engine_for(self.buckets[0])
+        if compile not in ("lazy", "startup", "background"):
+            raise EngineError(f"unknown compile policy {compile!r}; use lazy, startup or background")
+        self.compile_policy = compile
+        self._closed = threading.Event()
+        self._background: threading.Thread | None = None
+        if compile == "startup":
+            for rows, seq_len in self.all_buckets():
+                self._engine_for(rows, seq_len)
+        else:
+            self._engine_for(self.row_buckets[0], self.buckets[0])
 
-    def _engine_for(self, seq_len: int):
-        with self._lock:
-            engine = self._engines.get(seq_len)
-            if engine is None:
-                copy = self.work_dir / f"b{self.batch_size}_s{seq_len}.onnx"
-                if not copy.is_file():
-                    tmp = copy.with_suffix(".tmp")
-                    shutil.copyfile(self.onnx_path, tmp)
-                    os.replace(tmp, copy)
-                shapes = [[self.batch_size, seq_len]] * len(self.input_names)
+    def all_buckets(self) -> list[tuple[int, int]]:
+        """Every ``(rows, seq_len)`` bucket, smallest work first."""
+        return sorted(((r, s) for r in self.row_buckets for s in self.buckets), key=lambda b: (b[0] * b[1], b))
+
+    def start_background_compile(self) -> None:
+        """Compile the remaining buckets in a daemon thread (stops early when the engine is closed)."""
+        if self._background is not None:
+            return
+
+        def run() -> None:
+            for rows, seq_len in self.all_buckets():
+                if self._closed.is_set():
+                    return
                 try:
-                    engine = self._deepsparse.Engine(model=str(copy), batch_size=self.batch_size,
+                    self._engine_for(rows, seq_len)
+                except EngineError as exc:  # a request needing this bucket will raise it again
+                    logger.warning("background compilation stopped: %s", exc)
+                    return
+            logger.info("deepsparse: all %d buckets compiled", len(self._engines))
+
+        self._background = threading.Thread(target=run, name="deepsparse-compile", daemon=True)
+        self._background.start()
+
+    def _engine_for(self, rows: int, seq_len: int):
+        engine = self._engines.get((rows, seq_len))  # compiled buckets never wait for a compilation in progress
+        if engine is not None:
+            return engine
+        with self._lock:
+            engine = self._engines.get((rows, seq_len))
+            if engine is None:
+                import time
+
+                began = time.perf_counter()
+                copy = self.work_dir / f"b{rows}_s{seq_len}.{os.getpid()}.onnx"
+                shutil.copyfile(self.onnx_path, copy)
+                shapes = [[rows, seq_len]] * len(self.input_names)
+                try:
+                    engine = self._deepsparse.Engine(model=str(copy), batch_size=rows,
                                                      num_cores=self.num_threads, input_shapes=shapes)
                 except Exception as exc:
                     raise EngineError(f"deepsparse failed to compile {self.onnx_path} for {shapes}: {exc}") from exc
-                logger.info("deepsparse compiled bucket batch=%d seq_len=%d", self.batch_size, seq_len)
-                self._engines[seq_len] = engine
+                finally:
+                    copy.unlink(missing_ok=True)
+                self.compile_seconds[f"{rows}x{seq_len}"] = round(time.perf_counter() - began, 2)
+                logger.info("deepsparse compiled bucket batch=%d seq_len=%d in %.1f s", rows, seq_len,
+                            self.compile_seconds[f"{rows}x{seq_len}"])
+                self._engines[(rows, seq_len)] = engine
             return engine
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -97,20 +163,24 @@ class DeepSparseEngine(Engine):
         if width > self.buckets[-1]:
             raise ValueError(f"sequence length {width} exceeds the largest compiled bucket {self.buckets[-1]}")
         seq_len = next(b for b in self.buckets if b >= width)
-        engine = self._engine_for(seq_len)
-        out = []
-        for start in range(0, rows, self.batch_size):
+        out, start = [], 0
+        for n, bucket in plan_chunks(rows, self.row_buckets):
+            engine = self._engine_for(bucket, seq_len)
             chunk = []
             for name in self.input_names:
-                padded = np.zeros((self.batch_size, seq_len), dtype=np.int64)
-                part = inputs[name][start:start + self.batch_size]
-                padded[: len(part), :width] = part
+                padded = np.zeros((bucket, seq_len), dtype=np.int64)
+                padded[:n, :width] = inputs[name][start:start + n]
                 chunk.append(padded)
-            n = min(self.batch_size, rows - start)
             result = np.asarray(engine(chunk)[0][:n], dtype=np.float32)
             out.append(result[:, :width] if result.ndim == 3 else result)  # token states: drop padded positions
+            start += n
         return np.concatenate(out, axis=0)
 
+    def close(self) -> None:
+        self._closed.set()
+
     def describe(self) -> dict:
-        return {"engine": self.name, "batch_size": self.batch_size, "seq_buckets": list(self.buckets),
-                "compiled_buckets": sorted(self._engines), "num_threads": self.num_threads}
+        return {**super().describe(), "compile_policy": self.compile_policy, "batch_buckets": list(self.row_buckets), "seq_buckets": list(self.buckets),
+                "compiled_buckets": [f"{r}x{s}" for r, s in sorted(self._engines)],
+                "compile_seconds": dict(self.compile_seconds), "num_threads": self.num_threads,
+                "onnx_path": str(self.onnx_path)}

@@ -44,4 +44,4 @@ class OnnxRuntimeEngine(Engine):
         return self.session.run(None, {k: inputs[k] for k in self.input_names})[0].astype(np.float32, copy=False)
 
     def describe(self) -> dict:
-        return {"engine": self.name, "onnx_path": str(self.onnx_path), "num_threads": self.num_threads}
+        return {**super().describe(), "onnx_path": str(self.onnx_path), "num_threads": self.num_threads}

@@ -58,4 +58,4 @@ class TorchEngine(Engine):
             return (out if self.task == "sentence-embedding" else out.logits).float().numpy()
 
     def describe(self) -> dict:
-        return {"engine": self.name, "num_threads": self._torch.get_num_threads()}
+        return {**super().describe(), "num_threads": self._torch.get_num_threads()}

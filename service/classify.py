@@ -1,0 +1,99 @@
+"""Serving fine-tuned classifiers (the students of ``train/finetune.py``): texts -> label distribution.
+
+A student has a fixed label set, so one forward pass per text replaces the zero-shot teacher's N x K pairs. It
+runs through the same engine layer as the teacher (:func:`service.engines.create_engine`: DeepSparse or ONNX
+Runtime, its int8 graph when the directory holds ``quantization.json``) and the same micro-batching. Scores are
+a softmax over the labels, or a per-label sigmoid when the model's ``config.json`` says
+``"problem_type": "multi_label_classification"``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.batching import MicroBatcher, SequenceRunner
+from service.calibration import sigmoid, softmax
+from service.zeroshot import ZeroShotResult, rank
+
+
+@dataclass
+class TextClassifier:
+    """A loaded classifier: tokenizer, engine, labels.
+
+    Attributes:
+        name: the name requests use (``model`` field of ``POST /classify``).
+        labels: class names, index = output column.
+        multi_label: sigmoid per label instead of a softmax.
+    """
+
+    name: str
+    tokenizer: object
+    engine: object
+    labels: list[str]
+    multi_label: bool
+    max_length: int
+    runner: SequenceRunner
+    info: dict = field(default_factory=dict)
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        """``(len(texts), K)`` float32 logits, in input order."""
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False,
+                                 return_attention_mask=False, return_token_type_ids=True)
+        return self.runner(encoded["input_ids"], encoded.get("token_type_ids"))
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """``(len(texts), K)`` probabilities: rows sum to 1 unless multi-label."""
+        logits = np.asarray(self.logits(texts), dtype=np.float64)
+        return sigmoid(logits) if self.multi_label else softmax(logits, axis=-1)
+
+    def __call__(self, texts: list[str]) -> list[ZeroShotResult]:
+        """One result per text, labels sorted by descending probability."""
+        return rank(texts, self.labels, self.probabilities(texts))
+
+    def close(self) -> None:
+        self.runner.close()
+        self.engine.close()
+
+
+def load_classifier(name: str, model_id: str, *, engine: str = "auto", quantization: str = "auto", cache_dir: Path,
+                    batch_size: int = 32, num_threads: int | None = None, batch_wait_ms: float = 0.0,
+                    max_queue: int = 16384, max_length: int | None = None) -> TextClassifier:
+    """Load a classifier directory (a student's output directory, or any HF sequence classifier).
+
+    Raises:
+        service.sources.ModelSourceError: the directory cannot be resolved.
+        service.engines.EngineError: no engine can run it.
+        ValueError: ``config.json`` has no ``id2label``.
+    """
+    from transformers import AutoTokenizer
+
+    from service.engines import create_engine
+    from service.sources import resolve_model
+
+    started = time.perf_counter()
+    source = resolve_model(model_id, cache_dir=cache_dir)
+    config = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
+    if not config.get("id2label"):
+        raise ValueError(f"{source.path}/config.json has no id2label: not a classifier")
+    labels = [config["id2label"][str(i)] if str(i) in config["id2label"] else config["id2label"][i]
+              for i in range(len(config["id2label"]))]
+    tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
+    length = max_length or min(tokenizer.model_max_length, config.get("max_position_embeddings", 512))
+    built = create_engine(engine, source, cache_dir=cache_dir, batch_size=batch_size, max_length=length,
+                          num_threads=num_threads, quantization=quantization)
+    pad = tokenizer.pad_token_id or 0
+    runner = (MicroBatcher(built, batch_size=batch_size, pad_id=pad, max_wait_ms=batch_wait_ms, max_queue=max_queue,
+                           name=f"micro-batcher-{name}") if batch_wait_ms > 0
+              else SequenceRunner(built, batch_size=batch_size, pad_id=pad))
+    from service.onnx_export import inspect_onnx
+
+    facts = inspect_onnx(built.onnx_path) if getattr(built, "onnx_path", None) else {}
+    multi = config.get("problem_type") == "multi_label_classification"
+    info = {"model_id": model_id, "model_path": str(source.path), "labels": labels, "multi_label": multi,
+            "max_length": length, **facts, **built.describe(), "load_seconds": round(time.perf_counter() - started, 3)}
+    return TextClassifier(name, tokenizer, built, labels, multi, length, runner, info)

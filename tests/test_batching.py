@@ -1,0 +1,72 @@
+"""service.batching: length-sorted batches, and micro-batching of concurrent callers on a real ONNX Runtime engine."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import MicroBatcher, QueueFull, SequenceRunner
+from service.engines.onnxruntime import OnnxRuntimeEngine
+from service.onnx_export import onnx_for
+from service.sources import resolve_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, cache_dir):
+    engine = OnnxRuntimeEngine(onnx_for(resolve_model(str(tiny_model_dir)), cache_dir))
+    yield engine
+    engine.close()
+
+
+def sequences(n, seed):
+    rng = np.random.default_rng(seed)
+    return [[101, *rng.integers(1000, 5000, rng.integers(3, 40)).tolist(), 102] for _ in range(n)]
+
+
+def test_concurrent_callers_share_batches_and_get_their_own_rows(engine):
+    direct = SequenceRunner(engine, batch_size=16, pad_id=0)
+    batcher = MicroBatcher(engine, batch_size=16, pad_id=0, max_wait_ms=300)
+    jobs = [sequences(3, seed) for seed in range(8)]  # eight small requests of 3 pairs
+    results, start = [None] * len(jobs), threading.Barrier(len(jobs))
+
+    def call(i):
+        start.wait()
+        results[i] = batcher(jobs[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for job, got in zip(jobs, results):
+        np.testing.assert_allclose(got, direct(job), atol=1e-5)  # padding to other requests' lengths changes nothing
+    assert batcher.stats["jobs"] == 8 and batcher.stats["max_jobs_per_round"] > 1
+    assert batcher.stats["batches"] < 8  # fewer forward passes than requests
+    batcher.close()
+
+
+def test_a_full_queue_refuses_instead_of_growing(engine):
+    batcher = MicroBatcher(engine, batch_size=8, pad_id=0, max_wait_ms=2000, max_queue=5)
+    first = threading.Thread(target=batcher, args=(sequences(4, 0),))  # 4 < 8: it waits for company
+    first.start()
+    deadline = time.monotonic() + 5
+    while batcher._queued == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with pytest.raises(QueueFull, match="queued"):
+        batcher(sequences(2, 1))
+    first.join()
+    assert batcher.stats["rejected"] == 1
+    batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher(sequences(1, 2))
+
+
+def test_engine_errors_reach_every_waiting_caller(engine):
+    batcher = MicroBatcher(engine, batch_size=4, pad_id=0, max_wait_ms=1)
+    with pytest.raises(Exception):
+        batcher([[101, 10**9, 102]])  # an id outside the vocabulary: the engine raises
+    assert batcher(sequences(2, 3)).shape[0] == 2  # and the batcher keeps serving
+    batcher.close()

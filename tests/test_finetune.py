@@ -1,0 +1,134 @@
+"""train/finetune.py on a real slice of AG News: every objective and student learns, the CLI writes a servable
+model with its report, and bad input stops it before training with one line on stderr."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from train.finetune import student_loss, train_student
+from train.student_data import read_exports
+
+pytestmark = pytest.mark.slow
+
+REPO_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+@pytest.fixture(scope="session")
+def ag_news_export(data_dir, tmp_path_factory):
+    """200 real AG News pool texts in the export format: gold labels as the human ones, the packaged embedding
+    teacher's real scores as teacher_scores."""
+    from annotate.scoring import LocalScorer
+
+    rows = [json.loads(line) for line in (data_dir / "classification" / "ag_news" /
+                                          "train_unlabeled_8k_description_only.jsonl").read_text().splitlines()]
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))[:200]]
+    scorer = LocalScorer(REPO_LABELS, "This text is about {}.", method="embedding", engine="onnxruntime")
+    scores = scorer.score([r["text"] for r in rows])
+    scorer.close()
+    path = tmp_path_factory.mktemp("export") / "reviewed.jsonl"
+    with path.open("w") as fh:
+        for row, s in zip(rows, scores):
+            fh.write(json.dumps({"id": str(hash(row["text"])), "text": row["text"], "label": row["label"],
+                                 "status": "submitted", "teacher_scores": dict(zip(REPO_LABELS, s.tolist())),
+                                 "labels_order": REPO_LABELS, "agent": scorer.agent}) + "\n")
+    return path
+
+
+def _train(kind, objective, export, minilm_dir, steps=12):
+    import torch
+    from transformers import AutoTokenizer
+
+    from train.finetune import seed_everything
+    from train.students import build_student
+
+    seed_everything(0)
+    data = read_exports([export])
+    train, valid = data.split(0.2, 0)
+    model = build_student(kind, labels=data.labels, multi_label=False, base_dir=minilm_dir)
+    history = train_student(model, train, valid, AutoTokenizer.from_pretrained(minilm_dir), objective=objective,
+                            device=torch.device("cpu"), epochs=10, batch_size=16, lr=5e-5 if kind == "transformer" else 3e-3,
+                            weight_decay=0.0, warmup_ratio=0.0, max_length=64, temperature=2.0, w_hard=0.5, w_soft=0.5,
+                            patience=100, seed=0, eval_every=steps, max_steps=steps)
+    return history
+
+
+@pytest.mark.parametrize("objective", ["hard", "soft", "mixed", "mse"])
+def test_every_objective_lowers_its_loss(objective, ag_news_export, minilm_dir):
+    history = _train("fasttext", objective, ag_news_export, minilm_dir, steps=24)
+    last = np.mean([loss for _, loss in history["train_loss"][-1:]])
+    assert last < history["initial_train_loss"], history
+    assert history["valid_loss"][-1][1] < history["initial_valid_loss"], history
+
+
+@pytest.mark.parametrize("kind", ["transformer", "cnn", "bilstm"])
+def test_every_student_lowers_its_loss(kind, ag_news_export, minilm_dir):
+    history = _train(kind, "mixed", ag_news_export, minilm_dir)
+    assert history["valid_loss"][-1][1] < history["initial_valid_loss"], history
+
+
+def test_mixed_loss_is_the_weighted_sum_over_the_rows_that_have_each_target():
+    import torch
+    import torch.nn.functional as F
+
+    from train.losses import soft_label_loss, soften
+
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    hard = torch.tensor([0, -1, 1])
+    soft = torch.tensor([[0.7, 0.3], [0.2, 0.8], [float("nan"), float("nan")]])
+    got = student_loss(logits, {"hard": hard, "soft": soft}, objective="mixed", multi_label=False, temperature=2.0,
+                       w_hard=0.3, w_soft=0.7)
+    want = 0.3 * F.cross_entropy(logits[[0, 2]], hard[[0, 2]]) + \
+        0.7 * soft_label_loss(logits[:2], soften(soft[:2], 2.0), 2.0)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "train/finetune.py", *map(str, args)], capture_output=True, text=True,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+
+
+def test_cli_writes_a_servable_student_and_its_report(ag_news_export, data_dir, tmp_path):
+    out = tmp_path / "student"
+    result = run_cli("--train", ag_news_export, "--student", "fasttext", "--objective", "mixed", "--epochs", "3",
+                     "--eval", data_dir / "classification" / "ag_news" / "test.jsonl", "--eval-text-field", "title",
+                     "--eval-text-field", "description", "--eval-limit", "300", "--speed-texts", "64",
+                     "--teacher-method", "embedding", "--teacher-engine", "onnxruntime", "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "World", "1": "Sports", "2": "Business", "3": "Sci/Tech"}
+    for name in ("model.onnx", "model.int8.onnx", "quantization.json", "report.md", "training_curve.png",
+                 "confusion_matrix.png", "reliability.png", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["evaluation"]["int8"]["n"] == 300 and report["evaluation"]["int8"]["accuracy"] > 0.25
+    assert report["speed"]["teacher"]["agent"].endswith(":embedding") and report["speed"]["ratio_int8"] > 0
+    assert f"{report['evaluation']['int8']['accuracy']:.4f}" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "holds no records"),
+    ("unseen", "unseen in training"),
+    ("single", "same class"),
+    ("width", "teacher_scores has width 3"),
+])
+def test_bad_input_stops_before_training(case, message, tmp_path):
+    export = tmp_path / "export.jsonl"
+    rows = [{"text": f"text {i}", "label": REPO_LABELS[i % 2], "status": "submitted", "labels_order": REPO_LABELS,
+             "teacher_scores": [0.25] * 4} for i in range(6)]
+    if case == "empty":
+        rows = []
+    if case == "single":
+        rows = [dict(r, label="World") for r in rows]
+    if case == "width":
+        rows[3]["teacher_scores"] = [0.2, 0.3, 0.5]
+    export.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    evaluation = tmp_path / "eval.jsonl"
+    evaluation.write_text(json.dumps({"text": "x", "label": "Weather" if case == "unseen" else "World"}) + "\n")
+    out = tmp_path / "out"
+    result = run_cli("--train", export, "--eval", evaluation, "--student", "fasttext", "--output-dir", out)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr, result.stderr
+    assert not out.exists()

@@ -1,0 +1,116 @@
+"""service.quantization on real exported graphs: the int8 forms stay close to float32, keep sparsity, and run
+on ONNX Runtime and DeepSparse; quantization.json round-trips; missing calibration is a clear error."""
+
+import numpy as np
+import pytest
+
+from service.onnx_export import ExportError, inspect_onnx, onnx_for
+from service.quantization import (
+    QuantizationSpec,
+    activation_names,
+    calibrate,
+    quantize_dynamic,
+    quantize_static,
+)
+from service.sources import resolve_model
+
+pytestmark = pytest.mark.slow
+
+PAIRS = [("The striker scored twice in the final minutes.", "This text is about sports."),
+         ("Oil prices rose after OPEC cut production.", "This text is about business."),
+         ("NASA launched a probe to Jupiter's moon Europa.", "This text is about science."),
+         ("Rebels attacked a convoy near the capital.", "This text is about world news."),
+         ("The central bank left interest rates unchanged on Thursday.", "This text is about sports.")] * 4
+
+
+def feeds(model_dir):
+    from transformers import AutoTokenizer
+
+    from train.quantize import feeds as make_feeds
+
+    return list(make_feeds(AutoTokenizer.from_pretrained(model_dir), PAIRS, batch_size=8))
+
+
+def run(path, batches):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return np.concatenate([session.run(None, {k: v for k, v in b.items() if k in names})[0] for b in batches])
+
+
+@pytest.fixture(scope="module")
+def minilm_graph(minilm_random_head_dir, cache_dir):
+    return onnx_for(resolve_model(str(minilm_random_head_dir)), cache_dir)
+
+
+@pytest.fixture(scope="module")
+def teacher_graph(cache_dir):
+    """The embedded dense NLI teacher (a real trained model: its logits have a meaningful scale)."""
+    from service.sources import DENSE_MODEL
+
+    source = resolve_model(DENSE_MODEL)
+    return source, onnx_for(source, cache_dir)
+
+
+def test_every_int8_form_stays_close_to_float32(teacher_graph, tmp_path):
+    source, minilm_graph = teacher_graph
+    batches = feeds(source.path)
+    ranges = calibrate(minilm_graph, batches)
+    import onnx
+
+    assert set(ranges) == set(activation_names(onnx.load(str(minilm_graph))))
+    reference = run(minilm_graph, batches)
+    scale = np.abs(reference).max()
+    for name, build in {
+        "qdq": lambda p: quantize_static(minilm_graph, p, ranges, form="qdq"),
+        "integer": lambda p: quantize_static(minilm_graph, p, ranges, form="integer"),
+        "dynamic": lambda p: quantize_dynamic(minilm_graph, p),
+    }.items():
+        path = build(tmp_path / f"{name}.onnx")
+        out = run(path, batches)
+        assert inspect_onnx(path)["quantization"] == "int8", name
+        # int8 error: under 15% of the logit range (dynamic's per-call ranges span padding too), and the same
+        # decision on most pairs
+        assert np.abs(out - reference).max() < 0.15 * scale, name
+        assert np.mean(out.argmax(1) == reference.argmax(1)) >= 0.8, name
+
+
+def test_pruned_zeros_survive_quantization(tiny_model_dir, tmp_path, cache_dir):
+    from tests.test_engines import half_sparse_copy
+
+    half_sparse_copy(tiny_model_dir, tmp_path / "half")
+    graph = onnx_for(resolve_model(str(tmp_path / "half")), cache_dir)
+    batches = feeds(tiny_model_dir)
+    ranges = calibrate(graph, batches, method="minmax")
+    fp32 = inspect_onnx(graph)["sparsity"]
+    assert fp32 > 0.45
+    for form in ("qdq", "integer"):
+        assert inspect_onnx(quantize_static(graph, tmp_path / f"{form}.onnx", ranges, form=form))["sparsity"] >= fp32
+    assert inspect_onnx(quantize_dynamic(graph, tmp_path / "dyn.onnx"))["sparsity"] >= fp32
+
+
+def test_deepsparse_runs_the_integer_form(minilm_graph, minilm_random_head_dir, tmp_path):
+    from service.engines.deepsparse import DeepSparseEngine
+
+    batches = feeds(minilm_random_head_dir)
+    path = quantize_static(minilm_graph, tmp_path / "integer.onnx", calibrate(minilm_graph, batches), form="integer")
+    engine = DeepSparseEngine(path, work_dir=tmp_path / "ds", batch_size=8, max_length=128)
+    batch = batches[0]
+    got = engine({k: batch[k] for k in engine.input_names})
+    np.testing.assert_allclose(got, run(path, [batch]), atol=0.05)
+
+
+def test_spec_round_trip_and_errors(tmp_path, tiny_model_dir, cache_dir):
+    spec = QuantizationSpec(ranges={"a": (-1.0, 2.0)}, engines={"deepsparse": "integer", "onnxruntime": "dynamic"})
+    spec.save(tmp_path)
+    loaded = QuantizationSpec.load(tmp_path)
+    assert loaded.ranges == {"a": (-1.0, 2.0)} and loaded.mode_for("onnxruntime") == "dynamic"
+    assert loaded.mode_for("torch") == "none" and loaded.digest() == spec.digest()
+    (tmp_path / "quantization.json").write_text('{"ranges": {}, "engines": {"onnxruntime": "int4"}}')
+    with pytest.raises(ValueError, match="unknown int8 mode"):
+        QuantizationSpec.load(tmp_path)
+    source = resolve_model(str(tiny_model_dir))  # no quantization.json
+    with pytest.raises(ExportError, match="needs calibrated activation ranges"):
+        onnx_for(source, cache_dir, int8="qdq")
+    assert inspect_onnx(onnx_for(source, cache_dir, int8="dynamic"))["quantization"] == "int8"

@@ -1,0 +1,405 @@
+"""Fine-tune or distill a student classifier for a fixed label set from curated records and the teacher's scores.
+
+The end of the pre-annotation loop: once people have validated records in Argilla (``python -m annotate
+export``), a small student replaces the zero-shot teacher for that label set (N x K NLI passes become N student
+passes) and is served by the same service (``POST /classify``).
+
+Inputs: export file(s) (human labels + teacher score vectors), optionally an ``--unlabeled`` file that the
+teacher scores on the fly (a running service with ``--teacher-url``, or in-process), and an ``--eval`` file
+(gold labels) for the report. Objectives (``--objective``):
+
+- ``hard``: cross-entropy on the human labels (binary cross-entropy per label for multi-label);
+- ``soft``: the teacher's distribution softened by ``--temperature``, ``T^2 * KL`` (Hinton et al. 2015); for
+  multi-label, per-label binary cross-entropy against the teacher's probabilities;
+- ``mixed``: ``w_hard * CE(labels) + w_soft * T^2 * KL(teacher/T || student/T)``, each over the rows that have
+  that target;
+- ``mse``: mean squared error between the student's logits and the teacher's (Tang et al. 2019); the service
+  exports probabilities, so the teacher logits are their centred logs (equal to the logits up to a per-row
+  constant, which a softmax ignores).
+
+Students (``--student``): ``transformer`` (default the packaged MiniLM encoder, or any HF encoder), ``fasttext``,
+``cnn``, ``bilstm`` (:mod:`train.students`). CUDA when present (mixed precision), else CPU; a validation split
+carved from the training records (``--valid-fraction``) drives early stopping; ``--seed`` makes runs repeatable.
+
+Output directory: the model (HF format, ``id2label`` set), ``model.onnx`` and ``model.int8.onnx`` (with
+``quantization.json``, so the service derives each engine's int8 graph), and ``report.{json,md}`` with PNGs:
+accuracy, macro-F1, per-class F1, confusion matrix, reliability diagram, training curve, size, and speed against
+the teacher on the same texts.
+
+Example::
+
+    python train/finetune.py --train runs/issue5/export/ag_news_reviewed.jsonl \\
+        --eval ../shared/data/classification/ag_news/test.jsonl --eval-text-field title --eval-text-field description \\
+        --objective mixed --student transformer --output-dir runs/student
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+if __package__ in (None, ""):  # run as ``python train/finetune.py``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import typer
+
+from train.student_data import (
+    StudentData,
+    StudentDataError,
+    add_teacher_scored,
+    check_trainable,
+    read_eval,
+    read_exports,
+)
+
+logger = logging.getLogger("train.finetune")
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], pretty_exceptions_enable=False)
+
+OBJECTIVES = ("hard", "soft", "mixed", "mse")
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def student_loss(logits, batch: dict, *, objective: str, multi_label: bool, temperature: float, w_hard: float,
+                 w_soft: float):
+    """The objective's loss for one batch (see the module docstring).
+
+    Args:
+        logits: ``(B, K)`` student logits.
+        batch: ``hard`` ``(B,)`` class ids with ``-1`` for none (single-label) or ``(B, K)`` multi-hot with NaN
+            rows for none; ``soft`` ``(B, K)`` teacher probabilities with NaN rows for none.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from train.losses import binary_soft_label_loss, logit_mse_loss, soft_label_loss, soften
+
+    zero = logits.sum() * 0.0
+    hard, soft = batch["hard"], batch["soft"]
+    has_soft = ~torch.isnan(soft).any(dim=1)
+    has_hard = (hard >= 0) if hard.dim() == 1 else ~torch.isnan(hard).any(dim=1)
+
+    def hard_term():
+        if not has_hard.any():
+            return zero
+        if multi_label:
+            return F.binary_cross_entropy_with_logits(logits[has_hard].float(), hard[has_hard].float())
+        return F.cross_entropy(logits[has_hard].float(), hard[has_hard])
+
+    def soft_term():
+        if not has_soft.any():
+            return zero
+        if multi_label:
+            return binary_soft_label_loss(logits[has_soft], soft[has_soft])
+        return soft_label_loss(logits[has_soft], soften(soft[has_soft], temperature), temperature)
+
+    if objective == "hard":
+        return hard_term()
+    if objective == "soft":
+        return soft_term()
+    if objective == "mixed":
+        return w_hard * hard_term() + w_soft * soft_term()
+    if objective == "mse":
+        if not has_soft.any():
+            return zero
+        p = soft[has_soft].float().clamp(1e-6, 1 - 1e-6)
+        target = torch.log(p) - torch.log1p(-p) if multi_label else torch.log(p) - torch.log(p).mean(1, keepdim=True)
+        return logit_mse_loss(logits[has_soft], target)
+    raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
+def make_batches(data: StudentData, tokenizer, *, batch_size: int, max_length: int, seed: int | None):
+    """Tokenized batches as tensors: ``input_ids``, ``attention_mask``, ``hard``, ``soft`` (see :func:`student_loss`).
+    Shuffled with ``seed`` (``None``: in order)."""
+    import torch
+
+    order = list(range(len(data.examples)))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    k = len(data.labels)
+    for start in range(0, len(order), batch_size):
+        chunk = [data.examples[i] for i in order[start:start + batch_size]]
+        enc = tokenizer([e.text for e in chunk], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        if data.multi_label:
+            hard = torch.tensor(np.stack([e.labels if e.labels is not None else np.full(k, np.nan) for e in chunk]),
+                                dtype=torch.float32)
+        else:
+            hard = torch.tensor([e.label if e.label is not None else -1 for e in chunk], dtype=torch.long)
+        soft = torch.tensor(np.stack([e.soft if e.soft is not None else np.full(k, np.nan) for e in chunk]),
+                            dtype=torch.float32)
+        yield {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "hard": hard, "soft": soft}
+
+
+def train_student(model, train: StudentData, valid: StudentData, tokenizer, *, objective: str, device, epochs: float,
+                  batch_size: int, lr: float, weight_decay: float, warmup_ratio: float, max_length: int,
+                  temperature: float, w_hard: float, w_soft: float, patience: int, seed: int,
+                  eval_every: int | None = None, max_steps: int | None = None) -> dict:
+    """Train with AdamW (linear warmup and decay), evaluating the objective on ``valid`` every ``eval_every`` steps
+    (default: once per epoch) and keeping the best weights (early stopping after ``patience`` evaluations
+    without improvement). Returns the history: train loss curve, validation loss curve, initial losses, steps.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    loss_args = dict(objective=objective, multi_label=train.multi_label, temperature=temperature, w_hard=w_hard,
+                     w_soft=w_soft)
+    steps_per_epoch = math.ceil(len(train.examples) / batch_size)
+    total = max(1, int(round(steps_per_epoch * epochs)))
+    if max_steps is not None:
+        total = min(total, max_steps)
+    eval_every = eval_every or steps_per_epoch
+    model.to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    def evaluate() -> float:
+        if not valid.examples:
+            return float("nan")
+        model.eval()
+        losses, weights = [], []
+        with torch.inference_mode():
+            for batch in make_batches(valid, tokenizer, batch_size=128, max_length=max_length, seed=None):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = model(batch["input_ids"], batch["attention_mask"])
+                losses.append(float(student_loss(logits.float(), batch, **loss_args)))
+                weights.append(len(batch["input_ids"]))
+        model.train()
+        return float(np.average(losses, weights=weights))
+
+    history = {"train_loss": [], "valid_loss": [], "steps": total, "steps_per_epoch": steps_per_epoch}
+    history["initial_valid_loss"] = evaluate()
+    best, best_state, bad, step = history["initial_valid_loss"], None, 0, 0
+    model.train()
+    bar = tqdm(total=total, desc=f"train ({objective})", unit="step")
+    epoch, stop, running = 0, False, []
+    began = time.perf_counter()
+    while step < total and not stop:
+        for batch in make_batches(train, tokenizer, batch_size=batch_size, max_length=max_length, seed=seed + epoch):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(batch["input_ids"], batch["attention_mask"])
+            loss = student_loss(logits.float(), batch, **loss_args)
+            if step == 0:
+                history["initial_train_loss"] = loss.item()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            running.append(loss.item())
+            step += 1
+            bar.update(1)
+            if len(running) >= 10:
+                history["train_loss"].append((step, float(np.mean(running))))
+                bar.set_postfix(loss=f"{np.mean(running):.4f}")
+                running = []
+            if step % eval_every == 0 or step == total:
+                current = evaluate()
+                history["valid_loss"].append((step, current))
+                if math.isnan(current) or current < best - 1e-4:
+                    best, best_state, bad = current, copy.deepcopy(model.state_dict()), 0
+                else:
+                    bad += 1
+                    if bad >= patience:
+                        logger.info("early stop at step %d: validation loss %.4f, best %.4f", step, current, best)
+                        stop = True
+                        break
+            if step >= total:
+                break
+        epoch += 1
+    bar.close()
+    if running:
+        history["train_loss"].append((step, float(np.mean(running))))
+    history.update(steps_done=step, epochs_done=round(step / steps_per_epoch, 2), best_valid_loss=best,
+                   seconds=round(time.perf_counter() - began, 1), early_stopped=stop)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def teacher_scores(texts: list[str], labels: list[str], *, template: str, multi_label: bool, url: str | None,
+                   model: str, method: str | None, engine: str) -> tuple[np.ndarray, str, float]:
+    """Scores of the zero-shot teacher for ``texts`` (label order of ``labels``), its agent string, and the seconds
+    it spent scoring (:mod:`annotate.scoring`: a running service over HTTP, or in-process)."""
+    from annotate.scoring import HttpScorer, LocalScorer
+
+    scorer = (HttpScorer(url, labels, template, multi_label, method=method) if url else
+              LocalScorer(labels, template, multi_label, model=model, engine=engine, method=method))
+    try:
+        scores = scorer.score(texts)
+        return scores, scorer.agent, scorer.seconds
+    finally:
+        scorer.close()
+
+
+@app.command()
+def main(
+    train: Annotated[Optional[list[Path]], typer.Option("--train", help="Export file(s) of python -m annotate export "
+                                                        "(.jsonl, .parquet or a datasets folder); repeatable.")] = None,
+    unlabeled: Annotated[Optional[Path], typer.Option(help="Texts for the teacher to score (soft labels only): "
+                                                      ".txt/.csv/.jsonl/.parquet.")] = None,
+    text_column: Annotated[str, typer.Option(help="Text column of --unlabeled.")] = "text",
+    labels: Annotated[Optional[list[str]], typer.Option("--label", help="Label set when there is no export "
+                                                        "(repeatable, in order).")] = None,
+    eval_file: Annotated[Optional[Path], typer.Option("--eval", help="Held-out JSONL with gold labels for the report.")] = None,
+    eval_text_field: Annotated[Optional[list[str]], typer.Option(help="Text field(s) of --eval, joined by a space "
+                                                                 "(default: text).")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(help="First N rows of --eval.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use the first N records of the exports (after merging).")] = None,
+    unlabeled_limit: Annotated[Optional[int], typer.Option(help="First N texts of --unlabeled.")] = None,
+    objective: Annotated[str, typer.Option(help="hard, soft, mixed or mse.")] = "mixed",
+    student: Annotated[str, typer.Option(help="transformer, fasttext, cnn or bilstm.")] = "transformer",
+    base_model: Annotated[str, typer.Option(help="Encoder to start from (transformer student) or whose vocabulary and "
+                                            "embeddings the tiny students use: packaged:all-MiniLM-L6-v2, a "
+                                            "directory or a hub id.")] = "packaged:all-MiniLM-L6-v2",
+    teacher_url: Annotated[Optional[str], typer.Option(help="Running zero-shot service for --unlabeled and the "
+                                                       "speed comparison (else in-process).")] = None,
+    teacher_model: Annotated[str, typer.Option(help="In-process teacher: NLI model id.")] = "default",
+    teacher_method: Annotated[Optional[str], typer.Option(help="Teacher method: nli, embedding, ensemble (default: "
+                                                          "the service's policy).")] = None,
+    teacher_engine: Annotated[str, typer.Option(help="In-process teacher engine.")] = "auto",
+    hypothesis_template: Annotated[str, typer.Option(help="Teacher's hypothesis template.")] = "This text is about {}.",
+    multi_label: Annotated[Optional[bool], typer.Option(help="Label mode when there is no export to say it.")] = None,
+    temperature: Annotated[float, typer.Option(min=0.05, help="Softening temperature of the soft labels.")] = 2.0,
+    w_hard: Annotated[float, typer.Option(help="Weight of the hard-label loss (mixed).")] = 0.5,
+    w_soft: Annotated[float, typer.Option(help="Weight of the soft-label loss (mixed).")] = 0.5,
+    epochs: Annotated[float, typer.Option(min=0.01)] = 3.0,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 5e-5 transformer, 2e-3 tiny).")] = None,
+    weight_decay: float = 0.01,
+    warmup_ratio: float = 0.06,
+    max_length: Annotated[int, typer.Option(help="Tokens per text.")] = 128,
+    valid_fraction: Annotated[float, typer.Option(min=0.0, max=0.5, help="Training records held out for early stopping.")] = 0.1,
+    patience: Annotated[int, typer.Option(min=1, help="Evaluations without improvement before stopping.")] = 2,
+    eval_every: Annotated[Optional[int], typer.Option(help="Steps between validations (default: each epoch).")] = None,
+    seed: int = 13,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda ...")] = "auto",
+    speed_texts: Annotated[int, typer.Option(help="Eval texts timed for the speed comparison with the teacher.")] = 1000,
+    compare_method: Annotated[Optional[list[str]], typer.Option(help="Also time these teacher methods (nli, embedding, "
+                                                                "ensemble) in the speed comparison; repeatable.")] = None,
+    output_dir: Annotated[Path, typer.Option(help="Model directory, ONNX files and report.")] = Path("runs/student"),
+) -> None:
+    """Train a student, export it, and write its report (accuracy, calibration, size, speed against the teacher)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if objective not in OBJECTIVES:
+        _fail(f"--objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
+    for method in [teacher_method, *(compare_method or [])]:
+        if method not in (None, "auto", "nli", "embedding", "ensemble"):
+            _fail(f"teacher method must be nli, embedding, ensemble or auto, not {method!r}")
+    from train.students import STUDENTS
+
+    if student not in STUDENTS:
+        _fail(f"--student must be one of {', '.join(STUDENTS)}, not {student!r}")
+    if not train and not unlabeled:
+        _fail("give --train export file(s) and/or --unlabeled texts for the teacher")
+    try:
+        if train:
+            data = read_exports(train)
+            if labels and list(labels) != data.labels:
+                _fail(f"--label {list(labels)} differs from the exports' labels {data.labels}")
+        else:
+            if not labels or len(labels) < 2:
+                _fail("without --train, give the label set with --label (at least two)")
+            data = StudentData(list(labels), bool(multi_label), [])
+        if limit is not None:
+            data.examples = data.examples[:limit]
+        eval_set = None
+        if eval_file is not None:
+            eval_set = read_eval(eval_file, data.labels, data.multi_label, tuple(eval_text_field or ["text"]),
+                                 eval_limit)
+    except StudentDataError as exc:
+        _fail(str(exc))
+    teacher_info: dict = {}
+    if unlabeled is not None:
+        from annotate.readers import InputError, iter_rows
+
+        try:
+            texts = [row.text for row in iter_rows(unlabeled, text_column) if row.text][:unlabeled_limit]
+        except InputError as exc:
+            _fail(str(exc))
+        if not texts:
+            _fail(f"--unlabeled {unlabeled} holds no texts")
+        logger.info("teacher scoring %d unlabeled texts", len(texts))
+        scores, agent, seconds = teacher_scores(texts, data.labels, template=hypothesis_template,
+                                                multi_label=data.multi_label, url=teacher_url, model=teacher_model,
+                                                method=teacher_method, engine=teacher_engine)
+        added = add_teacher_scored(data, texts, scores)
+        teacher_info = {"agent": agent, "unlabeled_texts": len(texts), "added": added, "seconds": round(seconds, 1)}
+    try:
+        check_trainable(data, objective)
+    except StudentDataError as exc:
+        _fail(str(exc))
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from service.sources import resolve_model
+    from train.students import build_student
+
+    seed_everything(seed)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    if dev.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        base = resolve_model(base_model).path
+    except Exception as exc:
+        _fail(f"--base-model: {exc}")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = build_student(student, labels=data.labels, multi_label=data.multi_label, base_dir=base)
+    train_split, valid_split = data.split(valid_fraction, seed)
+    logger.info("data: %s; train %d, validation %d; student %s on %s", data.counts(), len(train_split.examples),
+                len(valid_split.examples), student, dev)
+    history = train_student(model, train_split, valid_split, tokenizer, objective=objective, device=dev,
+                            epochs=epochs, batch_size=batch_size, lr=lr or (5e-5 if student == "transformer" else 2e-3),
+                            weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_length=max_length,
+                            temperature=temperature, w_hard=w_hard, w_soft=w_soft, patience=patience, seed=seed,
+                            eval_every=eval_every, max_steps=max_steps)
+    from train.student_report import write_outputs
+
+    run = {"command": "python train/finetune.py " + " ".join(sys.argv[1:]), "student": student, "objective": objective,
+           "base_model": base_model, "device": str(dev), "data": data.counts(), "labels": data.labels,
+           "multi_label": data.multi_label, "teacher": teacher_info, "history": history,
+           "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "temperature": temperature,
+                               "w_hard": w_hard, "w_soft": w_soft, "max_length": max_length, "seed": seed,
+                               "valid_fraction": valid_fraction, "patience": patience}}
+    write_outputs(model, tokenizer, output_dir, run, eval_set=eval_set, max_length=max_length,
+                  teacher=dict(url=teacher_url, model=teacher_model, method=teacher_method, engine=teacher_engine,
+                               template=hypothesis_template, compare_methods=compare_method or []),
+                  speed_texts=speed_texts,
+                  calibration_texts=[e.text for e in train_split.examples[:256]])
+    typer.echo(f"wrote {output_dir} (report: {output_dir / 'report.md'})")
+
+
+if __name__ == "__main__":
+    app()

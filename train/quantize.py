@@ -1,0 +1,174 @@
+"""Calibrate int8 quantization for a model directory and pick each engine's int8 mode by measurement.
+
+Writes ``quantization.json`` next to the model (:class:`service.quantization.QuantizationSpec`): the
+activation ranges of every Linear input, measured on real inputs (NLI pairs for a cross-encoder, texts for a
+sentence encoder or a student classifier), and the int8 form each engine runs:
+
+- DeepSparse: the ``integer`` form (SparseML's deployment graph), the one its int8 kernels take;
+- ONNX Runtime: ``qdq`` (static) or ``dynamic``, whichever ran more pairs per second here, measured side by
+  side on the same batches; ``none`` when neither beat float32.
+
+The graphs themselves are derived files: the service builds them in its cache when it loads the model.
+
+Example::
+
+    python -m train.quantize service/models/nli-minilm-l6-pruned80 --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from service.quantization import QuantizationSpec, calibrate, quantize_dynamic, quantize_static
+
+logger = logging.getLogger("train.quantize")
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+
+#: Inputs are either (premise, hypothesis) pairs or single texts.
+Example = tuple[str, str] | str
+
+
+def feeds(tokenizer, examples: Sequence[Example], *, batch_size: int = 32, max_length: int = 128,
+          ) -> Iterator[dict[str, np.ndarray]]:
+    """Padded int64 batches (``input_ids``, ``attention_mask``, ``token_type_ids``) of ``examples``, as engines get them."""
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        if isinstance(chunk[0], tuple):
+            enc = tokenizer([p for p, _ in chunk], [h for _, h in chunk], padding=True, truncation="only_first",
+                            max_length=max_length, return_tensors="np")
+        else:
+            enc = tokenizer(list(chunk), padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        batch = {k: v.astype(np.int64) for k, v in enc.items()}
+        batch.setdefault("token_type_ids", np.zeros_like(batch["input_ids"]))
+        yield batch
+
+
+def ort_rate(onnx_path: Path, batches: list[dict[str, np.ndarray]], *, num_threads: int | None = None,
+             repeats: int = 3) -> float:
+    """Rows per second of ONNX Runtime on ``batches`` (best of ``repeats`` passes, after one warm-up pass)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if num_threads:
+        options.intra_op_num_threads = num_threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    rows = sum(len(b["input_ids"]) for b in batches)
+    best = 0.0
+    for attempt in range(repeats + 1):
+        began = time.perf_counter()
+        for batch in batches:
+            session.run(None, {k: v for k, v in batch.items() if k in names})
+        if attempt:
+            best = max(best, rows / (time.perf_counter() - began))
+    return best
+
+
+def build_spec(fp32_onnx: Path, tokenizer, examples: Sequence[Example], *, method: str = "percentile",
+               percentile: float = 99.999, max_length: int = 128, num_threads: int | None = None,
+               timing_examples: int = 256) -> tuple[QuantizationSpec, dict]:
+    """Calibrate ranges on ``examples`` and choose ONNX Runtime's int8 mode by measured speed.
+
+    Returns:
+        the spec, and the measurements (rows/s of fp32, qdq and dynamic on ONNX Runtime).
+    """
+    ranges = calibrate(fp32_onnx, feeds(tokenizer, examples, max_length=max_length), method=method,
+                       percentile=percentile)
+    spec = QuantizationSpec(ranges=ranges, engines={"deepsparse": "integer", "onnxruntime": "qdq"},
+                            calibration={"method": method, "percentile": percentile if method == "percentile" else None,
+                                         "examples": len(examples), "max_length": max_length})
+    timing = list(feeds(tokenizer, examples[:timing_examples], max_length=max_length))
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        graphs = {"none": Path(fp32_onnx),
+                  "qdq": quantize_static(fp32_onnx, Path(tmp) / "qdq.onnx", ranges, form="qdq"),
+                  "dynamic": quantize_dynamic(fp32_onnx, Path(tmp) / "dynamic.onnx")}
+        for mode, path in graphs.items():
+            rates[mode] = round(ort_rate(path, timing, num_threads=num_threads), 1)
+    best = max(rates, key=rates.get)
+    spec.engines["onnxruntime"] = best
+    logger.info("ONNX Runtime rows/s on %d calibration examples: %s -> %s", min(timing_examples, len(examples)),
+                rates, best)
+    return spec, {"onnxruntime_rows_per_s": rates, "onnxruntime_choice": best}
+
+
+def nli_calibration_pairs(data_dir: Path, n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` (premise, hypothesis) pairs drawn from the licence-clean NLI training mix (never from eval files)."""
+    from train.nli_data import DEFAULT_MIX, load_mix
+
+    pairs = load_mix(Path(data_dir) / "nli" / "train", DEFAULT_MIX, seed)
+    random.Random(seed).shuffle(pairs)
+    return [(p.premise, p.hypothesis) for p in pairs[:n]]
+
+
+def text_calibration_examples(path: Path, n: int, seed: int = 0, text_field: str = "text") -> list[str]:
+    """``n`` texts drawn from a JSONL file (``text`` field, or ``title`` + ``description``)."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    random.Random(seed).shuffle(rows)
+    texts = [r.get(text_field) or " ".join(filter(None, (r.get("title"), r.get("description")))) for r in rows]
+    return [t for t in texts if t][:n]
+
+
+@app.command()
+def main(
+    model_dir: Annotated[str, typer.Argument(help="Model to calibrate: a directory (full or compact sparse) or a "
+                                             "model id of the service (default, dense, packaged:all-MiniLM-L6-v2).")],
+    data_dir: Annotated[Path, typer.Option(help="The shared data folder (nli/ for NLI models).")] = Path("../shared/data"),
+    texts: Annotated[Optional[Path], typer.Option(help="JSONL of texts to calibrate on instead of NLI pairs "
+                                                  "(sentence encoders, student classifiers).")] = None,
+    task: Annotated[str, typer.Option(help="sequence-classification or sentence-embedding.")] = "sequence-classification",
+    examples: Annotated[int, typer.Option(min=16, help="Calibration examples.")] = 512,
+    method: Annotated[str, typer.Option(help="percentile or minmax.")] = "percentile",
+    embedded: Annotated[bool, typer.Option(help="Write the spec into the package (service/models/quantization/"
+                                           "<fingerprint>.json) instead of the model directory: for models this "
+                                           "project ships no directory of, such as the packaged MiniLM.")] = False,
+    seed: int = 0,
+) -> None:
+    """Write ``quantization.json`` into MODEL_DIR (ranges + the int8 mode of each engine)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from transformers import AutoTokenizer
+
+    from service.onnx_export import onnx_for
+    from service.sources import resolve_model
+
+    if method not in ("percentile", "minmax"):
+        typer.echo("error: --method must be percentile or minmax", err=True)
+        raise typer.Exit(2)
+    try:
+        source = resolve_model(model_dir)
+    except Exception as exc:
+        typer.echo(f"error: {model_dir}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if texts is not None:
+        if not texts.is_file():
+            typer.echo(f"error: --texts {texts} not found", err=True)
+            raise typer.Exit(2)
+        calibration: list = text_calibration_examples(texts, examples, seed)
+    else:
+        if not (data_dir / "nli" / "train").is_dir():
+            typer.echo(f"error: --data-dir {data_dir} has no nli/train (or give --texts)", err=True)
+            raise typer.Exit(2)
+        calibration = nli_calibration_pairs(data_dir, examples, seed)
+    from service.quantization import embedded_spec_path
+    from service.sources import default_cache_dir
+
+    fp32 = onnx_for(source, default_cache_dir(), task)
+    spec, measured = build_spec(fp32, AutoTokenizer.from_pretrained(source.path), calibration, method=method)
+    target = source.compact_path or source.path
+    path = spec.save(target, path=embedded_spec_path(source.fingerprint()) if embedded else None)
+    typer.echo(f"wrote {path}: deepsparse={spec.engines['deepsparse']}, onnxruntime={spec.engines['onnxruntime']} "
+               f"(ONNX Runtime rows/s: {measured['onnxruntime_rows_per_s']})")
+
+
+if __name__ == "__main__":
+    app()
