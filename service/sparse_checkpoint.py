@@ -14,10 +14,11 @@ Files of a compact directory:
 - ``sparse_weights.safetensors``: ``<name>.values`` (1-D, non-zeros), ``<name>.bitmask`` (uint8,
   ``np.packbits`` of the flattened mask) and ``<name>.shape`` (int64) for compressed tensors; other
   tensors as they are.
-- ``config.json`` and the tokenizer files, as in any Hugging Face model directory.
+- ``config.json``; tokenizer files only where they differ from the base's (the base's are used otherwise).
 
-:func:`materialize` rebuilds an ordinary Hugging Face directory (``model.safetensors``) in the cache, so every
-loader downstream (ONNX export, the torch engine, ``from_pretrained``) works unchanged.
+:func:`materialize` rebuilds an ordinary Hugging Face directory (``model.safetensors``) in the cache - the base's
+files first, this directory's on top - so every loader downstream (ONNX export, the torch engine,
+``from_pretrained``) works unchanged.
 """
 
 from __future__ import annotations
@@ -184,15 +185,23 @@ def materialize(model_dir: Path, cache_dir: Path) -> Path:
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for item in model_dir.iterdir():
-        if item.is_file() and item.name not in _SKIP:
-            shutil.copy2(item, tmp / item.name)
+    base_dir = base_model_dir(model_dir)
+    for source in ([base_dir] if base_dir is not None else []) + [model_dir]:  # the compact directory's files win
+        for item in source.iterdir():
+            if item.is_file() and item.name not in _SKIP and item.suffix != ".md":
+                shutil.copy2(item, tmp / item.name)
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     try:
         os.replace(tmp, target)
     except OSError:  # another process materialized it first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def base_model_dir(model_dir: Path) -> Path | None:
+    """The dense base directory a compact checkpoint names (``None`` when it names none)."""
+    meta = json.loads((Path(model_dir) / FORMAT_FILE).read_text(encoding="utf-8"))
+    return (Path(model_dir) / meta["base_model"]).resolve() if meta.get("base_model") else None
 
 
 def _read_safetensors(model_dir: Path) -> dict[str, np.ndarray]:

@@ -5,14 +5,16 @@ activation ranges of every Linear input, measured on real inputs (NLI pairs for 
 sentence encoder or a student classifier), and the int8 form each engine runs:
 
 - DeepSparse: the ``integer`` form (SparseML's deployment graph), the one its int8 kernels take;
-- ONNX Runtime: ``qdq`` (static) or ``dynamic``, whichever ran more pairs per second here, measured side by
-  side on the same batches; ``none`` when neither beat float32.
+- ONNX Runtime: ``qdq`` (static) when it runs more pairs per second than float32 here, measured side by side
+  on the same batches (``none`` otherwise). ``dynamic`` is measured and reported but never chosen: its
+  activation ranges come from each batch, so a text's scores would depend on the other texts that share its
+  batch - with micro-batching, on other users' requests - and the same request could get different suggestions.
 
 The graphs themselves are derived files: the service builds them in its cache when it loads the model.
 
 Example::
 
-    python -m train.quantize service/models/nli-minilm-l6-pruned80 --data-dir ../shared/data
+    python -m train.quantize service/models/nli-minilm-l6-pruned50 --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def build_spec(fp32_onnx: Path, tokenizer, examples: Sequence[Example], *, metho
     """Calibrate ranges on ``examples`` and choose ONNX Runtime's int8 mode by measured speed.
 
     Returns:
-        the spec, and the measurements (rows/s of fp32, qdq and dynamic on ONNX Runtime).
+        the spec, and the measurements (rows/s of fp32, qdq and dynamic on ONNX Runtime). ONNX Runtime gets
+        ``qdq`` when it beats float32, else ``none`` (the module docstring says why never ``dynamic``).
     """
     ranges = calibrate(fp32_onnx, feeds(tokenizer, examples, max_length=max_length), method=method,
                        percentile=percentile)
@@ -95,7 +98,7 @@ def build_spec(fp32_onnx: Path, tokenizer, examples: Sequence[Example], *, metho
                   "dynamic": quantize_dynamic(fp32_onnx, Path(tmp) / "dynamic.onnx")}
         for mode, path in graphs.items():
             rates[mode] = round(ort_rate(path, timing, num_threads=num_threads), 1)
-    best = max(rates, key=rates.get)
+    best = "qdq" if rates["qdq"] > rates["none"] else "none"  # not dynamic: batch-dependent scores (docstring)
     spec.engines["onnxruntime"] = best
     logger.info("ONNX Runtime rows/s on %d calibration examples: %s -> %s", min(timing_examples, len(examples)),
                 rates, best)

@@ -16,7 +16,7 @@ Resumable: checkpoints live in ``--work-dir``; running the same command again co
 
 Example::
 
-    python -m train.sparsify --sparsity 0.8 --output-dir service/models/nli-minilm-l6-pruned80
+    python -m train.sparsify --sparsity 0.5 --prune-end 0.5 --output-dir service/models/nli-minilm-l6-pruned50
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def train_pruned(model, tokenizer, pairs: list[NLIPair], soft: np.ndarray, work_
 
 @app.command()
 def main(
-    output_dir: Annotated[Path, typer.Option(help="Compact model directory to write (sparse weights, card, metrics).")] = Path("runs/nli-minilm-l6-pruned80"),
+    output_dir: Annotated[Path, typer.Option(help="Compact model directory to write (sparse weights, card, metrics).")] = Path("runs/nli-minilm-l6-pruned"),
     teacher: Annotated[str, typer.Option(help="Dense teacher to prune and distil from: a model id of the service "
                                          "(dense = the embedded dense teacher) or a directory.")] = DENSE_MODEL,
     data_dir: Annotated[Path, typer.Option(help="The shared data folder (holds nli/ and classification/).")] = Path("../shared/data"),
@@ -261,8 +261,7 @@ def main(
                            base_dir=dense.path)
     model.config.architectures = ["BertForSequenceClassification"] if model.config.model_type == "bert" \
         else model.config.architectures
-    model.config.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    model.config.save_pretrained(output_dir)  # the tokenizer is the base's (service.sparse_checkpoint.materialize)
     logger.info("wrote %s (%.1f MB stored; %.1f MB as dense fp16; shared with the base: %s)", output_dir,
                 storage["stored_bytes"] / 1e6, storage["dense_bytes"] / 1e6, ", ".join(storage["shared"]))
 
