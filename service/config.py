@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(16384, ge=1, description="most sequences waiting for the engine; beyond it requests get "
                            "503 with Retry-After")
     deepsparse_compile: Literal["lazy", "startup", "background"] = Field(
-        "background", description="when DeepSparse compiles its (batch, seq) buckets: on first use, all at start-up, "
-        "or in the background once the service is ready (README, 'Speed')")
+        "startup", description="when DeepSparse compiles its (batch, seq) buckets: on first use, all at start-up "
+        "(before /ready turns 200), or in the background once the service is ready (README, 'Speed': measured)")
     num_threads: int | None = Field(None, ge=1, description="intra-op threads / cores; default: all")
     max_texts: int = Field(64, ge=1, description="most texts in one request")
     max_labels: int = Field(32, ge=1, description="most candidate labels in one nli or ensemble request")

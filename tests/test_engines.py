@@ -127,8 +127,8 @@ def test_deepsparse_routes_each_batch_to_the_smallest_bucket(tiny_model_dir, cac
     from service.engines.deepsparse import DeepSparseEngine, batch_buckets, plan_chunks
     from service.onnx_export import onnx_for
 
-    assert batch_buckets(32) == (1, 4, 16, 32) and batch_buckets(1) == (1,)
-    assert plan_chunks(37, (1, 4, 16, 32)) == [(32, 32), (5, 16)]
+    assert batch_buckets(32) == (8, 32) and batch_buckets(1) == (1,)
+    assert plan_chunks(37, (8, 32)) == [(32, 32), (5, 8)]
     graph = onnx_for(resolve_model(str(tiny_model_dir)), cache_dir)
     engine = DeepSparseEngine(graph, work_dir=tmp_path / "ds", batch_size=32, max_length=48)
     reference = create_engine("onnxruntime", resolve_model(str(tiny_model_dir)), cache_dir=cache_dir, batch_size=32,
@@ -140,7 +140,7 @@ def test_deepsparse_routes_each_batch_to_the_smallest_bucket(tiny_model_dir, cac
         inputs = {k: v.astype(np.int64) for k, v in inputs.items()}
         np.testing.assert_allclose(engine({k: inputs[k] for k in engine.input_names}),
                                    reference({k: inputs[k] for k in reference.input_names}), atol=1e-4)
-    assert engine.describe()["compiled_buckets"] == ["1x16", "4x32", "16x48", "32x48"]
+    assert engine.describe()["compiled_buckets"] == ["8x16", "8x32", "8x48", "32x48"]
     assert not list((tmp_path / "ds").glob("*.onnx"))  # per-bucket copies are deleted once compiled
 
 
