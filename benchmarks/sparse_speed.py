@@ -360,18 +360,22 @@ def main(
     from service.sources import default_cache_dir
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    models = prepare_models(output_dir / "work", default_cache_dir())
+    work = Path(tempfile.mkdtemp(prefix="sparse_speed-"))  # the DeepSparse pipeline's model copy; not kept
+    models = prepare_models(work, default_cache_dir())
     common = ["--data-dir", str(data_dir), "--ag-news", str(ag_news), "--threads", str(threads),
               "--request-texts", str(request_texts), "--clients", str(clients), "--batch-size", str(batch_size),
               "--models-json", json.dumps(models)] + (["--emotion", str(emotion)] if emotion else [])
     results = []
-    for config in chosen:
-        logger.info("configuration %s: %s", config, DESCRIPTIONS[config])
-        result, child_rss = _spawn(["--run-config", config, *common])
-        if config != "service-http":
-            result["peak_rss_mb"] = child_rss
-        results.append(result)
-        logger.info("%s: %s", config, {d: t["pairs_per_s"] for d, t in result["tasks"].items()})
+    try:
+        for config in chosen:
+            logger.info("configuration %s: %s", config, DESCRIPTIONS[config])
+            result, child_rss = _spawn(["--run-config", config, *common])
+            if config != "service-http":
+                result["peak_rss_mb"] = child_rss
+            results.append(result)
+            logger.info("%s: %s", config, {d: t["pairs_per_s"] for d, t in result["tasks"].items()})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     meta = {**cpu_facts(), "threads": threads, "request_texts": request_texts, "clients": clients,
             "batch_size": batch_size, "ag_news_texts": ag_news, "emotion_texts": emotion or "all",
             "command": "python benchmarks/sparse_speed.py " + " ".join(sys.argv[1:])}
