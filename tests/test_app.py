@@ -23,7 +23,8 @@ LABELS = ["sports", "business", "politics"]
 def server(tiny_model_dir, minilm_dir, cache_dir):
     settings = Settings(model=str(tiny_model_dir), embedding_model=str(minilm_dir), method="nli", engine="onnxruntime",
                         cache_dir=cache_dir, max_texts=3, max_labels=4, max_labels_embedding=6, max_text_chars=500,
-                        batch_wait_ms=50)
+                        batch_wait_ms=50, quantization="none")  # float32: scores are checked to 1e-4 against
+    # the transformers pipeline and sentence-transformers (the int8 forms: tests/test_embedding.py, test_quantization.py)
     with LiveServer(create_app(settings)) as live:
         assert live.wait_ready().status_code == 200
         yield live

@@ -107,6 +107,24 @@ def test_cli_writes_a_servable_student_and_its_report(ag_news_export, data_dir, 
     assert report["speed"]["teacher"]["agent"].endswith(":embedding") and report["speed"]["ratio_int8"] > 0
     assert f"{report['evaluation']['int8']['accuracy']:.4f}" in (out / "report.md").read_text()
 
+    # the speed comparison measured again, for several students in one run (here one), rewrites the report
+    again = subprocess.run([sys.executable, "-m", "train.student_report", str(out), str(tmp_path / "not-a-student"),
+                            "--eval", str(data_dir / "classification" / "ag_news" / "test.jsonl"),
+                            "--eval-text-field", "title", "--speed-texts", "32", "--teacher-method", "embedding",
+                            "--teacher-engine", "onnxruntime"], capture_output=True, text=True,
+                           cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert again.returncode == 2 and "not-a-student has no report.json" in again.stderr  # the bad directory
+    assert again.stderr.strip().splitlines()[-1].startswith("error:")
+    again = subprocess.run([sys.executable, "-m", "train.student_report", str(out),
+                            "--eval", str(data_dir / "classification" / "ag_news" / "test.jsonl"),
+                            "--eval-text-field", "title", "--speed-texts", "32", "--teacher-method", "embedding",
+                            "--teacher-engine", "onnxruntime"], capture_output=True, text=True,
+                           cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert again.returncode == 0, again.stderr[-3000:]
+    speed = json.loads((out / "report.json").read_text())["speed"]
+    assert speed["texts"] == 32 and speed["command"].startswith("python -m train.student_report")
+    assert "Speed on 32 evaluation texts" in (out / "report.md").read_text()
+
 
 @pytest.mark.parametrize("case, message", [
     ("empty", "holds no records"),

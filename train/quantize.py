@@ -127,8 +127,9 @@ def main(
     model_dir: Annotated[str, typer.Argument(help="Model to calibrate: a directory (full or compact sparse) or a "
                                              "model id of the service (default, dense, packaged:all-MiniLM-L6-v2).")],
     data_dir: Annotated[Path, typer.Option(help="The shared data folder (nli/ for NLI models).")] = Path("../shared/data"),
-    texts: Annotated[Optional[Path], typer.Option(help="JSONL of texts to calibrate on instead of NLI pairs "
-                                                  "(sentence encoders, student classifiers).")] = None,
+    texts: Annotated[Optional[list[Path]], typer.Option(help="JSONL of texts to calibrate on instead of NLI pairs "
+                                                        "(sentence encoders, student classifiers); repeatable, "
+                                                        "the examples are split evenly between the files.")] = None,
     task: Annotated[str, typer.Option(help="sequence-classification or sentence-embedding.")] = "sequence-classification",
     examples: Annotated[int, typer.Option(min=16, help="Calibration examples.")] = 512,
     method: Annotated[str, typer.Option(help="percentile or minmax.")] = "percentile",
@@ -152,11 +153,13 @@ def main(
     except Exception as exc:
         typer.echo(f"error: {model_dir}: {exc}", err=True)
         raise typer.Exit(2) from None
-    if texts is not None:
-        if not texts.is_file():
-            typer.echo(f"error: --texts {texts} not found", err=True)
+    if texts:
+        missing = [str(t) for t in texts if not t.is_file()]
+        if missing:
+            typer.echo(f"error: --texts {missing[0]} not found", err=True)
             raise typer.Exit(2)
-        calibration: list = text_calibration_examples(texts, examples, seed)
+        calibration: list = [text for file in texts
+                             for text in text_calibration_examples(file, examples // len(texts), seed)]
     else:
         if not (data_dir / "nli" / "train").is_dir():
             typer.echo(f"error: --data-dir {data_dir} has no nli/train (or give --texts)", err=True)

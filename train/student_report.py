@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
+from typing import Annotated, Optional
 
 import numpy as np
+import typer
 
 logger = logging.getLogger("train.finetune")
 
@@ -65,10 +68,11 @@ def evaluate(model_dir: Path, texts: list[str], gold: list, labels: list[str], m
 
     from service.calibration import expected_calibration_error
     from service.classify import load_classifier
+    from service.config import Settings
     from service.sources import default_cache_dir
 
     classifier = load_classifier("student", str(model_dir), engine="onnxruntime", quantization=quantization,
-                                 cache_dir=default_cache_dir(), batch_size=64)
+                                 cache_dir=default_cache_dir(), batch_size=Settings().batch_size)
     try:
         began = time.perf_counter()
         probabilities = np.concatenate([classifier.probabilities(texts[i:i + 512]) for i in range(0, len(texts), 512)])
@@ -103,15 +107,18 @@ def evaluate(model_dir: Path, texts: list[str], gold: list, labels: list[str], m
 def speed_against_teacher(model_dir: Path, texts: list[str], labels: list[str], multi_label: bool, teacher: dict) -> dict:
     """Texts/s of the student (int8 and float32, on the engine ``auto`` picks) and of the zero-shot teacher on the
     same texts, measured here one after the other: the teacher as configured (over HTTP when a URL was given,
-    else in-process) and each method of ``teacher["compare_methods"]``."""
+    else in-process) and each method of ``teacher["compare_methods"]``. Both get 64 texts a call (as
+    ``annotate`` sends them) and the service's forward-pass size (``Settings().batch_size`` rows: texts for the
+    student, (text, label) pairs for the NLI teacher), so neither pays padding the service would not."""
     from service.classify import load_classifier
+    from service.config import Settings
     from service.sources import default_cache_dir
     from train.finetune import teacher_scores
 
     out = {"texts": len(texts)}
     for quantization in ("auto", "none"):
         classifier = load_classifier("student", str(model_dir), engine="auto", quantization=quantization,
-                                     cache_dir=default_cache_dir(), batch_size=64)
+                                     cache_dir=default_cache_dir(), batch_size=Settings().batch_size)
         try:
             classifier.probabilities(texts[:64])  # warm-up
             began = time.perf_counter()
@@ -235,3 +242,83 @@ def render(run: dict) -> str:
     for name, path in run.get("plots", {}).items():
         lines.append(f"![{name}]({Path(path).name})")
     return "\n".join(lines) + "\n"
+
+
+def remeasure_speed(student_dirs: list[Path], texts: list[str], teacher: dict, command: str) -> list[dict]:
+    """Measure :func:`speed_against_teacher` again for several trained students, one after the other in this
+    process (so their ratios come from one run on one machine state), and rewrite each ``report.json`` /
+    ``report.md``. Returns the updated runs.
+
+    Raises:
+        FileNotFoundError: a directory has no ``report.json`` (not written by ``train/finetune.py``).
+    """
+    directories = [Path(d) for d in student_dirs]
+    for directory in directories:  # all checked before any is measured or rewritten
+        if not (directory / "report.json").is_file():
+            raise FileNotFoundError(f"{directory} has no report.json: not a train/finetune.py output directory")
+    runs = []
+    for directory in directories:
+        report = directory / "report.json"
+        run = json.loads(report.read_text(encoding="utf-8"))
+        run["speed"] = {**speed_against_teacher(directory, texts, run["labels"], run["multi_label"], teacher),
+                        "command": command}
+        report.write_text(json.dumps(run, indent=2, default=float), encoding="utf-8")
+        (directory / "report.md").write_text(render(run), encoding="utf-8")
+        runs.append(run)
+    return runs
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def speed(
+    student_dirs: Annotated[list[Path], typer.Argument(help="Output directories of train/finetune.py.")],
+    eval_file: Annotated[Path, typer.Option("--eval", help="JSONL of texts to time on (the evaluation file).")],
+    eval_text_field: Annotated[Optional[list[str]], typer.Option(help="Text field(s), joined by a space "
+                                                                 "(default: text).")] = None,
+    speed_texts: Annotated[int, typer.Option(min=1, help="Texts timed.")] = 1000,
+    teacher_url: Annotated[Optional[str], typer.Option(help="Running zero-shot service (else in-process).")] = None,
+    teacher_model: Annotated[str, typer.Option(help="In-process teacher: NLI model id.")] = "default",
+    teacher_method: Annotated[Optional[str], typer.Option(help="Teacher method (default: the service's).")] = None,
+    compare_method: Annotated[Optional[list[str]], typer.Option(help="Other methods timed; repeatable.")] = None,
+    teacher_engine: Annotated[str, typer.Option(help="In-process teacher engine.")] = "auto",
+    hypothesis_template: Annotated[str, typer.Option(help="Teacher's template.")] = "This text is about {}.",
+) -> None:
+    """Re-measure the speed of trained students against the zero-shot teacher, all in one run, and rewrite their
+    reports (``python -m train.student_report STUDENT_DIR... --eval FILE``)."""
+    from train.evaluate import read_labelled
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not eval_file.is_file():
+        typer.echo(f"error: --eval {eval_file} not found", err=True)
+        raise typer.Exit(2)
+    missing = [d for d in student_dirs if not (d / "report.json").is_file()]
+    if missing:
+        typer.echo(f"error: {missing[0]} has no report.json: not a train/finetune.py output directory", err=True)
+        raise typer.Exit(2)
+    fields = tuple(eval_text_field or ["text"])
+    try:
+        texts, _ = read_labelled(eval_file, fields, speed_texts)
+    except (ValueError, KeyError) as exc:
+        typer.echo(f"error: --eval {eval_file} is not JSONL with {'/'.join(fields)} and label fields ({exc})", err=True)
+        raise typer.Exit(2) from None
+    if not texts:
+        typer.echo(f"error: --eval {eval_file} holds no texts", err=True)
+        raise typer.Exit(2)
+    teacher = dict(url=teacher_url, model=teacher_model, method=teacher_method, engine=teacher_engine,
+                   template=hypothesis_template, compare_methods=compare_method or [])
+    try:
+        runs = remeasure_speed(student_dirs, texts, teacher, "python -m train.student_report " + " ".join(sys.argv[1:]))
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for directory, run in zip(student_dirs, runs):
+        s = run["speed"]
+        typer.echo(f"{directory}: student int8 {s['student_int8']['texts_per_s']} texts/s "
+                   f"({s['student_int8']['engine']}); " + ", ".join(
+                       f"x{t['ratio_int8']} {t['method']}" for t in s["teachers"]))
+
+
+if __name__ == "__main__":
+    app()
