@@ -11,9 +11,6 @@ server's peak RSS. Run on a quiet machine::
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,41 +43,22 @@ def requests_of(data_dir: Path, n: int = 40, seed: int = 0) -> list[dict]:
 def measure(policy: str, requests: list[dict], threads: int) -> dict:
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "ZSC_MODEL": "default", "ZSC_EMBEDDING_MODEL": "none", "ZSC_METHOD": "nli",
-           "ZSC_ENGINE": "deepsparse", "ZSC_DEEPSPARSE_COMPILE": policy, "ZSC_NUM_THREADS": str(threads),
-           "ZSC_PORT": str(port), "ZSC_LOG_LEVEL": "warning", "NM_DISABLE_ANALYTICS": "1"}
-    began = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None:
-                raise RuntimeError(f"the service exited ({policy})")
-            time.sleep(0.2)
-        ready = time.perf_counter() - began
+    from benchmarks.service_process import ServiceProcess
+
+    settings = {"ZSC_MODEL": "default", "ZSC_EMBEDDING_MODEL": "none", "ZSC_METHOD": "nli", "ZSC_ENGINE": "deepsparse",
+                "ZSC_DEEPSPARSE_COMPILE": policy, "ZSC_NUM_THREADS": str(threads)}
+    with ServiceProcess(settings) as service:
         latencies = []
         for body in requests:
             t0 = time.perf_counter()
-            httpx.post(url + "/zero-shot", json=body, timeout=600).raise_for_status()
+            httpx.post(service.url + "/zero-shot", json=body, timeout=600).raise_for_status()
             latencies.append(time.perf_counter() - t0)
-        info = httpx.get(url + "/info", timeout=10).json()["models"]["nli"]
-    finally:
-        server.terminate()
-        _, _, usage = os.wait4(server.pid, 0)
-        server.returncode = 0
-    return {"policy": policy, "ready_s": round(ready, 1), "first_request_ms": round(1000 * latencies[0], 1),
+        info = httpx.get(service.url + "/info", timeout=10).json()["models"]["nli"]
+    return {"policy": policy, "ready_s": round(service.ready_s, 1), "first_request_ms": round(1000 * latencies[0], 1),
             "p50_ms": round(1000 * float(np.percentile(latencies, 50)), 1),
             "p95_ms": round(1000 * float(np.percentile(latencies, 95)), 1),
             "max_ms": round(1000 * max(latencies), 1), "total_s": round(sum(latencies), 2),
-            "compiled_buckets": len(info.get("compiled_buckets", [])), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+            "compiled_buckets": len(info.get("compiled_buckets", [])), "peak_rss_mb": round(service.peak_rss_mb)}
 
 
 @app.command()

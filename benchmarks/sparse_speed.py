@@ -31,7 +31,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -169,25 +168,12 @@ def run_service(tasks: list[dict], models: dict, threads: int, request_texts: in
     """Start ``python -m service`` (shipped default NLI model, engine=auto), drive it with concurrent clients."""
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "ZSC_MODEL": "default", "ZSC_EMBEDDING_MODEL": "none", "ZSC_METHOD": "nli",
-           "ZSC_ENGINE": "auto", "ZSC_NUM_THREADS": str(threads), "ZSC_BATCH_SIZE": str(batch_size),
-           "ZSC_CALIBRATE": "false", "ZSC_PORT": str(port), "ZSC_LOG_LEVEL": "warning", "NM_DISABLE_ANALYTICS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the service did not become ready")
-            time.sleep(0.5)
+    from benchmarks.service_process import ServiceProcess
+
+    settings = {"ZSC_MODEL": "default", "ZSC_EMBEDDING_MODEL": "none", "ZSC_METHOD": "nli", "ZSC_ENGINE": "auto",
+                "ZSC_NUM_THREADS": str(threads), "ZSC_BATCH_SIZE": str(batch_size), "ZSC_CALIBRATE": "false"}
+    with ServiceProcess(settings) as service:
+        url = service.url
         info = httpx.get(url + "/info", timeout=10).json()
         result = {"config": "service-http", "tasks": {}, "clients": clients,
                   "facts": {"engine": info["models"]["nli"]["engine"], "int8": info["models"]["nli"].get("int8"),
@@ -226,11 +212,7 @@ def run_service(tasks: list[dict], models: dict, threads: int, request_texts: in
                 predictions = [r["labels"][0] for answer in answers for r in answer]
                 result["tasks"][task["dataset"]] = _summary(task, predictions, latencies, wall)
         result["batching"] = httpx.get(url + "/info", timeout=10).json()["models"]["nli"].get("batching")
-    finally:
-        server.terminate()
-        _, _, usage = os.wait4(server.pid, 0)  # the server's own peak RSS
-        server.returncode = 0
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    result["peak_rss_mb"] = service.peak_rss_mb  # the server's own peak RSS
     return result
 
 
