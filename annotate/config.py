@@ -6,6 +6,8 @@ the project's own are ``ANNOTATE_*``. CLI options override both.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,6 +28,9 @@ class AnnotateSettings(BaseSettings):
                                                       "(env ANNOTATE_SERVICE_URL)")
     model: str = Field("default", description="in-process model (env ANNOTATE_MODEL), as the service's ZSC_MODEL")
     engine: str = Field("onnxruntime", description="in-process engine (env ANNOTATE_ENGINE), as ZSC_ENGINE")
+    cache_dir: Path = Field(Path.home() / ".cache" / "zeroshot-preannotate" / "annotate",
+                            description="local cache of scored pools (zero-shot scores + embeddings) and adapted heads, "
+                                        "one folder per Argilla server, workspace and dataset (env ANNOTATE_CACHE_DIR)")
 
     def require(self, *names: str) -> None:
         """Raise ``ValueError`` naming the first of ``names`` that is unset (option and variable to set)."""

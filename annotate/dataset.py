@@ -25,6 +25,10 @@ import numpy as np
 FIELD = "text"
 QUESTION = "label"
 UNCERTAINTY = ("confidence", "margin", "entropy")
+#: Vector field of the text's sentence embedding (datasets pushed with embeddings).
+VECTOR = "embedding"
+#: Integer metadata (0/1, visible): the record belongs to the random audit sample (:func:`audit_flags`).
+AUDIT = "audit"
 GUIDELINES = """Pre-annotated by a zero-shot NLI teacher ({agent}; template "{template}").
 Confirm the suggested label when it is right; pick the right one when it is not; discard texts that fit no label
 or cannot be judged. Records open lowest-confidence first (sort by the suggestion score, ascending):
@@ -51,8 +55,13 @@ def record_id(text: str, source_id: str | None = None) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
-def build_settings(labels: Sequence[str], multi_label: bool, guidelines: str):
-    """Argilla ``Settings`` for a new pre-annotation dataset (see the module docstring for the layout)."""
+def build_settings(labels: Sequence[str], multi_label: bool, guidelines: str, vector_dim: int | None = None,
+                   audit: bool = False):
+    """Argilla ``Settings`` for a new pre-annotation dataset (see the module docstring for the layout).
+
+    ``vector_dim``: add the vector field :data:`VECTOR` of that many dimensions (the sentence embedding of each
+    text: Argilla's "find similar" for reviewers, and the adapted head's features). ``audit``: add the integer
+    metadata :data:`AUDIT` (0/1, visible) marking the random audit sample."""
     import argilla as rg
 
     question_cls = rg.MultiLabelQuestion if multi_label else rg.LabelQuestion
@@ -62,12 +71,16 @@ def build_settings(labels: Sequence[str], multi_label: bool, guidelines: str):
         rg.FloatMetadataProperty(name="entropy", title="entropy (normalised)", min=0.0, max=1.0),
     ] + [rg.FloatMetadataProperty(name=teacher_key(i), title=f"P({label})", min=0.0, max=1.0,
                                   visible_for_annotators=False) for i, label in enumerate(labels)]
+    if audit:
+        metadata.append(rg.IntegerMetadataProperty(name=AUDIT, title="audit sample (1 = random sample)", min=0, max=1))
     return rg.Settings(
         guidelines=guidelines,
         fields=[rg.TextField(name=FIELD, title="Text", use_markdown=False)],
         questions=[question_cls(name=QUESTION, title="Which label fits this text?", labels=list(labels),
                                 description="Suggestion from the zero-shot teacher; correct it if needed.")],
         metadata=metadata,
+        vectors=[rg.VectorField(name=VECTOR, title="Sentence embedding", dimensions=int(vector_dim))]
+        if vector_dim else [],
         allow_extra_metadata=False,
     )
 
@@ -117,8 +130,12 @@ def suggestion_value(scores: np.ndarray, labels: Sequence[str], multi_label: boo
 
 
 def build_records(ids: Sequence[str], texts: Sequence[str], scores: np.ndarray, labels: Sequence[str],
-                  multi_label: bool, agent: str, threshold: float = 0.5) -> list:
-    """Argilla records, one per text: ``scores`` has shape ``(len(texts), len(labels))`` in label order."""
+                  multi_label: bool, agent: str, threshold: float = 0.5, vectors: np.ndarray | None = None,
+                  extra_metadata: dict[str, Sequence] | None = None) -> list:
+    """Argilla records, one per text: ``scores`` has shape ``(len(texts), len(labels))`` in label order.
+
+    ``vectors``: ``(len(texts), dim)`` sentence embeddings for the :data:`VECTOR` field; ``extra_metadata``:
+    more metadata values by name, one per text (the dataset must define them)."""
     import argilla as rg
 
     from annotate.uncertainty import summarize
@@ -129,7 +146,10 @@ def build_records(ids: Sequence[str], texts: Sequence[str], scores: np.ndarray, 
         value, score = suggestion_value(scores[row], labels, multi_label, threshold)
         metadata = {name: round(float(stats[name][row]), 6) for name in UNCERTAINTY}
         metadata.update({teacher_key(i): float(scores[row, i]) for i in range(len(labels))})
-        records.append(rg.Record(id=rid, fields={FIELD: text}, metadata=metadata,
+        for name, values in (extra_metadata or {}).items():
+            metadata[name] = values[row]
+        kwargs = {"vectors": {VECTOR: [float(x) for x in vectors[row]]}} if vectors is not None else {}
+        records.append(rg.Record(id=rid, fields={FIELD: text}, metadata=metadata, **kwargs,
                                  suggestions=[rg.Suggestion(question_name=QUESTION, value=value, score=score,
                                                             agent=agent)]))
     return records
@@ -138,6 +158,35 @@ def build_records(ids: Sequence[str], texts: Sequence[str], scores: np.ndarray, 
 def teacher_scores(metadata: dict, labels: Sequence[str]) -> dict[str, float | None]:
     """``{label: probability}`` for every label, in question order, from a record's metadata."""
     return {label: metadata.get(teacher_key(i)) for i, label in enumerate(labels)}
+
+
+def audit_flags(ids: Sequence[str], fraction: float) -> list[int]:
+    """1 for the records of the random audit sample, else 0: a record is in it when a hash of its id falls below
+    ``fraction`` (so ~``fraction`` of any set of records, the same records on every run, independent of the review
+    order). Their reviews estimate the accuracy of pending suggestions without the bias of lowest-score-first review.
+    """
+    bound = fraction * 2 ** 32
+    return [int(int(hashlib.sha256(f"audit:{rid}".encode()).hexdigest()[:8], 16) < bound) for rid in ids]
+
+
+def has_vectors(dataset) -> bool:
+    """Whether ``dataset`` has the :data:`VECTOR` field (datasets pushed before adaptation existed do not)."""
+    return any(v.name == VECTOR for v in dataset.settings.vectors)
+
+
+def has_metadata(dataset, name: str) -> bool:
+    return any(m.name == name for m in dataset.settings.metadata)
+
+
+def margin_link(api_url: str, dataset_id) -> str:
+    """URL of the dataset in Argilla's UI, smallest margin (top minus second score) first: "breaking ties"."""
+    return f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?sort=metadata.margin.asc"
+
+
+def audit_link(api_url: str, dataset_id, question: str = QUESTION) -> str:
+    """URL of the dataset in Argilla's UI filtered to the audit sample (metadata ``audit`` in [1, 1])."""
+    return (f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?metadata={AUDIT}.ge1.le1"
+            f"&sort=suggestion.{question}.score.asc")
 
 
 def deep_link(api_url: str, dataset_id, question: str = QUESTION) -> str:

@@ -9,16 +9,38 @@ exactly once. Memory holds one batch of texts plus the set of record ids (32 cha
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
+import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from annotate import client as argilla_client
-from annotate.dataset import GUIDELINES, QUESTION, build_records, build_settings, check_compatible, deep_link, record_id
+from annotate.dataset import (
+    AUDIT,
+    GUIDELINES,
+    QUESTION,
+    VECTOR,
+    DatasetMismatch,
+    audit_flags,
+    build_records,
+    build_settings,
+    check_compatible,
+    deep_link,
+    has_metadata,
+    has_vectors,
+    record_id,
+    teacher_key,
+)
 from annotate.readers import InputRow
+from annotate.store import StoreError
+from annotate.upsert import UpsertFailed
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +67,10 @@ class PushSummary:
     total_seconds: float = 0.0
     scoring_seconds: float = 0.0
     argilla_seconds: float = 0.0
+    embedded: int = 0
+    fit_seconds: float | None = None
+    head: dict | None = None
+    head_dir: str | None = None
 
     @property
     def mean_confidence(self) -> float | None:
@@ -71,6 +97,11 @@ class PushSummary:
             f"mean confidence    {mean}",
             f"time               {self.total_seconds:.1f} s total{rate}; model/scoring {self.scoring_seconds:.1f} s, "
             f"Argilla upserts {self.argilla_seconds:.1f} s",
+            *([f"adapted head       {self.head['mode']} (revision {self.head['revision']}, pool {self.head['pool_size']}, "
+               f"pseudo-labels {self.head['pseudo_labels']}, temperature {self.head['temperature']:.3g}), fit "
+               f"{self.fit_seconds:.2f} s" + (f"; saved in {self.head_dir}" if self.head_dir else "")
+               + (f"; {self.head['note']}" if self.head.get("note") else "")]
+              if self.head else []),
             f"review (lowest score first): {self.url}",
         ])
 
@@ -102,21 +133,34 @@ def _batches(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
         yield batch
 
 
-def push(rows: Iterable[InputRow], *, client, api_url: str, dataset_name: str, workspace: str, labels: list[str],
-         multi_label: bool, template: str, scorer, batch_size: int = 64, threshold: float = 0.5,
-         total: int | None = None, progress: bool = True) -> PushSummary:
+def push(rows: Iterable[InputRow] | None, *, client, api_url: str, dataset_name: str, workspace: str,
+         labels: list[str], multi_label: bool, template: str, scorer, batch_size: int = 64, threshold: float = 0.5,
+         total: int | None = None, progress: bool = True, cache=None, adaptive: bool = False,
+         audit_fraction: float = 0.05, from_scores=None, head_config=None) -> PushSummary:
     """Score ``rows`` with ``scorer`` and upsert them into ``workspace/dataset_name`` (created on first write).
 
     The dataset is looked up (and checked against ``labels``/``multi_label``) before anything is scored; it is
     created only when the first scored batch is ready, so an input that fails early leaves nothing behind.
 
+    Every new text is scored and embedded once (``scorer.score`` / ``scorer.embed``) and kept in ``cache``
+    (:class:`annotate.cache.DatasetCache`) before its record is upserted; records carry the embedding in the vector
+    field :data:`annotate.dataset.VECTOR` (datasets created before it existed get none) and the ``audit`` flag
+    (:func:`annotate.dataset.audit_flags`, ``audit_fraction`` of the records).
+
+    ``adaptive`` (single-label): all new texts are scored into the cache first, then the adapted head
+    (:func:`annotate.adaptive.adapt`) is fitted on the whole cached pool and the records are upserted with its
+    suggestions (agent ``<encoder>:adaptive-head:<revision>``; ``teacher_score_<i>`` keeps the zero-shot scores);
+    the head is saved in ``cache.head_dir``. ``from_scores``: a :class:`annotate.store.PoolStore` written by
+    ``python -m annotate score`` (checked by the caller) whose records are pushed instead of ``rows``, unscored.
+
     Raises:
-        annotate.dataset.DatasetMismatch: the existing dataset has other labels or another label mode.
+        annotate.dataset.DatasetMismatch: the existing dataset has other labels or another label mode, or (with
+            ``adaptive``) no vector field.
         annotate.client.ArgillaRefused / ArgillaUnavailable: before any write.
         PushFailed: Argilla or the scorer failed after some batches were written (``summary`` tells how far).
     """
-    from tqdm import tqdm
 
+    from annotate.adaptive import AdaptError
     from annotate.client import ArgillaRefused, ArgillaUnavailable
     from annotate.scoring import ScoringError
 
@@ -124,54 +168,152 @@ def push(rows: Iterable[InputRow], *, client, api_url: str, dataset_name: str, w
     summary = PushSummary(dataset=dataset_name, workspace=workspace)
     dataset = argilla_client.find_dataset(client, dataset_name, workspace)
     seen: set[str] = set()
+    vectors_on = audit_on = True
     if dataset is not None:
         check_compatible(dataset, labels, multi_label)
+        vectors_on, audit_on = has_vectors(dataset), has_metadata(dataset, AUDIT)
+        if adaptive and not vectors_on:
+            raise DatasetMismatch(NO_VECTORS.format(name=dataset_name))
         seen = existing_ids(dataset)
         summary.existing_before = len(seen)
         summary.dataset_id, summary.url = str(dataset.id), deep_link(api_url, dataset.id)
         logger.info("dataset %s/%s exists with %d records; those are skipped", workspace, dataset_name, len(seen))
-    present = set(seen)
-    created = False
+    if cache is not None:
+        cache.validate(dataset.id if dataset is not None else None, labels)
+    state = _State(client=client, api_url=api_url, name=dataset_name, workspace=workspace, labels=labels,
+                   multi_label=multi_label, template=template, scorer=scorer, dataset=dataset, summary=summary,
+                   cache=cache, audit_on=audit_on, audit_fraction=audit_fraction)
     label_counts: Counter = Counter()
+    try:
+        if adaptive:
+            _push_adapted(state, rows, seen, batch_size, total, progress, from_scores, head_config, label_counts)
+        else:
+            _push_streaming(state, rows, seen, batch_size, threshold, total, progress, vectors_on, label_counts)
+    except (ArgillaRefused, ArgillaUnavailable, ScoringError, StoreError, AdaptError) as exc:
+        if state.created and summary.pushed == 0:  # leave no empty dataset behind
+            _delete_quietly(state.dataset)
+            summary.dataset_id = summary.url = None
+        raise PushFailed(str(exc), summary) from None
+    finally:
+        summary.label_counts = dict(label_counts)
+        summary.scoring_seconds = round(scorer.seconds, 3) if scorer is not None else 0.0
+        summary.argilla_seconds = round(summary.argilla_seconds, 3)
+        summary.total_seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+#: The message for an adapted push (or a refresh) into a dataset without the vector field.
+NO_VECTORS = ("dataset {name!r} has no vector field {vector!r} (it was pushed before adaptation existed): push with "
+              "--no-adapt to keep zero-shot suggestions, or push into a new --dataset").replace("{vector!r}",
+                                                                                                repr(VECTOR))
+
+
+@dataclass
+class _State:
+    client: object
+    api_url: str
+    name: str
+    workspace: str
+    labels: list
+    multi_label: bool
+    template: str
+    scorer: object
+    dataset: object
+    summary: PushSummary
+    cache: object
+    audit_on: bool
+    audit_fraction: float
+    created: bool = False
+
+    def ensure_dataset(self, vector_dim: int | None, agent: str):
+        """The dataset, created (with the vector field and the audit metadata) on first use; binds the cache."""
+        if self.dataset is None:
+            self.dataset = _create(self.client, self.name, self.workspace, self.labels, self.multi_label,
+                                   self.template, agent, vector_dim)
+            self.created = True
+            self.summary.dataset_id = str(self.dataset.id)
+            self.summary.url = deep_link(self.api_url, self.dataset.id)
+        if self.cache is not None:
+            self.cache.bind(self.dataset.id)
+        return self.dataset
+
+
+def _pick_new(batch: list[InputRow], present: set[str], seen: set[str], summary: PushSummary):
+    """``(ids, texts, source ids)`` of the rows of ``batch`` to push (not empty, not in the dataset, not repeated)."""
+    ids, texts, sources = [], [], []
+    for row in batch:
+        if not row.text:
+            summary.empty += 1
+            continue
+        rid = record_id(row.text, row.source_id)
+        if rid in present:
+            summary.skipped_existing += 1
+        elif rid in seen:
+            summary.duplicates_in_input += 1
+        else:
+            seen.add(rid)
+            ids.append(rid)
+            texts.append(row.text)
+            sources.append(row.source_id)
+    return ids, texts, sources
+
+
+def _store_meta(state: _State) -> dict:
+    scorer = state.scorer
+    return {"labels": list(state.labels), "hypothesis_template": state.template, "multi_label": state.multi_label,
+            "method": scorer.served_method, "model": scorer.model_id, "engine": scorer.engine, "agent": scorer.agent,
+            "encoder": scorer.encoder}
+
+
+def _write_shard(state: _State, ids, texts, sources, scores, embeddings) -> None:
+    """Keep scored texts in the cache (a shard named by a hash of its ids); the meta is written with the first."""
+    from annotate.store import shard_table
+
+    store = state.cache.pool
+    meta = _store_meta(state)
+    if store.exists():
+        store.check(state.labels, (meta["encoder"] or {}).get("fingerprint"))
+    store.write_shard(hashlib.sha256("".join(ids).encode()).hexdigest()[:16],
+                      shard_table(ids, texts, scores, embeddings, state.labels, sources, state.multi_label))
+    if not store.exists():
+        store.write_meta(meta)
+
+
+def _push_streaming(state: _State, rows, seen, batch_size, threshold, total, progress, vectors_on, label_counts):
+    """Zero-shot suggestions, batch by batch: score (+ embed), cache, upsert."""
+    from tqdm import tqdm
+
+    summary = state.summary
+    present = set(seen)
     bar = tqdm(total=total, unit="rec", desc="push", disable=not progress, dynamic_ncols=True)
     try:
         for batch in _batches(rows, batch_size):
             summary.read += len(batch)
-            todo_ids, todo_texts = [], []
-            for row in batch:
-                if not row.text:
-                    summary.empty += 1
-                    continue
-                rid = record_id(row.text, row.source_id)
-                if rid in present:
-                    summary.skipped_existing += 1
-                elif rid in seen:
-                    summary.duplicates_in_input += 1
-                else:
-                    seen.add(rid)
-                    todo_ids.append(rid)
-                    todo_texts.append(row.text)
-            if todo_texts:
+            ids, texts, sources = _pick_new(batch, present, seen, summary)
+            if texts:
                 try:
-                    scores = scorer.score(todo_texts)
-                except ScoringError as exc:
-                    summary.failed += len(todo_texts)
-                    raise PushFailed(str(exc), summary) from None
-                summary.agent = scorer.agent
-                records = build_records(todo_ids, todo_texts, scores, labels, multi_label, scorer.agent, threshold)
+                    scores = state.scorer.score(texts)
+                    embeddings = state.scorer.embed(texts) if vectors_on else None
+                except Exception:
+                    summary.failed += len(texts)
+                    raise
+                summary.agent = state.scorer.agent
+                if embeddings is not None:
+                    summary.embedded += len(texts)
+                    embeddings = embeddings.astype(np.float16).astype(np.float32)  # what the cache holds
+                    if state.cache is not None:
+                        _write_shard(state, ids, texts, sources, scores, embeddings)
+                extra = {AUDIT: audit_flags(ids, state.audit_fraction)} if state.audit_on else None
+                records = build_records(ids, texts, scores, state.labels, state.multi_label, state.scorer.agent,
+                                        threshold, vectors=embeddings, extra_metadata=extra)
                 t0 = time.perf_counter()
                 try:
-                    if dataset is None:
-                        dataset = _create(client, dataset_name, workspace, labels, multi_label, template, scorer)
-                        created = True
-                        summary.dataset_id, summary.url = str(dataset.id), deep_link(api_url, dataset.id)
+                    dataset = state.ensure_dataset(embeddings.shape[1] if embeddings is not None else None,
+                                                   state.scorer.agent)
                     argilla_client.call(_log, dataset, records, what=f"upsert of {len(records)} records")
-                except (ArgillaRefused, ArgillaUnavailable) as exc:
+                except Exception:
                     summary.failed += len(records)
-                    if created and summary.pushed == 0:  # leave no empty dataset behind
-                        _delete_quietly(dataset)
-                        summary.dataset_id = summary.url = None
-                    raise PushFailed(str(exc), summary) from None
+                    raise
                 summary.argilla_seconds += time.perf_counter() - t0
                 summary.pushed += len(records)
                 summary.confidence_sum += float(scores.max(axis=1).sum())
@@ -182,11 +324,147 @@ def push(rows: Iterable[InputRow], *, client, api_url: str, dataset_name: str, w
             bar.set_postfix(pushed=summary.pushed, skipped=summary.skipped_existing, refresh=False)
     finally:
         bar.close()
-        summary.label_counts = dict(label_counts)
-        summary.scoring_seconds = round(scorer.seconds, 3)
-        summary.argilla_seconds = round(summary.argilla_seconds, 3)
-        summary.total_seconds = round(time.perf_counter() - started, 3)
-    return summary
+
+
+def _copy_scored(state: _State, source) -> None:
+    """Put the shards of a scored-pool folder (``python -m annotate score``) into the cache (once)."""
+    import shutil
+
+    store = state.cache.pool
+    meta = source.meta()
+    if store.exists():
+        store.check(state.labels, (meta.get("encoder") or {}).get("fingerprint"))
+    store.root.mkdir(parents=True, exist_ok=True)
+    for path in source.shards():
+        name = path.name[len("part-"):-len(".parquet")]
+        target = store.shard_path(f"scored-{name}")
+        if not target.exists():
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+    if not store.exists():
+        store.write_meta({k: v for k, v in meta.items() if k != "format_version"})
+
+
+def _push_adapted(state: _State, rows, seen, batch_size, total, progress, from_scores, head_config, label_counts):
+    """Score every new text into the cache, fit the head on the cached pool, upsert the records with its
+    suggestions."""
+    from tqdm import tqdm
+
+    from annotate.adaptive import adapt
+    from annotate.upsert import Upserter
+
+    summary = state.summary
+    present = set(seen)
+    todo: set[str] = set()
+    if from_scores is not None:
+        _copy_scored(state, from_scores)
+        for rid in sorted(from_scores.ids()):
+            summary.read += 1
+            if rid in present:
+                summary.skipped_existing += 1
+            else:
+                todo.add(rid)
+    else:
+        cached = state.cache.pool.ids() if state.cache.pool.exists() else set()
+        bar = tqdm(total=total, unit="rec", desc="score+embed", disable=not progress, dynamic_ncols=True)
+        buffer: tuple[list, list, list] = ([], [], [])
+
+        def flush() -> None:
+            ids, texts, sources = buffer
+            if not ids:
+                return
+            try:
+                scores = state.scorer.score(texts)
+                embeddings = state.scorer.embed(texts)
+            except Exception:
+                summary.failed += len(texts)
+                raise
+            _write_shard(state, ids, texts, sources, scores, embeddings)
+            summary.embedded += len(ids)
+            for part in buffer:
+                part.clear()
+
+        try:
+            for batch in _batches(rows, batch_size):
+                summary.read += len(batch)
+                ids, texts, sources = _pick_new(batch, present, seen, summary)
+                for rid, text, source in zip(ids, texts, sources):
+                    todo.add(rid)
+                    if rid not in cached:
+                        buffer[0].append(rid)
+                        buffer[1].append(text)
+                        buffer[2].append(source)
+                if len(buffer[0]) >= SHARD_ROWS:
+                    flush()
+                bar.update(len(batch))
+                bar.set_postfix(new=len(todo), skipped=summary.skipped_existing, refresh=False)
+            flush()
+        finally:
+            bar.close()
+    if not todo:
+        return
+    pool = state.cache.load_pool()
+    if pool is None:
+        raise StoreError(f"no scored pool in {state.cache.pool.root}")
+    meta = pool.meta
+    t0 = time.perf_counter()
+    adapted = adapt(pool.embeddings, pool.scores, state.labels, ids=pool.ids, config=head_config,
+                    encoder=meta.get("encoder"), meta={"hypothesis_template": state.template,
+                                                       "dataset": f"{state.workspace}/{state.name}"})
+    summary.fit_seconds = round(time.perf_counter() - t0, 3)
+    summary.head = {k: v for k, v in adapted.report.to_dict().items() if k in
+                    ("revision", "mode", "pool_size", "reviewed", "pseudo_labels", "temperature", "prior", "note")}
+    agent = suggestion_agent(adapted, meta)
+    summary.agent = agent
+    if adapted.head is not None:
+        summary.head_dir = str(adapted.head.save(state.cache.head_dir))
+    rows_todo = [i for i, rid in enumerate(pool.ids) if rid in todo]
+    dataset = state.ensure_dataset(pool.embeddings.shape[1], agent)
+    bar = tqdm(total=len(rows_todo), unit="rec", desc="upsert", disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    written = 0
+    try:
+        with Upserter(dataset, batch_size=min(batch_size * 4, 500), on_written=bar.update) as upserter:
+            for start in range(0, len(rows_todo), batch_size):
+                chunk = np.asarray(rows_todo[start:start + batch_size])
+                ids = [pool.ids[i] for i in chunk]
+                upserter.submit(build_records(ids, [pool.texts[i] for i in chunk], adapted.scores[chunk], state.labels,
+                                              False, agent, vectors=pool.embeddings[chunk],
+                                              extra_metadata=record_metadata(pool.scores[chunk], ids, state)))
+                summary.confidence_sum += float(adapted.scores[chunk].max(axis=1).sum())
+                label_counts.update(state.labels[j] for j in adapted.scores[chunk].argmax(axis=1))
+        written = upserter.stats.written
+    except UpsertFailed as exc:
+        summary.pushed += exc.written
+        summary.failed += len(rows_todo) - exc.written
+        raise PushFailed(str(exc), summary) from None
+    finally:
+        bar.close()
+        summary.argilla_seconds += time.perf_counter() - t0
+    summary.pushed += written
+
+
+#: Texts scored (and embedded) together before they are written to the cache as one shard.
+SHARD_ROWS = 1024
+
+
+def record_metadata(zero_shot: np.ndarray, ids, state) -> dict:
+    """Extra metadata of adapted records: the zero-shot scores as ``teacher_score_<i>``, and the audit flag."""
+    extra = {teacher_key(i): [float(v) for v in zero_shot[:, i]] for i in range(zero_shot.shape[1])}
+    if state.audit_on:
+        extra[AUDIT] = audit_flags(ids, state.audit_fraction)
+    return extra
+
+
+def suggestion_agent(adapted, meta: dict) -> str:
+    """The agent of adapted suggestions: ``<encoder model id>:adaptive-head:<revision>``, or the zero-shot agent
+    when the zero-shot scores were kept; characters Argilla refuses become ``-``."""
+    if adapted.head is None:
+        agent = meta.get("agent") or "zero-shot"
+    else:
+        agent = f"{(meta.get('encoder') or {}).get('model_id', 'encoder')}:{adapted.head.agent}"
+    return re.sub(r"[^a-zA-Z0-9\-_:./ ]", "-", agent)
 
 
 def _log(dataset, records: list) -> None:
@@ -204,12 +482,13 @@ def _delete_quietly(dataset) -> None:
         logger.warning("could not delete the empty dataset %s: %s", dataset.name, exc)
 
 
-def _create(client, name: str, workspace: str, labels: list[str], multi_label: bool, template: str, scorer):
+def _create(client, name: str, workspace: str, labels: list[str], multi_label: bool, template: str, agent: str,
+            vector_dim: int | None = None):
     import argilla as rg
 
-    guidelines = GUIDELINES.format(agent=scorer.agent, template=template)
-    dataset = rg.Dataset(name=name, workspace=workspace, settings=build_settings(labels, multi_label, guidelines),
-                         client=client)
+    guidelines = GUIDELINES.format(agent=agent, template=template)
+    settings = build_settings(labels, multi_label, guidelines, vector_dim=vector_dim, audit=True)
+    dataset = rg.Dataset(name=name, workspace=workspace, settings=settings, client=client)
     argilla_client.call(dataset.create, attempts=1, what=f"creation of dataset {name!r}")
     logger.info("created dataset %s/%s (%s)", workspace, name, dataset.id)
     return dataset

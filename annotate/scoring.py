@@ -76,6 +76,28 @@ class _Scorer:
     def _score(self, texts: list[str]) -> list[list[float]]:
         raise NotImplementedError
 
+    #: The sentence encoder behind :meth:`embed`: ``{"model_id", "fingerprint", "dim"}`` (set on first use).
+    encoder: dict | None = None
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length sentence embeddings ``(len(texts), dim)`` float32 from the served sentence encoder, in chunks
+        of ``batch_size``; the time counts in ``seconds``.
+
+        Raises:
+            ScoringError: no sentence encoder is served, or it failed.
+        """
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = list(texts[start:start + self.batch_size])
+            began = time.perf_counter()
+            out.append(np.asarray(self._embed(chunk), dtype=np.float32))
+            self.seconds += time.perf_counter() - began
+        dim = (self.encoder or {}).get("dim", 0)
+        return np.concatenate(out) if out else np.empty((0, dim), dtype=np.float32)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release connections or the model."""
 
@@ -156,6 +178,27 @@ class HttpScorer(_Scorer):
         self.served_method = answer.get("method", self.served_method)
         return [_reorder(r["labels"], r["scores"], self.labels) for r in answer["results"]]
 
+    def _post_embed(self, body: dict) -> dict:
+        response = self._client.post("/embed", json=body)
+        if response.status_code in (429, 503) or response.status_code >= 500:
+            raise _Transient(f"POST /embed: HTTP {response.status_code}")
+        if response.status_code == 404:
+            raise ScoringError(f"the service at {self.url} has no POST /embed: update it")
+        if response.status_code != 200:
+            raise ScoringError(f"zero-shot service refused POST /embed (HTTP {response.status_code}): "
+                               f"{response.text[:300]}")
+        return response.json()
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        import httpx
+
+        try:
+            answer = self._retrying(self._post_embed, {"texts": texts})
+        except (httpx.HTTPError, _Transient) as exc:
+            raise ScoringError(f"zero-shot service at {self.url} failed after retries: {exc}") from None
+        self.encoder = {"model_id": answer["model"], "fingerprint": answer["fingerprint"], "dim": answer["dim"]}
+        return np.asarray(answer["embeddings"], dtype=np.float32)
+
     def close(self) -> None:
         self._client.close()
 
@@ -164,7 +207,8 @@ class LocalScorer(_Scorer):
     """Scores in this process with the service's engine code and methods (no HTTP).
 
     ``method`` (``nli``, ``embedding``, ``ensemble``, or ``auto``/``None``: the service's default policy,
-    :meth:`service.config.Settings.resolve_method`) loads only the models it needs.
+    :meth:`service.config.Settings.resolve_method`) loads only the models it needs, plus the sentence encoder
+    when ``embeddings`` is true (for :meth:`embed`; the embedding and ensemble methods share it).
 
     Raises:
         ScoringError: the model cannot be loaded.
@@ -172,27 +216,40 @@ class LocalScorer(_Scorer):
 
     def __init__(self, labels: Sequence[str], hypothesis_template: str, multi_label: bool = False,
                  model: str = "default", engine: str = "onnxruntime", method: str | None = None,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, embeddings: bool = True) -> None:
         super().__init__()
         from service.config import Settings
         from service.loader import load_methods
 
         self.labels, self.template, self.multi_label, self.method = list(labels), hypothesis_template, multi_label, method
         self.batch_size = batch_size
+        chosen = method or "auto"
         try:
             chosen = Settings(model=model, engine=engine).resolve_method(method, multi_label or len(self.labels) == 1)
             settings = Settings(model=model if chosen != "embedding" else "none", method=chosen, engine=engine,
-                                embedding_model="default" if chosen != "nli" else "none")
+                                embedding_model="default" if (chosen != "nli" or embeddings) else "none")
             self._served = load_methods(settings)
         except Exception as exc:  # model source, engine and config errors all end the run the same way
             raise ScoringError(f"cannot load the {chosen} method ({model!r} on {engine}): {exc}") from None
         self._method = self._served.methods[chosen]
         self.served_method = chosen
         self.model_id, self.engine = self._served.model_id(chosen), self._served.engine_name(chosen)
+        encoder_model = self._served.models.get("embedding")
+        if encoder_model is not None:
+            self.encoder = {"model_id": encoder_model.source.model_id, "fingerprint": encoder_model.info["fingerprint"],
+                            "dim": None}
 
     def _score(self, texts: list[str]) -> list[list[float]]:
         results = self._method(texts, self.labels, hypothesis_template=self.template, multi_label=self.multi_label)
         return [_reorder(r.labels, r.scores, self.labels) for r in results]
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        model = self._served.models.get("embedding")
+        if model is None:
+            raise ScoringError("no sentence encoder loaded: build the LocalScorer with embeddings=True")
+        vectors = model.classifier.encoder.encode(texts)  # type: ignore[attr-defined]
+        self.encoder = {**(self.encoder or {}), "dim": int(vectors.shape[1])}
+        return vectors
 
     def close(self) -> None:
         self._served.close()

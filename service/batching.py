@@ -24,10 +24,23 @@ class BatchEngine(Protocol):
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
+class BatchObserver(Protocol):
+    """Receives what a runner measures (:class:`service.metrics.ModelObserver` turns it into Prometheus metrics).
+
+    Durations are in seconds; ``tokens`` count real (unpadded) tokens.
+    """
+
+    def tokenized(self, seconds: float) -> None: ...  # one tokenizer call of the method in front of the runner
+
+    def waited(self, seconds: float) -> None: ...  # one request's time in the micro-batching queue
+
+    def ran(self, seconds: float, rows: int, tokens: int, lengths: Sequence[int]) -> None: ...  # one engine call
+
+
 def run_sorted_batches(engine: BatchEngine, input_ids: Sequence[Sequence[int]], *, batch_size: int, pad_id: int,
                        token_type_ids: Sequence[Sequence[int]] | None = None,
                        postprocess: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None,
-                       ) -> np.ndarray:
+                       observer: BatchObserver | None = None) -> np.ndarray:
     """Engine outputs for tokenized sequences, one row per sequence, in input order.
 
     Args:
@@ -39,6 +52,7 @@ def run_sorted_batches(engine: BatchEngine, input_ids: Sequence[Sequence[int]], 
         token_type_ids: segment ids aligned with ``input_ids`` (zeros when ``None``).
         postprocess: applied to each batch's output with that batch's inputs (e.g. pooling token
             states with the attention mask); must return ``(batch, ...)``.
+        observer: told the duration, rows, tokens and sequence lengths of every engine call.
 
     Returns:
         ``(len(input_ids), ...)`` float32; an empty ``(0, 0)`` array for no sequences.
@@ -58,9 +72,13 @@ def run_sorted_batches(engine: BatchEngine, input_ids: Sequence[Sequence[int]], 
             if token_type_ids is not None:
                 types[row, :n] = token_type_ids[i]
         batch = {"input_ids": ids, "attention_mask": attention, "token_type_ids": types}
+        started = time.perf_counter()
         result = engine({k: v for k, v in batch.items() if k in engine.input_names})
         if postprocess is not None:
             result = postprocess(result, batch)
+        if observer is not None:
+            lengths = [len(input_ids[i]) for i in idx]
+            observer.ran(time.perf_counter() - started, len(idx), sum(lengths), lengths)
         if out is None:
             out = np.empty((len(input_ids), *result.shape[1:]), dtype=np.float32)
         out[idx] = result
@@ -75,7 +93,11 @@ class SequenceRunner:
         batch_size: sequences per engine call.
         pad_id: the tokenizer's padding id.
         postprocess: per-batch transform of the engine output (see :func:`run_sorted_batches`).
+
+    ``observer`` (none by default) receives the measurements (:class:`BatchObserver`); the service sets it.
     """
+
+    observer: BatchObserver | None = None
 
     def __init__(self, engine: BatchEngine, *, batch_size: int, pad_id: int,
                  postprocess: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None):
@@ -85,7 +107,17 @@ class SequenceRunner:
                  token_type_ids: Sequence[Sequence[int]] | None = None) -> np.ndarray:
         """``(len(input_ids), ...)`` float32 outputs, row ``i`` for sequence ``i``."""
         return run_sorted_batches(self.engine, input_ids, batch_size=self.batch_size, pad_id=self.pad_id,
-                                  token_type_ids=token_type_ids, postprocess=self.postprocess)
+                                  token_type_ids=token_type_ids, postprocess=self.postprocess, observer=self.observer)
+
+    def tokenized(self, seconds: float) -> None:
+        """Report one tokenizer call of the method in front of this runner to the observer, if any."""
+        if self.observer is not None:
+            self.observer.tokenized(seconds)
+
+    @property
+    def queued(self) -> int:
+        """Sequences waiting for the engine (always 0 without micro-batching)."""
+        return 0
 
     def describe(self) -> dict:
         return {"micro_batching": False}
@@ -174,7 +206,16 @@ class MicroBatcher(SequenceRunner):
                     break
                 self._cond.wait(remaining)
             jobs, self._queue, self._queued = self._queue, [], 0
-            return jobs
+        if self.observer is not None:
+            taken = time.monotonic()
+            for job in jobs:
+                self.observer.waited(taken - job.arrived)
+        return jobs
+
+    @property
+    def queued(self) -> int:
+        """Sequences waiting for the engine now."""
+        return self._queued
 
     def _run(self) -> None:
         while (jobs := self._take()) is not None:

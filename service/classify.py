@@ -18,6 +18,7 @@ import numpy as np
 
 from service.batching import MicroBatcher, SequenceRunner
 from service.calibration import sigmoid, softmax
+from service.long_text import cut_to_budget, special_tokens
 from service.zeroshot import ZeroShotResult, rank
 
 
@@ -52,8 +53,9 @@ class TextClassifier:
         return sigmoid(logits) if self.multi_label else softmax(logits, axis=-1)
 
     def __call__(self, texts: list[str]) -> list[ZeroShotResult]:
-        """One result per text, labels sorted by descending probability."""
-        return rank(texts, self.labels, self.probabilities(texts))
+        """One result per text, labels sorted by descending probability (``truncated``: longer than ``max_length``)."""
+        cut, truncated = cut_to_budget(self.tokenizer, texts, self.max_length - special_tokens(self.tokenizer, pair=False))
+        return rank(texts, self.labels, self.probabilities(cut), truncated)
 
     def close(self) -> None:
         self.runner.close()
@@ -97,3 +99,75 @@ def load_classifier(name: str, model_id: str, *, engine: str = "auto", quantizat
     info = {"model_id": model_id, "model_path": str(source.path), "labels": labels, "multi_label": multi,
             "max_length": length, **facts, **built.describe(), "load_seconds": round(time.perf_counter() - started, 3)}
     return TextClassifier(name, tokenizer, built, labels, multi, length, runner, info)
+
+
+class HeadClassifier:
+    """An adapted head (:class:`annotate.adaptive.AdaptiveHead`, saved by ``annotate push``/``refresh``) on the
+    service's own sentence encoder: one encoder pass a text, then ``softmax((x @ W.T + b) / T)``.
+
+    It shares the embedding model's :class:`~service.embedding.SentenceEncoder` (engine and micro-batcher): no
+    second copy of the encoder is loaded, and :meth:`close` leaves it to its owner.
+
+    Attributes:
+        name: the name requests use; labels: class names, index = output column; head: the head.
+    """
+
+    multi_label = False
+
+    def __init__(self, name: str, head, encoder, info: dict) -> None:
+        self.name, self.head, self.encoder, self.info = name, head, encoder, info
+        self.labels = list(head.labels)
+
+    @property
+    def engine(self):
+        return self.encoder.engine
+
+    @property
+    def runner(self):
+        return self.encoder.runner
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """``(len(texts), K)`` probabilities, rows summing to 1."""
+        return self.head.predict_proba(self.encoder.encode(texts))
+
+    def __call__(self, texts: list[str]) -> list[ZeroShotResult]:
+        """One result per text, labels sorted by descending probability (``truncated``: longer than the encoder's
+        window, which it cuts)."""
+        tokenizer = self.encoder.tokenizer
+        lengths = tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False)["input_ids"]
+        truncated = [len(ids) > self.encoder.max_length for ids in lengths]
+        return rank(texts, self.labels, self.probabilities(texts), truncated)
+
+    def close(self) -> None:
+        """Nothing to release: the encoder belongs to the embedding model."""
+
+
+def load_head_classifier(name: str, directory: str | Path, embedding_model) -> HeadClassifier:
+    """Serve the head saved in ``directory`` on ``embedding_model`` (a :class:`service.loader.LoadedModel` of the
+    embedding role).
+
+    Raises:
+        ValueError: no sentence encoder is loaded, or the head was fitted on embeddings of another encoder (its
+            ``encoder.fingerprint`` differs from the loaded model's), or the dimensions differ.
+    """
+    from annotate.adaptive import AdaptiveHead
+
+    head = AdaptiveHead.load(directory)
+    if embedding_model is None:
+        raise ValueError(f"classifier {name!r}: {directory} is an adapted head, which runs on the sentence encoder; "
+                         "start the service with an embedding model (not --embedding-model none)")
+    loaded = embedding_model.info["fingerprint"]
+    wanted = (head.encoder or {}).get("fingerprint")
+    if wanted != loaded:
+        raise ValueError(f"classifier {name!r}: the head in {directory} was fitted on embeddings of encoder "
+                         f"{(head.encoder or {}).get('model_id')} (fingerprint {wanted}), but this service loads "
+                         f"{embedding_model.source.model_id} (fingerprint {loaded}): serve it with that encoder "
+                         "(--embedding-model), or refit the head on this one")
+    if head.coef.shape[1] != int((head.encoder or {}).get("dim") or head.coef.shape[1]):
+        raise ValueError(f"classifier {name!r}: head weights of dimension {head.coef.shape[1]} do not match its "
+                         f"encoder's {head.encoder.get('dim')}")
+    info = {"kind": "adaptive-head", "model_path": str(directory), "labels": list(head.labels), "multi_label": False,
+            "revision": head.revision, "agent": head.agent, "encoder": head.encoder,
+            "shares_encoder_with": "embedding", "temperature": head.temperature,
+            **{k: v for k, v in head.meta.items() if k in ("mode", "reviewed", "pseudo_labels", "prior")}}
+    return HeadClassifier(name, head, embedding_model.classifier.encoder, info)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.sources import default_cache_dir
@@ -41,8 +41,9 @@ class Settings(BaseSettings):
                                         "/classify, name -> model directory (train/finetune.py output); env as JSON: "
                                         "ZSC_CLASSIFIERS='{\"ag_news\": \"runs/student\"}'")
     revision: str | None = Field(None, description="hub revision for hub ids")
-    engine: EngineName = Field("auto", description="auto times deepsparse and onnxruntime at start-up and keeps the "
-                               "faster (torch only when neither runs)")
+    engine: EngineName = Field("auto", description="auto times deepsparse and onnxruntime (in a child process, "
+                               "remembered in cache_dir per CPU, engine versions, graphs, threads and batch size) "
+                               "and runs the faster (torch only when neither runs)")
     quantization: QuantizationName = Field("auto", description="auto: the int8 form each engine runs best "
                                            "(the model's quantization.json; float32 without one); none: float32; "
                                            "qdq, integer, dynamic: that int8 form on every engine")
@@ -58,6 +59,8 @@ class Settings(BaseSettings):
         "startup", description="when DeepSparse compiles its (batch, seq) buckets: on first use, all at start-up "
         "(before /ready turns 200), or in the background once the service is ready (README, 'Speed': measured)")
     num_threads: int | None = Field(None, ge=1, description="intra-op threads / cores; default: all")
+    remeasure: bool = Field(False, description="engine=auto: time the engines again even when the cache holds a "
+                            "measurement for this CPU, engine versions, graphs, threads and batch size")
     max_texts: int = Field(64, ge=1, description="most texts in one request")
     max_labels: int = Field(32, ge=1, description="most candidate labels in one nli or ensemble request")
     max_labels_embedding: int = Field(512, ge=1, description="most candidate labels in one embedding request")
@@ -66,7 +69,18 @@ class Settings(BaseSettings):
                             "raw scores (NLI: exactly Hugging Face's zero-shot pipeline)")
     calibration_dir: Path | None = Field(None, description="extra directory of calibration files "
                                          "(python -m train.calibrate --output-dir), searched before the embedded ones")
-    max_text_chars: int = Field(20_000, ge=1, description="longest accepted text, in characters")
+    max_text_chars: int = Field(1_000_000, ge=1, description="longest accepted text, in characters: a guard against "
+                                "abuse (texts longer than a model's window are truncated or chunked, not refused)")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="largest accepted request body, in bytes "
+                                "(Content-Length and the bytes actually received); beyond it 413")
+    max_chunks: int = Field(64, ge=1, description="long_text=chunks: most windows scored per text (the first ones; "
+                            "a text with more is marked truncated)")
+    max_concurrent_requests: int = Field(128, ge=1, description="most requests in progress at once (all but /health, "
+                                         "/ready and /metrics); beyond it 429 with Retry-After")
+    api_key: SecretStr | None = Field(None, description="when set, every endpoint but /health and /ready needs the "
+                                      "header 'Authorization: Bearer <key>' (401 otherwise)")
+    timeout_graceful_shutdown: float = Field(30.0, ge=0, description="python -m service: on SIGTERM, seconds to let "
+                                             "requests in progress finish before they are cancelled")
     hypothesis_template: str = Field(DEFAULT_TEMPLATE, description="default template when a request gives none")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="derived artifacts (ONNX exports, engine copies)")
     host: str = "127.0.0.1"

@@ -15,12 +15,15 @@ method where entailment semantics matter (multi-label, abstention).
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
 
 import numpy as np
 from cachetools import LRUCache
 
 from service.batching import SequenceRunner
 from service.calibration import IDENTITY, Calibration, sigmoid, softmax
+from service.long_text import special_tokens
 from service.pooling import PoolingConfig, pool_numpy
 from service.zeroshot import Engine, ZeroShotMethod, fill_template
 
@@ -60,8 +63,10 @@ class SentenceEncoder:
         """``(len(texts), hidden)`` float32 embeddings of unit L2 norm, in input order."""
         if not texts:
             return np.empty((0, 0), dtype=np.float32)
+        started = time.perf_counter()
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False,
                                  return_attention_mask=False, return_token_type_ids=True)
+        self.runner.tokenized(time.perf_counter() - started)
         return self.runner(encoded["input_ids"], encoded.get("token_type_ids"))
 
 
@@ -106,6 +111,15 @@ class EmbeddingClassifier(ZeroShotMethod):
         label_vectors = self.hypothesis_embeddings(hypotheses)
         text_vectors = self.encoder.encode(texts)
         return text_vectors.astype(np.float64) @ label_vectors.astype(np.float64).T
+
+    def sequences(self, n_texts: int, n_labels: int) -> int:
+        """One pass per text (the labels' embeddings are cached)."""
+        return n_texts
+
+    def window(self, labels: list[str], *, hypothesis_template: str) -> tuple[Any, int]:
+        """The encoder's max sequence length less its special tokens (labels do not share the text's window)."""
+        tokenizer = self.encoder.tokenizer
+        return tokenizer, self.encoder.max_length - special_tokens(tokenizer, pair=False)
 
     def probabilities(self, raw: np.ndarray, *, multi_label: bool) -> np.ndarray:
         """``softmax(cos / T)`` across labels, or ``sigmoid(scale * cos + bias)`` per label (multi-label)."""

@@ -10,6 +10,8 @@ Its cost is the sum of both methods' (N x K + N + K passes).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from service.calibration import Calibration, ensemble_logits, sigmoid, softmax
@@ -46,6 +48,22 @@ class EnsembleClassifier(ZeroShotMethod):
         """``(nli logits (n, k, classes), cosine similarities (n, k))``."""
         return (self.nli.raw(texts, labels, hypothesis_template=hypothesis_template),
                 self.embedding.raw(texts, labels, hypothesis_template=hypothesis_template))
+
+    def sequences(self, n_texts: int, n_labels: int) -> int:
+        """Both methods' sequences."""
+        return self.nli.sequences(n_texts, n_labels) + self.embedding.sequences(n_texts, n_labels)
+
+    def window(self, labels: list[str], *, hypothesis_template: str) -> tuple[Any, int]:
+        """The narrower of the two models' windows (with its tokenizer), so both read every chunk whole."""
+        return min(self.nli.window(labels, hypothesis_template=hypothesis_template),
+                   self.embedding.window(labels, hypothesis_template=hypothesis_template), key=lambda w: w[1])
+
+    def cut_long(self, texts: list[str], labels: list[str], *, hypothesis_template: str
+                 ) -> tuple[list[str], list[bool]]:
+        """Each text cut past the wider of the two windows; truncated when either model reads only part of it."""
+        nli, nli_cut = self.nli.cut_long(texts, labels, hypothesis_template=hypothesis_template)
+        emb, emb_cut = self.embedding.cut_long(texts, labels, hypothesis_template=hypothesis_template)
+        return [max(a, b, key=len) for a, b in zip(nli, emb)], [a or b for a, b in zip(nli_cut, emb_cut)]
 
     def probabilities(self, raw: tuple[np.ndarray, np.ndarray], *, multi_label: bool) -> np.ndarray:
         p_nli = self.nli.probabilities(raw[0], multi_label=multi_label)

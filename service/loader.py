@@ -96,7 +96,8 @@ def load_model(settings: Settings, role: Role = "nli") -> LoadedModel:
         max_length = settings.max_length or model_limit
         engine = create_engine(settings.engine, source, cache_dir=settings.cache_dir, batch_size=settings.batch_size,
                                max_length=max_length, num_threads=settings.num_threads,
-                               quantization=settings.quantization, compile=settings.deepsparse_compile)
+                               quantization=settings.quantization, compile=settings.deepsparse_compile,
+                               remeasure=settings.remeasure)
         label2id = {str(k): int(v) for k, v in config.get("label2id", {}).items()}
         calibration, calibration_info = _calibration(settings, "nli", fingerprint)
         classifier: ZeroShotMethod = ZeroShotClassifier(tokenizer, engine, label2id, max_length=max_length,
@@ -110,7 +111,8 @@ def load_model(settings: Settings, role: Role = "nli") -> LoadedModel:
         max_length = settings.embedding_max_length or min(pooling.max_seq_length or model_limit, model_limit)
         engine = create_engine(settings.engine, source, cache_dir=settings.cache_dir, batch_size=settings.batch_size,
                                max_length=max_length, num_threads=settings.num_threads, task="sentence-embedding",
-                               quantization=settings.quantization, compile=settings.deepsparse_compile)
+                               quantization=settings.quantization, compile=settings.deepsparse_compile,
+                               remeasure=settings.remeasure)
         calibration, calibration_info = _calibration(settings, "embedding", fingerprint)
         encoder = SentenceEncoder(tokenizer, engine, max_length=max_length, batch_size=settings.batch_size,
                                   pooling=pooling)
@@ -190,7 +192,8 @@ def load_methods(settings: Settings) -> ServedMethods:
     Raises:
         the errors of :func:`load_model`; models already loaded are closed first.
     """
-    from service.classify import load_classifier
+    from annotate.adaptive import is_head_dir
+    from service.classify import load_classifier, load_head_classifier
 
     models: dict[str, LoadedModel] = {}
     classifiers: dict = {}
@@ -200,6 +203,9 @@ def load_methods(settings: Settings) -> ServedMethods:
         if settings.embedding_model != NO_MODEL:
             models["embedding"] = load_model(settings, "embedding")
         for name, path in settings.classifiers.items():
+            if is_head_dir(path):  # an adapted head (annotate refresh): on the loaded sentence encoder
+                classifiers[name] = load_head_classifier(name, path, models.get("embedding"))
+                continue
             classifiers[name] = load_classifier(name, path, engine=settings.engine, quantization=settings.quantization,
                                                 cache_dir=settings.cache_dir, batch_size=settings.batch_size,
                                                 num_threads=settings.num_threads, batch_wait_ms=settings.batch_wait_ms,

@@ -45,6 +45,34 @@ def onnx_for(source: ModelSource, cache_dir: Path, task: str = "sequence-classif
     Raises:
         ExportError: no shipped graph and no way to export one, or the int8 graph cannot be built.
     """
+    fp32, target, spec = _graph_paths(source, cache_dir, task, int8)
+    if source.onnx_path is None and not fp32.is_file():
+        export_onnx(source.path, fp32, task=task)
+    if int8 == "none":
+        return fp32
+    from service.quantization import build_int8
+
+    try:
+        if not target.is_file():
+            logger.info("building the %s int8 graph of %s at %s", int8, source.model_id, target)
+            build_int8(fp32, target, int8, spec)
+    except (ValueError, KeyError) as exc:
+        raise ExportError(f"int8 ({int8}) graph of {source.model_id}: {exc}") from exc
+    return target
+
+
+def onnx_path_for(source: ModelSource, cache_dir: Path, task: str = "sequence-classification",
+                  int8: str = "none") -> Path:
+    """Where :func:`onnx_for` puts (or finds) that graph, without building it; the file may not exist yet.
+
+    Raises:
+        ExportError: no shipped graph and no torch weights, or the model's ``quantization.json`` is invalid.
+    """
+    return _graph_paths(source, cache_dir, task, int8)[1]
+
+
+def _graph_paths(source: ModelSource, cache_dir: Path, task: str, int8: str):
+    """``(float32 graph, graph of form int8, quantization spec)`` paths of :func:`onnx_for`."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; one of {TASKS}")
     if source.onnx_path is not None:
@@ -55,21 +83,13 @@ def onnx_for(source: ModelSource, cache_dir: Path, task: str = "sequence-classif
             raise ExportError(f"{source.path} has neither an ONNX graph nor torch weights to export")
         fp32 = Path(cache_dir) / "onnx" / source.fingerprint() / _FILE_NAMES[task]
         derived_dir = fp32.parent
-        if not fp32.is_file():
-            export_onnx(source.path, fp32, task=task)
     if int8 == "none":
-        return fp32
-    from service.quantization import build_int8
-
+        return fp32, fp32, None
     try:
         spec = source.quantization()
-        target = derived_dir / f"{fp32.stem}.int8-{int8}-{spec.digest() if spec else 'nocal'}.onnx"
-        if not target.is_file():
-            logger.info("building the %s int8 graph of %s at %s", int8, source.model_id, target)
-            build_int8(fp32, target, int8, spec)
     except (ValueError, KeyError) as exc:
         raise ExportError(f"int8 ({int8}) graph of {source.model_id}: {exc}") from exc
-    return target
+    return fp32, derived_dir / f"{fp32.stem}.int8-{int8}-{spec.digest() if spec else 'nocal'}.onnx", spec
 
 
 def _path_key(path: Path) -> str:

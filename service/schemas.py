@@ -12,6 +12,7 @@ from collections import Counter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.config import MethodChoice
+from service.long_text import LongText
 from service.zeroshot import validate_template
 
 MAX_LABEL_CHARS = 200
@@ -43,6 +44,9 @@ class ZeroShotRequest(BaseModel):
     method: MethodChoice | None = Field(None, description="nli (N x K cross-encoder passes), embedding (N + K "
                                         "sentence-encoder passes), ensemble (both) or auto (embedding for "
                                         "single-label, nli for multi-label); default: the service's")
+    long_text: LongText = Field("truncate", description="texts longer than the model's window: truncate (read up to "
+                                "the window; the result says truncated) or chunks (score overlapping windows and "
+                                "combine them: max per label for multi-label, mean log-probability for single-label)")
 
     @field_validator("texts")
     @classmethod
@@ -76,6 +80,8 @@ class ZeroShotItem(BaseModel):
     text: str
     labels: list[str]
     scores: list[float]
+    truncated: bool = Field(False, description="the model read only part of the text (longer than its window, or "
+                            "than the windows long_text=chunks scores)")
 
 
 class ZeroShotResponse(BaseModel):
@@ -87,6 +93,31 @@ class ZeroShotResponse(BaseModel):
     engine: str
     hypothesis_template: str
     multi_label: bool
+
+
+class EmbedRequest(BaseModel):
+    """``POST /embed``: sentence embeddings from the served sentence encoder (the embedding method's model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(..., description="texts to embed; one vector per text, in order",
+                             examples=[["The striker scored twice in the final minutes."]])
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, texts: list[str]) -> list[str]:
+        return check_texts(texts)
+
+
+class EmbedResponse(BaseModel):
+    """``POST /embed`` answer: ``embeddings[i]`` (unit length, ``dim`` floats) belongs to ``texts[i]``."""
+
+    embeddings: list[list[float]]
+    model: str
+    fingerprint: str = Field(..., description="content hash of the encoder's weights: embeddings from encoders "
+                             "with the same fingerprint are comparable")
+    dim: int
+    engine: str
 
 
 class ClassifyRequest(BaseModel):

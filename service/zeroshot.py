@@ -26,6 +26,7 @@ Every zero-shot method (this NLI one, :mod:`service.embedding`, :mod:`service.en
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -34,6 +35,7 @@ import numpy as np
 
 from service.batching import SequenceRunner
 from service.calibration import IDENTITY, Calibration, sigmoid, softmax
+from service.long_text import LongText, aggregate, cut_to_budget, special_tokens, split_windows, token_counts
 
 logger = logging.getLogger(__name__)
 
@@ -128,19 +130,23 @@ class Engine(Protocol):
 
 @dataclass(frozen=True)
 class ZeroShotResult:
-    """One text's result: its labels sorted by descending score, and those scores."""
+    """One text's result: its labels sorted by descending score, and those scores; ``truncated`` when the model
+    read only part of the text (beyond its window, or beyond the windows ``long_text="chunks"`` keeps)."""
 
     text: str
     labels: list[str]
     scores: list[float]
+    truncated: bool = False
 
 
-def rank(texts: list[str], labels: list[str], scores: np.ndarray) -> list[ZeroShotResult]:
+def rank(texts: list[str], labels: list[str], scores: np.ndarray,
+         truncated: list[bool] | None = None) -> list[ZeroShotResult]:
     """One :class:`ZeroShotResult` per text from ``(len(texts), len(labels))`` scores, labels by descending score."""
     results = []
-    for text, row in zip(texts, scores):
+    for i, (text, row) in enumerate(zip(texts, scores)):
         top = list(reversed(row.argsort()))  # the pipeline's ordering, ties included
-        results.append(ZeroShotResult(text, [labels[i] for i in top], [float(row[i]) for i in top]))
+        results.append(ZeroShotResult(text, [labels[i] for i in top], [float(row[i]) for i in top],
+                                      bool(truncated[i]) if truncated is not None else False))
     return results
 
 
@@ -169,11 +175,70 @@ class ZeroShotMethod(ABC):
         raw = self.raw(texts, labels, hypothesis_template=hypothesis_template)
         return self.probabilities(raw, multi_label=multi_label or len(labels) == 1)
 
+    def window(self, labels: list[str], *, hypothesis_template: str) -> tuple[Any, int]:
+        """``(tokenizer, budget)``: most tokens of a text (special tokens excluded) the model reads next to these
+        labels, counted by that tokenizer (see :mod:`service.long_text`)."""
+        raise NotImplementedError(f"the {self.name} method does not say its window")
+
+    def cut_long(self, texts: list[str], labels: list[str], *, hypothesis_template: str
+                 ) -> tuple[list[str], list[bool]]:
+        """The texts cut a little past the window (the model truncates the rest exactly as on the whole text), and
+        whether each is longer than the window (:func:`service.long_text.cut_to_budget`)."""
+        tokenizer, budget = self.window(labels, hypothesis_template=hypothesis_template)
+        return cut_to_budget(tokenizer, texts, max(1, budget))
+
+    def windows(self, text: str, labels: list[str], *, hypothesis_template: str, max_windows: int
+                ) -> tuple[list[str], bool]:
+        """The text as overlapping windows the model reads whole (:func:`service.long_text.split_windows`)."""
+        tokenizer, budget = self.window(labels, hypothesis_template=hypothesis_template)
+        return split_windows(tokenizer, text, max(1, budget), max_windows=max_windows)
+
+    def sequences(self, n_texts: int, n_labels: int) -> int:
+        """Sequences the engine(s) run for ``n_texts`` texts and ``n_labels`` labels (NLI: one pair each)."""
+        return n_texts * n_labels
+
     def __call__(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
-                 multi_label: bool = False) -> list[ZeroShotResult]:
-        """Classify ``texts`` against candidate ``labels``; one :class:`ZeroShotResult` per text, in order."""
-        return rank(texts, labels, self.scores(texts, labels, hypothesis_template=hypothesis_template,
-                                               multi_label=multi_label))
+                 multi_label: bool = False, long_text: LongText = "truncate",
+                 max_windows: int = 64, max_sequences: int | None = None) -> list[ZeroShotResult]:
+        """Classify ``texts`` against candidate ``labels``; one :class:`ZeroShotResult` per text, in order.
+
+        Args:
+            long_text: ``truncate``: a text longer than the model's window is read up to it (``truncated`` says
+                so); ``chunks``: every text is scored as overlapping windows (at most ``max_windows``, the
+                first ones) whose scores :func:`service.long_text.aggregate` combines - the maximum per label for
+                multi-label, the renormalised mean of log-probabilities for single-label.
+            max_sequences: with ``chunks``, most sequences (:meth:`sequences` of all windows) one call may cost.
+
+        Raises:
+            ValueError: an unknown ``long_text``.
+            InputError: a label in the template leaves no room for text (NLI); the windows cost more than
+                ``max_sequences``.
+        """
+        multi = multi_label or len(labels) == 1
+        if long_text == "truncate":
+            cut, truncated = self.cut_long(texts, labels, hypothesis_template=hypothesis_template)
+            scores = self.scores(cut, labels, hypothesis_template=hypothesis_template, multi_label=multi)
+        elif long_text == "chunks":
+            pieces: list[str] = []
+            owners: list[int] = []
+            truncated = []
+            for i, text in enumerate(texts):
+                windows, dropped = self.windows(text, labels, hypothesis_template=hypothesis_template,
+                                                max_windows=max_windows)
+                pieces += windows
+                owners += [i] * len(windows)
+                truncated.append(dropped)
+            cost = self.sequences(len(pieces), len(labels))
+            if max_sequences is not None and cost > max_sequences:
+                raise InputError(f"with long_text=chunks these texts make {len(pieces)} windows, {cost} sequences for "
+                                 f"the {self.name} method, over the limit of {max_sequences} (ZSC_MAX_QUEUE): send "
+                                 "fewer or shorter texts, or fewer labels")
+            window_scores = self.scores(pieces, labels, hypothesis_template=hypothesis_template, multi_label=multi)
+            owner = np.asarray(owners)
+            scores = np.stack([aggregate(window_scores[owner == i], multi_label=multi) for i in range(len(texts))])
+        else:
+            raise ValueError(f"long_text must be 'truncate' or 'chunks', not {long_text!r}")
+        return rank(texts, labels, scores, truncated)
 
 
 class ZeroShotClassifier(ZeroShotMethod):
@@ -215,6 +280,7 @@ class ZeroShotClassifier(ZeroShotMethod):
         """
         if len(premises) != len(hypotheses):
             raise ValueError(f"{len(premises)} premises but {len(hypotheses)} hypotheses")
+        started = time.perf_counter()
         try:
             encoded = self.tokenizer(premises, hypotheses, truncation="only_first", max_length=self.max_length,
                                      padding=False, return_attention_mask=False, return_token_type_ids=True)
@@ -225,7 +291,14 @@ class ZeroShotClassifier(ZeroShotMethod):
             raise InputError(
                 f"the hypothesis {longest!r} leaves no room for the text within the model's max length of "
                 f"{self.max_length} tokens: shorten the label or the template") from None
+        self.runner.tokenized(time.perf_counter() - started)
         return self.runner(encoded["input_ids"], encoded.get("token_type_ids"))
+
+    def window(self, labels: list[str], *, hypothesis_template: str) -> tuple[Any, int]:
+        """The premise tokens every pair keeps: ``max_length`` less the longest hypothesis and the pair's specials."""
+        hypotheses = [fill_template(hypothesis_template, label) for label in labels]
+        longest = max(token_counts(self.tokenizer, hypotheses))
+        return self.tokenizer, self.max_length - special_tokens(self.tokenizer, pair=True) - longest
 
     def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str) -> np.ndarray:
         """NLI logits of every (text, label) pair: ``(len(texts), len(labels), n_classes)`` float32."""

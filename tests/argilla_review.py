@@ -4,6 +4,12 @@ Used by the round-trip test and by ``scripts/demo_session.sh``, where the gold l
 people who would review the suggestions in the UI::
 
     python -m tests.argilla_review --dataset ag_news_pool --gold pool.jsonl --count 300 [--seed 0]
+    python -m tests.argilla_review ... --count 50 --order lowest-score --report-json round.json
+
+``--order``: ``random`` (a seeded sample of the records, the default), or the pending records (no response yet)
+``lowest-score`` first (as the review deep link orders them) or ``margin`` (smallest ``margin`` metadata) first.
+``--report-json`` records how the suggestions the reviewers saw agreed with what they submitted, next to the
+static zero-shot suggestion of the same records (argmax of the ``teacher_score_<i>`` metadata).
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--count", type=int, default=300, help="records to review (random sample)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--order", choices=("random", "lowest-score", "margin"), default="random")
+    parser.add_argument("--report-json", type=Path, default=None,
+                        help="write the agreement of the shown and the zero-shot suggestions with the gold labels")
     args = parser.parse_args(argv)
 
     import os
@@ -66,10 +75,34 @@ def main(argv: list[str] | None = None) -> int:
         for line in handle:
             row = json.loads(line)
             gold[record_id(str(row[args.text_column]).strip())] = row[args.label_column]
-    present = sorted(str(r.id) for r in dataset.records(with_suggestions=False, with_responses=False))
-    chosen = random.Random(args.seed).sample([i for i in present if i in gold], k=min(args.count, len(present)))
+    records = {str(r.id): r for r in dataset.records(with_suggestions=True, with_responses=True)}
+    present = sorted(records)
+    if args.order == "random":
+        chosen = random.Random(args.seed).sample([i for i in present if i in gold], k=min(args.count, len(present)))
+    else:
+        pending = [i for i in present if i in gold and not list(records[i].responses)]
+        if args.order == "lowest-score":
+            key = lambda i: (records[i].suggestions["label"].score, i)  # noqa: E731
+        else:
+            key = lambda i: (records[i].metadata.get("margin", 1.0), i)  # noqa: E731
+        chosen = sorted(pending, key=key)[:args.count]
     done = submit(dataset, {i: gold[i] for i in chosen}, client.me.id)
     print(f"submitted gold-label responses for {done} records of {workspace}/{args.dataset}")
+    if args.report_json is not None:
+        from annotate.dataset import question_labels, teacher_key
+
+        labels, _ = question_labels(dataset)
+        shown = [records[i].suggestions["label"].value == gold[i] for i in chosen]
+        static = [labels[max(range(len(labels)), key=lambda j: records[i].metadata[teacher_key(j)])] == gold[i]
+                  for i in chosen]
+        agents = sorted({records[i].suggestions["label"].agent for i in chosen})
+        report = {"order": args.order, "count": len(chosen), "agreement_shown": sum(shown) / max(len(chosen), 1),
+                  "agreement_zero_shot": sum(static) / max(len(chosen), 1), "correct_shown": sum(shown),
+                  "correct_zero_shot": sum(static), "agents": agents}
+        args.report_json.parent.mkdir(parents=True, exist_ok=True)
+        args.report_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"agreement with the submitted labels: shown suggestions {report['agreement_shown']:.4f}, "
+              f"zero-shot suggestions {report['agreement_zero_shot']:.4f} ({len(chosen)} records)")
     return 0
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,8 +51,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+#: The annotate cache of these tests (keyed by server, workspace, dataset and dataset id, so runs do not mix).
+CACHE_ENV = {"ANNOTATE_CACHE_DIR": str(Path(tempfile.gettempdir()) / "annotate-test-cache")}
+
+
 def run_cli(stack, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, **stack.env(), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **stack.env(), "PYTHONUNBUFFERED": "1", **CACHE_ENV}
     return subprocess.run([sys.executable, "-m", "annotate", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -86,7 +91,7 @@ def pushed(argilla_stack, zeroshot_service, data_dir, tmp_path_factory):
     rows = ag_news_slice(data_dir, 0, 200)
     source = write_jsonl(tmp / "ag200.jsonl", rows)
     summary = tmp / "summary.json"
-    result = run_cli(argilla_stack, "push", str(source), *label_args(), "--dataset", "roundtrip",
+    result = run_cli(argilla_stack, "push", str(source), *label_args(), "--dataset", "roundtrip", "--no-adapt",
                      "--service-url", zeroshot_service.url, "--summary-json", str(summary))
     assert result.returncode == 0, result.stderr
     return {"rows": rows, "stdout": result.stdout, "summary": json.loads(summary.read_text()), "tmp": tmp}
@@ -134,7 +139,7 @@ def test_push_writes_records_suggestions_scores_and_metadata(pushed, argilla_sta
 
 def test_push_again_skips_everything(pushed, argilla_stack, zeroshot_service):
     source = pushed["tmp"] / "ag200.jsonl"
-    result = run_cli(argilla_stack, "push", str(source), *label_args(), "--dataset", "roundtrip",
+    result = run_cli(argilla_stack, "push", str(source), *label_args(), "--dataset", "roundtrip", "--no-adapt",
                      "--service-url", zeroshot_service.url, "--summary-json", str(pushed["tmp"] / "again.json"))
     assert result.returncode == 0, result.stderr
     again = json.loads((pushed["tmp"] / "again.json").read_text())
@@ -208,11 +213,13 @@ def count_records(stack, name: str) -> int:
 
 
 def test_killed_push_resumes_without_duplicates_or_losses(argilla_stack, zeroshot_service, data_dir, tmp_path):
+    """The adapted push (the default): scores and embeds into the cache, fits, then upserts; killed during the
+    upserts and run again, it writes the rest from the cache, each record once."""
     rows = ag_news_slice(data_dir, 1000, 160)
     source = write_jsonl(tmp_path / "resume.jsonl", rows + rows[:10])  # 10 repeated texts: one record each
     args = ["push", str(source), *label_args(), "--dataset", "resume", "--service-url", zeroshot_service.url,
             "--batch-size", "16"]
-    env = {**os.environ, **argilla_stack.env()}
+    env = {**os.environ, **argilla_stack.env(), **CACHE_ENV}
     proc = subprocess.Popen([sys.executable, "-m", "annotate", *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

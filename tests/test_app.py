@@ -22,7 +22,7 @@ LABELS = ["sports", "business", "politics"]
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, minilm_dir, cache_dir):
     settings = Settings(model=str(tiny_model_dir), embedding_model=str(minilm_dir), method="nli", engine="onnxruntime",
-                        cache_dir=cache_dir, max_texts=3, max_labels=4, max_labels_embedding=6, max_text_chars=500,
+                        cache_dir=cache_dir, max_texts=3, max_labels=4, max_labels_embedding=6, max_text_chars=5000,
                         batch_wait_ms=50, quantization="none")  # float32: scores are checked to 1e-4 against
     # the transformers pipeline and sentence-transformers (the int8 forms: tests/test_embedding.py, test_quantization.py)
     with LiveServer(create_app(settings)) as live:
@@ -51,7 +51,8 @@ def test_health_ready_info(server, tiny_model_dir, minilm_dir):
     assert nli["sparsity"] == 0.0 and nli["quantization"] == "none"
     assert nli["calibration"] is None and "uncalibrated" in nli["calibration_note"]  # a test model: nothing fitted
     assert embedding["calibration"]["temperature"] < 1  # the packaged encoder's shipped calibration
-    assert info["limits"] == {"max_texts": 3, "max_labels": 4, "max_labels_embedding": 6, "max_text_chars": 500}
+    assert info["limits"] == {"max_texts": 3, "max_labels": 4, "max_labels_embedding": 6, "max_text_chars": 5000,
+                              "max_body_bytes": 16 * 1024 * 1024, "max_chunks": 64, "max_concurrent_requests": 128}
 
 
 def test_zero_shot_answers_one_sorted_result_per_text_in_order(server, tiny_model_dir):
@@ -143,7 +144,7 @@ def test_template_braces_are_never_formatted(server):
      "(the embedding method takes up to 6)"),
     ({"texts": ["a"], "labels": list("abcdefg"), "method": "embedding"}, "exceed the limit of 6"),
     ({"texts": ["a"], "labels": LABELS, "method": "bm25"}, "Input should be 'auto', 'nli', 'embedding' or 'ensemble'"),
-    ({"texts": ["a" * 501], "labels": LABELS}, "over the limit of 500"),
+    ({"texts": ["a" * 5001], "labels": LABELS}, "over the limit of 5000"),
     ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "About it."}, "exactly one '{}'"),
     ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "{} or {}"}, "exactly one '{}'"),
     ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "{0.__class__}"}, "exactly one '{}'"),
@@ -244,3 +245,250 @@ def test_a_saturated_queue_answers_503_with_retry_after(tiny_model_dir, cache_di
         assert codes == [200, 503], [r.text for r in responses]
         refused = next(r for r in responses if r.status_code == 503)
         assert refused.headers["retry-after"] == "1" and "saturated" in refused.text
+
+
+# --- issue 12: long texts, metrics, API key, body and concurrency limits, graceful shutdown ------------------------
+
+POLITICS = ("The senate debated the budget bill for hours and the opposition demanded new elections before the "
+            "prime minister's coalition could pass the reform. ")
+SPORTS = ("In the final minute the striker scored a stunning goal, the stadium erupted, and the football club won "
+          "the championship trophy after a penalty shootout against its rivals. ")
+
+
+def test_a_text_longer_than_the_window_is_truncated_and_says_so(server, tiny_model_dir):
+    long_text = POLITICS * 6  # ~130 tokens: over the tiny NLI model's 48 and within the encoder's 256
+    body = post(server, texts=[long_text, "Stocks rallied."], labels=LABELS, method="nli").json()
+    assert [r["truncated"] for r in body["results"]] == [True, False]
+    from transformers import pipeline  # truncation is the pipeline's (premise only): same scores on the whole text
+
+    expected = pipeline("zero-shot-classification", model=str(tiny_model_dir), device="cpu")(
+        long_text, candidate_labels=LABELS, hypothesis_template="This text is about {}.")
+    assert body["results"][0]["labels"] == expected["labels"]
+    assert body["results"][0]["scores"] == pytest.approx(expected["scores"], abs=1e-4)
+    embedded = post(server, texts=[long_text, POLITICS * 20], labels=LABELS, method="embedding").json()
+    assert [r["truncated"] for r in embedded["results"]] == [False, True]  # 256 tokens for the encoder
+
+
+def windows_of(server_url, method, text, labels):
+    """The windows ``long_text=chunks`` scores, rebuilt with the module's own splitter and the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from service.long_text import special_tokens, split_windows
+
+    model = httpx.get(server_url + "/info").json()["models"][method]
+    tokenizer = AutoTokenizer.from_pretrained(model["model_path"])
+    if method == "nli":
+        longest = max(len(tokenizer.tokenize(f"This text is about {label}.")) for label in labels)
+        budget = model["max_length"] - special_tokens(tokenizer, pair=True) - longest
+    else:
+        budget = model["max_length"] - special_tokens(tokenizer, pair=False)
+    return split_windows(tokenizer, text, budget, max_windows=64)
+
+
+@pytest.mark.parametrize("method", ["nli", "embedding"])
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_chunks_score_every_window_and_aggregate(server, method, multi_label):
+    text = POLITICS * 12 + SPORTS * 3  # the sports part lies beyond the first window of either model
+    windows, dropped = windows_of(server.url, method, text, LABELS)
+    assert len(windows) > 1 and not dropped
+    chunked = post(server, texts=[text], labels=LABELS, method=method, multi_label=multi_label, long_text="chunks")
+    assert chunked.status_code == 200, chunked.text
+    result = chunked.json()["results"][0]
+    assert result["truncated"] is False and result["text"] == text
+    per_window = []  # each window scored on its own, as a short text (3 texts a request: the fixture's limit)
+    for start in range(0, len(windows), 3):
+        for part in post(server, texts=windows[start:start + 3], labels=LABELS, method=method,
+                         multi_label=multi_label).json()["results"]:
+            per_window.append([dict(zip(part["labels"], part["scores"]))[label] for label in LABELS])
+    per_window = np.array(per_window)
+    if multi_label:
+        expected = per_window.max(axis=0)
+    else:
+        z = np.log(per_window).mean(axis=0)
+        expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    got = dict(zip(result["labels"], result["scores"]))
+    assert [got[label] for label in LABELS] == pytest.approx(expected, abs=1e-5)
+
+
+def test_chunks_find_a_label_mentioned_late(server):
+    text = POLITICS * 12 + SPORTS * 3  # the real encoder: sports appears only after its 256-token window
+    truncated = post(server, texts=[text], labels=LABELS, method="embedding", multi_label=True).json()["results"][0]
+    chunked = post(server, texts=[text], labels=LABELS, method="embedding", multi_label=True,
+                   long_text="chunks").json()["results"][0]
+    score = lambda result, label: dict(zip(result["labels"], result["scores"]))[label]  # noqa: E731
+    assert truncated["truncated"] and not chunked["truncated"]
+    assert score(chunked, "sports") > score(truncated, "sports") + 0.05  # its best window, not the first one
+    assert chunked["labels"].index("sports") < truncated["labels"].index("sports")
+    assert score(chunked, "politics") == pytest.approx(score(truncated, "politics"), abs=1e-6)  # the first window's
+    ensemble = post(server, texts=[text, "Goal!"], labels=LABELS, method="ensemble", long_text="chunks")
+    assert ensemble.status_code == 200 and len(ensemble.json()["results"]) == 2
+    assert post(server, texts=["a"], labels=LABELS, long_text="pages").status_code == 422
+
+
+def test_chunks_beyond_the_limits_are_dropped_and_flagged_or_refused(tiny_model_dir, cache_dir):
+    settings = Settings(model=str(tiny_model_dir), embedding_model="none", engine="onnxruntime", cache_dir=cache_dir,
+                        max_chunks=2, max_queue=20, quantization="none")
+    with LiveServer(create_app(settings)) as live:
+        live.wait_ready()
+        body = {"texts": [POLITICS * 8, "Short."], "labels": LABELS, "long_text": "chunks"}
+        results = httpx.post(live.url + "/zero-shot", json=body, timeout=60).json()["results"]
+        assert [r["truncated"] for r in results] == [True, False]  # 2 + 1 windows x 3 labels: 9 pairs
+        body["texts"] = [POLITICS * 8] * 4  # 8 windows x 3 labels: 24 pairs, over the queue of 20
+        refused = httpx.post(live.url + "/zero-shot", json=body, timeout=60)
+        assert refused.status_code == 422 and "8 windows, 24 sequences" in refused.text
+        assert "ZSC_MAX_QUEUE" in refused.text
+
+
+def test_concurrent_long_and_short_texts_in_both_modes_never_fail(server):
+    # Counting tokens with other settings than the model's call once made the shared fast tokenizer fail with
+    # "Already borrowed" under concurrency (500s in benchmarks/load.py); both now run side by side.
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [dict(texts=[POLITICS * (1 + i % 8), "Goal!"], labels=LABELS, method=("nli", "embedding", "ensemble")[i % 3],
+                   long_text=("truncate", "chunks")[i % 2], multi_label=i % 4 == 0) for i in range(24)]
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(lambda body: post(server, **body), bodies))
+    assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses if r.status_code != 200]
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_metrics_parse_and_count_a_request_just_made(server):
+    before = httpx.get(server.url + "/metrics")
+    assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
+    assert post(server, texts=["The match ended in a draw."], labels=LABELS, method="nli").status_code == 200
+    after = httpx.get(server.url + "/metrics").text
+    for name, labels in [("zsc_requests_total", {"endpoint": "/zero-shot", "status": "200"}),
+                         ("zsc_request_duration_seconds_count", {"endpoint": "/zero-shot"}),
+                         ("zsc_tokenization_duration_seconds_count", {"model": "nli"}),
+                         ("zsc_queue_duration_seconds_count", {"model": "nli"})]:
+        assert metric_value(after, name, **labels) == metric_value(before.text, name, **labels) + 1, name
+    assert metric_value(after, "zsc_input_length_tokens_count", model="nli") >= \
+        metric_value(before.text, "zsc_input_length_tokens_count", model="nli") + len(LABELS)
+    assert metric_value(after, "zsc_inference_duration_seconds_count", model="nli") > \
+        metric_value(before.text, "zsc_inference_duration_seconds_count", model="nli")
+    assert metric_value(after, "zsc_batch_size_rows_sum", model="nli") >= \
+        metric_value(before.text, "zsc_batch_size_rows_sum", model="nli") + len(LABELS)
+    assert metric_value(after, "zsc_model_info", role="nli", engine="onnxruntime") == 1
+    assert metric_value(after, "zsc_queue_size", model="nli") == 0
+    post(server, texts=["Rain."], labels=["weather-metrics-test"], method="embedding")
+    post(server, texts=["Sun."], labels=["weather-metrics-test"], method="embedding")
+    final = httpx.get(server.url + "/metrics").text
+    assert metric_value(final, "zsc_label_cache_misses_total", model="embedding") >= \
+        metric_value(after, "zsc_label_cache_misses_total", model="embedding") + 1
+    assert metric_value(final, "zsc_label_cache_hits_total", model="embedding") >= \
+        metric_value(after, "zsc_label_cache_hits_total", model="embedding") + 1
+    httpx.get(server.url + "/no-such-path")
+    assert metric_value(httpx.get(server.url + "/metrics").text, "zsc_requests_total", endpoint="other",
+                        status="404") >= 1
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_model_dir, cache_dir):
+    settings = Settings(model=str(tiny_model_dir), embedding_model="none", engine="onnxruntime", cache_dir=cache_dir,
+                        api_key="s3cret-key", max_body_bytes=2000, max_concurrent_requests=1, batch_wait_ms=600,
+                        quantization="none")
+    with LiveServer(create_app(settings)) as live:
+        assert live.wait_ready().status_code == 200  # /ready is open without the key
+        yield live
+
+
+KEY = {"Authorization": "Bearer s3cret-key"}
+
+
+def test_the_api_key_is_required_except_for_probes(guarded):
+    body = {"texts": ["Goal!"], "labels": LABELS}
+    missing = httpx.post(guarded.url + "/zero-shot", json=body)
+    assert missing.status_code == 401 and "Authorization: Bearer" in missing.json()["detail"]
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    wrong = httpx.post(guarded.url + "/zero-shot", json=body, headers={"Authorization": "Bearer s3cret-kez"})
+    assert wrong.status_code == 401 and 'error="invalid_token"' in wrong.headers["www-authenticate"]
+    assert httpx.post(guarded.url + "/zero-shot", json=body, headers={"Authorization": "Basic s3cret-key"}
+                      ).status_code == 401
+    assert httpx.get(guarded.url + "/metrics").status_code == 401 and httpx.get(guarded.url + "/info").status_code == 401
+    assert httpx.get(guarded.url + "/health").status_code == 200 and httpx.get(guarded.url + "/ready").status_code == 200
+    assert httpx.post(guarded.url + "/zero-shot", json=body, headers=KEY, timeout=60).status_code == 200
+    assert metric_value(httpx.get(guarded.url + "/metrics", headers=KEY).text, "zsc_requests_total",
+                        endpoint="/zero-shot", status="401") == 3
+
+
+def test_a_body_over_the_limit_is_a_413_naming_it(guarded):
+    big = {"texts": ["word " * 500], "labels": LABELS}  # ~2.5 kB, over 2,000 bytes
+    declared = httpx.post(guarded.url + "/zero-shot", json=big, headers=KEY)
+    assert declared.status_code == 413 and "limit of 2000 bytes (ZSC_MAX_BODY_BYTES)" in declared.json()["detail"]
+    payload = httpx.Request("POST", "/", json=big).content
+
+    def stream():  # chunked transfer: no Content-Length to check, the bytes are counted as they arrive
+        for start in range(0, len(payload), 500):
+            yield payload[start:start + 500]
+
+    chunked = httpx.post(guarded.url + "/zero-shot", content=stream(), headers={**KEY, "content-type": "application/json"})
+    assert chunked.request.headers.get("transfer-encoding") == "chunked"
+    assert chunked.status_code == 413 and "2000 bytes" in chunked.json()["detail"]
+    small = httpx.post(guarded.url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}, headers=KEY, timeout=60)
+    assert small.status_code == 200
+
+
+def test_requests_beyond_the_concurrency_limit_get_429_with_retry_after(guarded):
+    import threading
+
+    first: list[httpx.Response] = []
+    slow = threading.Thread(target=lambda: first.append(httpx.post(  # waits ~600 ms in the micro-batcher
+        guarded.url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}, headers=KEY, timeout=60)))
+    slow.start()
+    try:
+        deadline = time.monotonic() + 10
+        while metric_value(httpx.get(guarded.url + "/metrics", headers=KEY).text, "zsc_queue_size", model="nli") == 0:
+            assert time.monotonic() < deadline, "the first request never reached the queue"
+            time.sleep(0.02)
+        second = httpx.post(guarded.url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}, headers=KEY)
+        assert second.status_code == 429 and second.headers["retry-after"] == "1"
+        assert "ZSC_MAX_CONCURRENT_REQUESTS" in second.json()["detail"]
+        assert httpx.get(guarded.url + "/health").status_code == 200  # probes are never refused
+    finally:
+        slow.join(60)
+    assert first[0].status_code == 200
+
+
+def test_sigterm_lets_a_request_in_progress_finish(tiny_model_dir, cache_dir):
+    import signal
+    import threading
+
+    port = free_port()
+    env = {**os.environ, "ZSC_CACHE_DIR": str(cache_dir), "ZSC_MODEL": str(tiny_model_dir), "ZSC_ENGINE": "torch",
+           "ZSC_EMBEDDING_MODEL": "none", "ZSC_BATCH_WAIT_MS": "1000"}
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning",
+                             "--timeout-graceful-shutdown", "20"], cwd=REPO, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "the service exited"
+            try:
+                if httpx.get(url + "/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        answers: list[httpx.Response] = []
+        request = threading.Thread(target=lambda: answers.append(httpx.post(
+            url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}, timeout=60)))
+        request.start()
+        while metric_value(httpx.get(url + "/metrics").text, "zsc_queue_size", model="nli") == 0:
+            time.sleep(0.02)  # then the request waits 1 s in the micro-batcher
+        proc.send_signal(signal.SIGTERM)
+        request.join(60)
+        assert answers and answers[0].status_code == 200 and len(answers[0].json()["results"]) == 1
+        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)

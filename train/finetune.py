@@ -308,6 +308,19 @@ def main(
     speed_texts: Annotated[int, typer.Option(help="Eval texts timed for the speed comparison with the teacher.")] = 1000,
     compare_method: Annotated[Optional[list[str]], typer.Option(help="Also time these teacher methods (nli, embedding, "
                                                                 "ensemble) in the speed comparison; repeatable.")] = None,
+    teacher_head: Annotated[Optional[Path], typer.Option(help="Adapted head directory (python -m annotate adapt / "
+                                                         "refresh) as the soft-label teacher: it scores every training "
+                                                         "text (exports, --unlabeled, augmented copies) with one "
+                                                         "encoder pass each, replacing exported teacher scores.")] = None,
+    teacher_embeddings: Annotated[Optional[list[Path]], typer.Option(help="Scored-pool folder(s) (annotate's cache, "
+                                                                     "PoolStore) whose stored embeddings the head "
+                                                                     "reuses instead of embedding those texts again; "
+                                                                     "repeatable.")] = None,
+    augment: Annotated[int, typer.Option(min=0, help="Augmented copies per training text (Tang et al. 2019: masking, "
+                                         "embedding-neighbour replacement, n-gram sampling), labelled by the teacher; "
+                                         "0: none.")] = 0,
+    student_config: Annotated[Optional[str], typer.Option(help="JSON hyperparameters of a tiny student, e.g. "
+                                                          "'{\"dim\": 64, \"buckets\": 65536}' (fasttext).")] = None,
     output_dir: Annotated[Path, typer.Option(help="Model directory, ONNX files and report.")] = Path("runs/student"),
 ) -> None:
     """Train a student, export it, and write its report (accuracy, calibration, size, speed against the teacher)."""
@@ -323,6 +336,12 @@ def main(
         _fail(f"--student must be one of {', '.join(STUDENTS)}, not {student!r}")
     if not train and not unlabeled:
         _fail("give --train export file(s) and/or --unlabeled texts for the teacher")
+    hyperparameters = _student_config(student_config, student)
+    head = _head_teacher(teacher_head, teacher_embeddings, teacher_url, teacher_model, teacher_engine)
+    if head is not None:
+        if multi_label:
+            _fail("--teacher-head: the adapted head is single-label; drop --multi-label")
+        labels = labels or (None if train else head.labels)
     try:
         if train:
             data = read_exports(train)
@@ -341,6 +360,13 @@ def main(
     except StudentDataError as exc:
         _fail(str(exc))
     teacher_info: dict = {}
+    if head is not None:
+        if data.multi_label:
+            _fail("--teacher-head: the adapted head is single-label, the exports are multi-label")
+        try:
+            head.label_order(data.labels)
+        except ValueError as exc:
+            _fail(str(exc))
     if unlabeled is not None:
         from annotate.readers import InputError, iter_rows
 
@@ -350,12 +376,25 @@ def main(
             _fail(str(exc))
         if not texts:
             _fail(f"--unlabeled {unlabeled} holds no texts")
-        logger.info("teacher scoring %d unlabeled texts", len(texts))
-        scores, agent, seconds = teacher_scores(texts, data.labels, template=hypothesis_template,
-                                                multi_label=data.multi_label, url=teacher_url, model=teacher_model,
-                                                method=teacher_method, engine=teacher_engine)
-        added = add_teacher_scored(data, texts, scores)
-        teacher_info = {"agent": agent, "unlabeled_texts": len(texts), "added": added, "seconds": round(seconds, 1)}
+        if head is not None:
+            added = add_teacher_scored(data, texts, np.full((len(texts), len(data.labels)), np.nan))
+            for example in data.examples:  # the head scores them below, with the exported records
+                if example.soft is not None and np.isnan(example.soft).all():
+                    example.soft = None
+            teacher_info = {"unlabeled_texts": len(texts), "added": added}
+        else:
+            logger.info("teacher scoring %d unlabeled texts", len(texts))
+            scores, agent, seconds = teacher_scores(texts, data.labels, template=hypothesis_template,
+                                                    multi_label=data.multi_label, url=teacher_url, model=teacher_model,
+                                                    method=teacher_method, engine=teacher_engine)
+            added = add_teacher_scored(data, texts, scores)
+            teacher_info = {"agent": agent, "unlabeled_texts": len(texts), "added": added,
+                            "seconds": round(seconds, 1)}
+    if head is not None:
+        teacher_info.update(_score_with_head(head, data.examples, data.labels))
+        if teacher_method is None:
+            teacher_method = "embedding"  # the head's cost: one encoder pass a text, timed as the embedding method
+        hypothesis_template = head.head.meta.get("hypothesis_template", hypothesis_template)
     try:
         check_trainable(data, objective)
     except StudentDataError as exc:
@@ -376,8 +415,15 @@ def main(
     except Exception as exc:
         _fail(f"--base-model: {exc}")
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = build_student(student, labels=data.labels, multi_label=data.multi_label, base_dir=base)
+    model = build_student(student, labels=data.labels, multi_label=data.multi_label, base_dir=base,
+                          hyperparameters=hyperparameters)
     train_split, valid_split = data.split(valid_fraction, seed)
+    if augment:
+        teacher_info["augmentation"] = _augment(train_split, base, augment, seed, head, dict(
+            template=hypothesis_template, multi_label=data.multi_label, url=teacher_url, model=teacher_model,
+            method=teacher_method, engine=teacher_engine))
+    if head is not None:
+        head.close()
     logger.info("data: %s; train %d, validation %d; student %s on %s", data.counts(), len(train_split.examples),
                 len(valid_split.examples), student, dev)
     history = train_student(model, train_split, valid_split, tokenizer, objective=objective, device=dev,
@@ -392,13 +438,99 @@ def main(
            "multi_label": data.multi_label, "teacher": teacher_info, "history": history,
            "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "temperature": temperature,
                                "w_hard": w_hard, "w_soft": w_soft, "max_length": max_length, "seed": seed,
-                               "valid_fraction": valid_fraction, "patience": patience}}
+                               "valid_fraction": valid_fraction, "patience": patience, "augment": augment,
+                               "student": hyperparameters}}
     write_outputs(model, tokenizer, output_dir, run, eval_set=eval_set, max_length=max_length,
                   teacher=dict(url=teacher_url, model=teacher_model, method=teacher_method, engine=teacher_engine,
                                template=hypothesis_template, compare_methods=compare_method or []),
                   speed_texts=speed_texts,
                   calibration_texts=[e.text for e in train_split.examples[:256]])
     typer.echo(f"wrote {output_dir} (report: {output_dir / 'report.md'})")
+
+
+def _student_config(text: str | None, student: str) -> dict:
+    """``--student-config`` as a dict (exit 2 on bad JSON or for the transformer student)."""
+    if not text:
+        return {}
+    import json
+
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"--student-config is not valid JSON: {exc.msg}")
+    if not isinstance(config, dict):
+        _fail("--student-config must be a JSON object")
+    if student == "transformer":
+        _fail("--student-config applies to the tiny students (fasttext, cnn, bilstm)")
+    import inspect
+
+    from train.students import _TINY
+
+    accepted = set(inspect.signature(_TINY[student].__init__).parameters) - {"self", "vocab_size", "num_labels"}
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        _fail(f"--student-config: {student} has no option {unknown[0]!r}; it takes {', '.join(sorted(accepted))}")
+    return config
+
+
+def _head_teacher(directory: Path | None, stores, url, model, engine):
+    """The :class:`train.head_teacher.HeadTeacher` of ``--teacher-head`` (exit 2 when it is not a head)."""
+    if directory is None:
+        if stores:
+            _fail("--teacher-embeddings needs --teacher-head")
+        return None
+    from train.head_teacher import HeadTeacher, HeadTeacherError
+
+    try:
+        return HeadTeacher(directory, url=url, model=model, engine="onnxruntime" if engine == "auto" else engine,
+                           embedding_stores=stores or ())
+    except HeadTeacherError as exc:
+        _fail(f"--teacher-head: {exc}")
+
+
+def _score_with_head(head, examples, labels) -> dict:
+    """Give every example the head's probabilities as its soft label (human labels untouched)."""
+    from annotate.scoring import ScoringError
+    from train.head_teacher import HeadTeacherError
+
+    if not examples:
+        return {"agent": head.agent}
+    logger.info("teacher head %s scoring %d texts", head.head.revision, len(examples))
+    try:
+        scores = head.scores([e.text for e in examples], labels)
+    except (HeadTeacherError, ScoringError) as exc:
+        _fail(f"--teacher-head: {exc}")
+    for example, row in zip(examples, scores):
+        example.soft = row
+    return {"agent": head.agent, "head": str(head.directory), "head_revision": head.head.revision,
+            "head_mode": head.head.meta.get("mode"), "scored_texts": len(examples),
+            "encoder_passes": head.encoder_passes, "stored_embeddings_used": head.cached_texts,
+            "seconds": round(head.seconds, 2)}
+
+
+def _augment(train_split: StudentData, base: Path, copies: int, seed: int, head, teacher: dict) -> dict:
+    """Add ``copies`` augmented versions of each training text (validation untouched), labelled by the teacher
+    (the head, else the zero-shot teacher); returns counts and seconds."""
+    from train.augment import Augmenter, augment_examples
+
+    began = time.perf_counter()
+    augmenter = Augmenter.from_encoder(base)
+    new, stats = augment_examples(train_split.examples, augmenter, copies, seed)
+    texts = [e.text for e in new]
+    if head is not None:
+        encoder_passes, seconds = head.encoder_passes, head.seconds
+        scores = head.scores(texts, train_split.labels) if texts else np.empty((0, len(train_split.labels)))
+        label_seconds, passes = head.seconds - seconds, head.encoder_passes - encoder_passes
+    else:
+        scores, _, label_seconds = teacher_scores(texts, train_split.labels, **teacher) if texts else (None, "", 0.0)
+        passes = len(texts) * len(train_split.labels)
+    for example, row in zip(new, scores if texts else []):
+        example.soft = row
+    train_split.examples.extend(new)
+    result = {**stats.to_dict(), "teacher_label_seconds": round(label_seconds, 2), "teacher_passes": passes,
+              "total_seconds": round(time.perf_counter() - began, 2)}
+    logger.info("augmented: %s", result)
+    return result
 
 
 if __name__ == "__main__":

@@ -63,12 +63,13 @@ class DeepSparseEngine(Engine):
         max_length: longest sequence; the last bucket.
         num_threads: cores DeepSparse may use (``None``: all).
         compile: ``lazy``, ``startup`` or ``background`` (see the module docstring; ``background`` starts with
-            :meth:`start_background_compile`).
+            :meth:`start_background_compile`); ``deferred``: like ``lazy`` without compiling the first bucket at
+            construction (``engine=auto``'s timing process, whose first timed call compiles, and fails, instead).
 
     Raises:
         EngineError: deepsparse is not installed, or the first bucket fails to compile (tried at
-            construction so a broken graph falls back to another engine at start-up, not at the
-            first request).
+            construction, except ``deferred``, so a broken graph falls back to another engine at start-up, not at
+            the first request).
     """
 
     name = "deepsparse"
@@ -99,7 +100,7 @@ class DeepSparseEngine(Engine):
             self.input_names = tuple(i.name for i in graph.input if i.name not in initializers)
         except Exception as exc:
             raise EngineError(f"could not read the inputs of {onnx_path}: {exc}") from exc
-        if compile not in ("lazy", "startup", "background"):
+        if compile not in ("lazy", "startup", "background", "deferred"):
             raise EngineError(f"unknown compile policy {compile!r}; use lazy, startup or background")
         self.compile_policy = compile
         self._closed = threading.Event()
@@ -107,7 +108,7 @@ class DeepSparseEngine(Engine):
         if compile == "startup":
             for rows, seq_len in self.all_buckets():
                 self._engine_for(rows, seq_len)
-        else:
+        elif compile != "deferred":
             self._engine_for(self.row_buckets[0], self.buckets[0])
 
     def all_buckets(self) -> list[tuple[int, int]]:

@@ -1,0 +1,425 @@
+"""``refresh``: refit the adapted head on what people reviewed and update the pending suggestions in Argilla.
+
+One round (:func:`refresh`):
+
+1. Read every record of the dataset (suggestion, metadata) and the review status of each (server-side filters:
+   submitted, discarded, draft; :func:`annotate.export.reviewed_records`).
+2. Map them onto the pool rows: embeddings and zero-shot scores from the local cache that ``push`` filled
+   (:class:`annotate.cache.DatasetCache`); records missing from it take their vectors from Argilla (vector field
+   ``embedding``) and their zero-shot scores from the ``teacher_score_<i>`` metadata, and are added to the cache;
+   a dataset without vectors needs ``embed=True`` (the scorer embeds the missing texts once).
+3. Fit :func:`annotate.adaptive.adapt` with the submitted labels (discarded records are never pseudo-labelled).
+4. Re-score every pending record (no response at all) and upsert, in bulk (:class:`annotate.upsert.Upserter`),
+   only those whose suggestion value, score (beyond 1e-6) or agent changed, with their uncertainty metadata.
+   Submitted, discarded and draft records are never written. The fit is deterministic, so a second round without
+   new reviews writes nothing, and a round killed midway and run again writes what is left, each record once.
+5. Save the head directory (what ``python -m service --classifier NAME=DIR`` serves).
+
+The summary also estimates the accuracy of the pending suggestions on the reviewed records of the random audit
+sample (metadata ``audit`` = 1): the suggestion shown against the submitted label, with a Wilson 95% interval
+(Wilson 1927; ``scipy.stats.binomtest(...).proportion_ci(method="wilson")``). Unlike the agreement on all reviewed
+records, it is not biased by the lowest-score-first review order.
+
+Fault injection for tests: ``ANNOTATE_REFRESH_FAIL_AFTER_BATCHES=N`` ends the process with ``os._exit(137)`` (as a
+SIGKILL would) once N update batches were acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from annotate import client as argilla_client
+from annotate.dataset import (
+    AUDIT,
+    QUESTION,
+    VECTOR,
+    audit_link,
+    build_records,
+    deep_link,
+    has_vectors,
+    margin_link,
+    question_labels,
+    teacher_key,
+)
+
+logger = logging.getLogger(__name__)
+#: Scores closer than this count as unchanged (Argilla stores them as doubles; the fit is deterministic).
+SCORE_TOLERANCE = 1e-6
+
+
+class RefreshError(ValueError):
+    """Bad input: the refresh cannot run as asked (nothing was written)."""
+
+
+@dataclass
+class RefreshSummary:
+    """What one refresh round did. Times are seconds of wall clock."""
+
+    dataset: str
+    dataset_id: str | None = None
+    records: int = 0
+    submitted: int = 0
+    discarded: int = 0
+    draft: int = 0
+    pending: int = 0
+    mode: str | None = None
+    revision: str | None = None
+    agent: str | None = None
+    cv_accuracy: float | None = None
+    cv_accuracy_zero_shot: float | None = None
+    pseudo_weight: float | None = None
+    changed: int = 0
+    changed_label: int = 0
+    updated: int = 0
+    agreement_reviewed: float | None = None
+    audit: dict = field(default_factory=dict)
+    vectors_from: dict = field(default_factory=dict)
+    head_dir: str | None = None
+    warnings: list = field(default_factory=list)
+    links: dict = field(default_factory=dict)
+    read_seconds: float = 0.0
+    fit_seconds: float = 0.0
+    update_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def render(self) -> str:
+        """Human-readable summary (several lines)."""
+        cv = "-" if self.cv_accuracy is None else f"{self.cv_accuracy:.4f}"
+        cv0 = "" if self.cv_accuracy_zero_shot is None else f" (zero-shot on the same records {self.cv_accuracy_zero_shot:.4f})"
+        agree = "-" if self.agreement_reviewed is None else f"{self.agreement_reviewed:.4f}"
+        audit = self.audit or {}
+        if audit.get("reviewed"):
+            estimate = (f"{audit['accuracy']:.4f} (95% Wilson CI {audit['ci_low']:.4f}-{audit['ci_high']:.4f}) on "
+                        f"{audit['reviewed']} reviewed audit records ({audit['correct']} correct)")
+        else:
+            estimate = f"- (no reviewed audit record yet; {audit.get('size', 0)} records in the audit sample)"
+        return "\n".join([
+            f"dataset            {self.dataset} (id {self.dataset_id})",
+            f"records            {self.records}: submitted {self.submitted}, discarded {self.discarded}, "
+            f"draft {self.draft}, pending {self.pending}",
+            f"head               {self.mode} (revision {self.revision}, pseudo-label weight {self.pseudo_weight})",
+            f"agent              {self.agent}",
+            f"cv accuracy        {cv} on the {self.submitted} reviewed records{cv0}",
+            f"shown vs submitted {agree} (all reviewed records; biased by the review order)",
+            f"audit estimate     {estimate}",
+            f"pending updated    {self.updated} of {self.pending} ({self.changed_label} changed label, "
+            f"{self.changed} changed value/score/agent)",
+            f"time               fit {self.fit_seconds:.2f} s, Argilla read {self.read_seconds:.1f} s, "
+            f"Argilla update {self.update_seconds:.1f} s, total {self.total_seconds:.1f} s",
+            *([f"head saved in      {self.head_dir}"] if self.head_dir else []),
+            *(f"review ({name}): {url}" for name, url in self.links.items()),
+        ])
+
+
+@dataclass
+class _Record:
+    id: str
+    text: str
+    metadata: dict
+    value: object
+    score: float | None
+    agent: str | None
+
+
+def read_records(dataset, batch_size: int = 1000) -> dict[str, _Record]:
+    """Every record of ``dataset``: text, metadata and current suggestion (one paged read)."""
+    def read() -> dict[str, _Record]:
+        out = {}
+        for record in dataset.records(batch_size=batch_size, with_suggestions=True, with_responses=False):
+            suggestion = next((s for s in record.suggestions if s.question_name == QUESTION), None)
+            out[str(record.id)] = _Record(str(record.id), record.fields.get("text", ""), dict(record.metadata or {}),
+                                          suggestion.value if suggestion else None,
+                                          suggestion.score if suggestion else None,
+                                          suggestion.agent if suggestion else None)
+        return out
+
+    return argilla_client.call(read, what="read of the dataset's records")
+
+
+def read_reviews(dataset) -> tuple[dict[str, object], set[str], set[str]]:
+    """``(submitted {id: value}, discarded ids, draft ids)`` by precedence submitted > discarded > draft."""
+    from annotate.export import _first_response, reviewed_records
+
+    def read():
+        submitted, discarded, draft = {}, set(), set()
+        for status, record in reviewed_records(dataset):
+            if status == "submitted":
+                response = _first_response(record, status)
+                submitted[str(record.id)] = response.value if response is not None else None
+            elif status == "discarded":
+                discarded.add(str(record.id))
+            else:
+                draft.add(str(record.id))
+        return submitted, discarded, draft
+
+    return argilla_client.call(read, what="read of the responses")
+
+
+def count_reviewed(dataset) -> int:
+    """Records with a submitted or discarded response (what ``--watch`` polls)."""
+    import argilla as rg
+
+    def count() -> int:
+        query = rg.Query(filter=rg.Filter(("response.status", "in", ["submitted", "discarded"])))
+        return sum(1 for _ in dataset.records(query=query, batch_size=1000, with_suggestions=False,
+                                              with_responses=False))
+
+    return argilla_client.call(count, what="count of reviewed records")
+
+
+def read_vectors(dataset, ids: set[str], batch_size: int = 500) -> dict[str, np.ndarray]:
+    """``{id: embedding}`` from the dataset's vector field for the records in ``ids`` that have one."""
+    def read() -> dict[str, np.ndarray]:
+        out = {}
+        for record in dataset.records(batch_size=batch_size, with_suggestions=False, with_responses=False,
+                                      with_vectors=[VECTOR]):
+            rid = str(record.id)
+            vector = record.vectors.get(VECTOR) if record.vectors else None
+            if rid in ids and vector is not None:
+                out[rid] = np.asarray(vector, dtype=np.float32)
+        return out
+
+    return argilla_client.call(read, what="read of the vectors")
+
+
+def wilson(correct: int, total: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (``scipy.stats.binomtest``)."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(correct, total).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, labels: list[str] | None = None,
+            embed_scorer=None, head_output: str | Path | None = None, batch_size: int = 256, concurrency: int = 2,
+            head_config=None, progress: bool = True) -> RefreshSummary:
+    """One refresh round on ``workspace/dataset_name`` (see the module docstring).
+
+    Args:
+        cache: the dataset's :class:`annotate.cache.DatasetCache`.
+        labels: when given, must equal the dataset's labels (same order).
+        embed_scorer: a scorer (:mod:`annotate.scoring`) to embed records that have no cached embedding and no
+            vector (``refresh --embed``); ``None``: such records are an error.
+        head_output: where to save the head (default ``cache.head_dir``).
+        batch_size, concurrency: of the bulk updates.
+
+    Raises:
+        RefreshError: the dataset does not exist or is multi-label, ``labels`` differ, a submitted label is not
+            one of the dataset's, or records lack embeddings and no ``embed_scorer`` was given (nothing written).
+        annotate.client.ArgillaRefused / ArgillaUnavailable: Argilla failed.
+        annotate.upsert.UpsertFailed: an update batch failed after retries (batches before it are written).
+    """
+    from tqdm import tqdm
+
+    from annotate.adaptive import adapt
+    from annotate.dataset import DatasetMismatch, check_compatible
+    from annotate.push import suggestion_agent
+    from annotate.upsert import Upserter
+
+    started = time.perf_counter()
+    dataset = argilla_client.find_dataset(client, dataset_name, workspace)
+    if dataset is None:
+        raise RefreshError(f"dataset {dataset_name!r} not found in workspace {workspace!r}")
+    summary = RefreshSummary(dataset=f"{workspace}/{dataset_name}", dataset_id=str(dataset.id))
+    try:
+        dataset_labels, multi_label = question_labels(dataset)
+        if labels is not None:
+            check_compatible(dataset, labels, multi_label)
+    except DatasetMismatch as exc:
+        raise RefreshError(str(exc)) from None
+    if multi_label:
+        raise RefreshError(f"dataset {dataset_name!r} is multi-label: refresh adapts single-label datasets only")
+    labels = dataset_labels
+    k = len(labels)
+
+    records = read_records(dataset)
+    submitted, discarded, draft = read_reviews(dataset)
+    summary.read_seconds = time.perf_counter() - started
+    if not records:
+        raise RefreshError(f"dataset {dataset_name!r} has no records: push some first")
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({str(v) for v in submitted.values() if v not in index})
+    if unknown:
+        raise RefreshError(f"submitted labels {', '.join(map(repr, unknown[:5]))} are not among the dataset's labels "
+                           f"{labels}")
+
+    # Pool rows: every record, in id order; embeddings and zero-shot scores from the cache, else Argilla/--embed.
+    cache.validate(dataset.id, labels)
+    ids = sorted(records)
+    n = len(ids)
+    row_of = {rid: i for i, rid in enumerate(ids)}
+    cached = cache.load_pool()
+    embeddings = None
+    zero_shot = np.zeros((n, k))
+    have = np.zeros(n, dtype=bool)
+    meta = dict(cached.meta) if cached is not None else {}
+    if cached is not None:
+        embeddings = np.zeros((n, cached.embeddings.shape[1]), dtype=np.float32)
+        for j, rid in enumerate(cached.ids):
+            i = row_of.get(rid)
+            if i is not None:
+                embeddings[i], zero_shot[i], have[i] = cached.embeddings[j], cached.scores[j], True
+    summary.vectors_from["cache"] = int(have.sum())
+    missing = [ids[i] for i in np.flatnonzero(~have)]
+    if missing:
+        added: dict[str, np.ndarray] = {}
+        if has_vectors(dataset):
+            added = read_vectors(dataset, set(missing))
+            summary.vectors_from["argilla"] = len(added)
+        rest = [rid for rid in missing if rid not in added]
+        if rest:
+            if embed_scorer is None:
+                why = "has no vectors" if not has_vectors(dataset) else f"lacks vectors for {len(rest)} records"
+                raise RefreshError(f"dataset {dataset_name!r} {why} and {len(rest)} of its records are not in the "
+                                   f"local cache {cache.root}: re-push, or run refresh --embed")
+            vectors = embed_scorer.embed([records[rid].text for rid in rest])
+            added.update(zip(rest, vectors.astype(np.float32)))
+            summary.vectors_from["embedded"] = len(rest)
+            meta.setdefault("encoder", embed_scorer.encoder)
+        dim = len(next(iter(added.values())))
+        if embeddings is None:
+            embeddings = np.zeros((n, dim), dtype=np.float32)
+        elif embeddings.shape[1] != dim:
+            raise RefreshError(f"cached embeddings have {embeddings.shape[1]} dimensions, the dataset's {dim}: delete "
+                               f"{cache.root} and refresh again")
+        teacher = np.array([[records[rid].metadata.get(teacher_key(j), np.nan) for j in range(k)] for rid in missing])
+        if np.isnan(teacher).any():
+            raise RefreshError(f"records of {dataset_name!r} lack the teacher_score metadata: it was not pushed by "
+                               "`python -m annotate push`")
+        new_rows = [row_of[rid] for rid in missing]
+        embeddings[new_rows] = np.stack([added[rid] for rid in missing]).astype(np.float16).astype(np.float32)
+        zero_shot[new_rows] = teacher
+        _cache_rows(cache, missing, records, teacher, embeddings[new_rows], labels, meta, dataset.id)
+
+    if not (meta.get("encoder") or {}).get("model_id"):  # cache rebuilt from Argilla: the encoder the agents name
+        named = next((r.agent.split(":adaptive-head:")[0] for r in records.values()
+                      if r.agent and ":adaptive-head:" in r.agent), None)
+        if named:
+            meta["encoder"] = {**(meta.get("encoder") or {}), "model_id": named}
+    reviewed = {row_of[rid]: index[value] for rid, value in submitted.items() if rid in row_of}
+    gone = [row_of[rid] for rid in discarded if rid in row_of]
+    if reviewed and len(set(reviewed.values())) < 2:
+        warning = (f"all {len(reviewed)} reviewed records have the label {labels[next(iter(reviewed.values()))]!r}: "
+                   "the head falls back to pseudo-labels until a second label is reviewed")
+        summary.warnings.append(warning)
+        logger.warning(warning)
+
+    t0 = time.perf_counter()
+    adapted = adapt(embeddings, zero_shot, labels, ids=ids, reviewed=reviewed, discarded=gone, config=head_config,
+                    encoder=meta.get("encoder"), meta={"hypothesis_template": meta.get("hypothesis_template"),
+                                                       "dataset": f"{workspace}/{dataset_name}"})
+    summary.fit_seconds = time.perf_counter() - t0
+    report = adapted.report
+    summary.mode, summary.revision, summary.pseudo_weight = report.mode, report.revision, report.pseudo_weight
+    summary.cv_accuracy, summary.cv_accuracy_zero_shot = report.cv_accuracy, report.cv_accuracy_zero_shot
+    agent = suggestion_agent(adapted, meta)
+    summary.agent = agent
+
+    reviewed_ids = set(submitted) | discarded | draft
+    summary.records, summary.submitted, summary.discarded, summary.draft = n, len(submitted), len(discarded), len(draft)
+    pending = [i for i, rid in enumerate(ids) if rid not in reviewed_ids]
+    summary.pending = len(pending)
+    top = adapted.scores.argmax(axis=1)
+    changed = []
+    for i in pending:
+        current = records[ids[i]]
+        value, score = labels[top[i]], float(adapted.scores[i, top[i]])
+        if value != current.value:
+            summary.changed_label += 1
+        if (value != current.value or current.score is None or abs(score - current.score) > SCORE_TOLERANCE
+                or agent != current.agent):
+            changed.append(i)
+    summary.changed = len(changed)
+
+    # Agreement of the suggestions people saw with what they submitted; the audit sample's is unbiased.
+    shown = [(records[rid].value == value, records[rid].metadata.get(AUDIT) == 1) for rid, value in submitted.items()]
+    if shown:
+        summary.agreement_reviewed = sum(ok for ok, _ in shown) / len(shown)
+    audited = [ok for ok, is_audit in shown if is_audit]
+    summary.audit = {"size": sum(1 for r in records.values() if r.metadata.get(AUDIT) == 1), "reviewed": len(audited)}
+    if audited:
+        low, high = wilson(sum(audited), len(audited))
+        summary.audit.update(correct=int(sum(audited)), accuracy=sum(audited) / len(audited), ci_low=low, ci_high=high)
+
+    t0 = time.perf_counter()
+    if changed:
+        fail_after = int(os.environ.get("ANNOTATE_REFRESH_FAIL_AFTER_BATCHES", "0") or 0)
+        bar = tqdm(total=len(changed), unit="rec", desc="update", disable=not progress, dynamic_ncols=True)
+        batches = [0]
+
+        def written(count: int) -> None:
+            bar.update(count)
+            batches[0] += 1
+            if fail_after and batches[0] >= fail_after:
+                os._exit(137)  # fault injection (tests): die as a SIGKILL would, mid-refresh
+
+        try:
+            with Upserter(dataset, batch_size=batch_size, concurrency=concurrency, on_written=written) as upserter:
+                for start in range(0, len(changed), batch_size):
+                    rows = np.asarray(changed[start:start + batch_size])
+                    chunk_ids = [ids[i] for i in rows]
+                    extra = {teacher_key(j): [records[rid].metadata.get(teacher_key(j)) for rid in chunk_ids]
+                             for j in range(k)}
+                    if any(AUDIT in records[rid].metadata for rid in chunk_ids):
+                        extra[AUDIT] = [records[rid].metadata.get(AUDIT, 0) for rid in chunk_ids]
+                    upserter.submit(build_records(chunk_ids, [records[rid].text for rid in chunk_ids],
+                                                  adapted.scores[rows], labels, False, agent, extra_metadata=extra))
+            summary.updated = upserter.stats.written
+        finally:
+            bar.close()
+    summary.update_seconds = time.perf_counter() - t0
+    if adapted.head is not None:
+        summary.head_dir = str(adapted.head.save(Path(head_output) if head_output else cache.head_dir))
+    summary.links = {"lowest score first": deep_link(api_url, dataset.id),
+                     "smallest margin first": margin_link(api_url, dataset.id),
+                     "audit sample": audit_link(api_url, dataset.id)}
+    summary.read_seconds = round(summary.read_seconds, 3)
+    summary.fit_seconds = round(summary.fit_seconds, 3)
+    summary.update_seconds = round(summary.update_seconds, 3)
+    summary.total_seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _cache_rows(cache, ids, records, teacher, embeddings, labels, meta, dataset_id) -> None:
+    """Add records read from Argilla (or embedded by --embed) to the cache, so the next round reads them locally."""
+    import hashlib
+
+    from annotate.store import shard_table
+
+    store = cache.pool
+    store.write_shard("argilla-" + hashlib.sha256("".join(ids).encode()).hexdigest()[:16],
+                      shard_table(ids, [records[rid].text for rid in ids], teacher, embeddings, labels))
+    if not store.exists():
+        store.write_meta({"labels": list(labels), "hypothesis_template": meta.get("hypothesis_template"),
+                          "multi_label": False, "encoder": meta.get("encoder"), "agent": meta.get("agent"),
+                          "source": "argilla"})
+    cache.bind(dataset_id)
+
+
+def watch(run_round, count, *, every: int = 25, poll_seconds: float = 10.0, echo=print,
+          sleep=time.sleep) -> int:
+    """Run ``run_round()`` now and again whenever ``count()`` (reviewed records) grew by ``every``; returns the
+    number of rounds when interrupted (Ctrl-C)."""
+    rounds = 0
+    last = None
+    try:
+        while True:
+            reviewed = count()
+            if last is None or reviewed - last >= every:
+                rounds += 1
+                echo(f"--- refresh round {rounds} ({reviewed} reviewed) ---")
+                run_round()
+                last = reviewed
+            sleep(poll_seconds)
+    except KeyboardInterrupt:
+        echo(f"stopped after {rounds} refresh rounds")
+    return rounds

@@ -1,0 +1,255 @@
+"""``simulate``: the review loop without Argilla, gold labels standing in for reviewers.
+
+The same fitting and scoring code as ``push`` and ``refresh`` (:func:`annotate.adaptive.adapt`) runs on a
+labelled pool: records are "reviewed" round by round in the order of a query strategy
+(:mod:`annotate.strategies`), the head is refitted after each round, and at each review budget the suggestions are
+scored on an evaluation set (or on the still-pending pool records). Next to the adapted head, each budget also
+records the two references the head must beat: the plain zero-shot scores and a logistic regression trained on
+the reviewed records alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from annotate.adaptive import HeadConfig, _logistic, adapt, pool_pseudo_labels
+from annotate.strategies import QueryStrategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelledSplit:
+    """Embeddings ``(n, d)``, zero-shot probabilities ``(n, K)`` and gold label indices ``(n,)`` of one split."""
+
+    embeddings: np.ndarray
+    zero_shot: np.ndarray
+    gold: np.ndarray
+
+
+def _metrics(scores: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
+    from sklearn.metrics import f1_score
+
+    predicted = scores.argmax(axis=1)
+    return float((predicted == gold).mean()), float(f1_score(gold, predicted, average="macro",
+                                                             labels=np.arange(scores.shape[1]), zero_division=0))
+
+
+def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, round_size: int = 25,
+             evaluation: LabelledSplit | None = None, config: HeadConfig | None = None, seed: int = 0,
+             progress: bool = True) -> dict:
+    """Run the loop on ``pool`` and return the report (see ``python -m annotate simulate --help``).
+
+    Args:
+        pool: the pool with its gold labels (the stand-in reviewers).
+        labels: the ``K`` candidate labels.
+        budgets: increasing review counts at which to measure (``0`` = the pool-adapted head, before any review).
+        strategy: review order.
+        round_size: records reviewed between two refits.
+        evaluation: held-out split to measure on; ``None``: measure on the pending pool records only.
+
+    Returns:
+        ``{"zero_shot": {...}, "curve": [{"reviewed", "eval_accuracy", "eval_macro_f1", "pending_accuracy",
+        "reviews_only_eval_accuracy", "mode", "pseudo_weight", "refit_seconds"}, ...], ...}``.
+
+    Raises:
+        ValueError: budgets not increasing, or larger than the pool.
+    """
+    from tqdm import tqdm
+
+    budgets = sorted(set(int(b) for b in budgets))
+    n, k = pool.zero_shot.shape
+    if budgets[0] < 0 or budgets[-1] > n:
+        raise ValueError(f"budgets must lie in [0, {n}] (the pool size); got {budgets}")
+    rng = np.random.default_rng(seed)
+    config = config or HeadConfig(seed=seed)
+    target = evaluation or pool
+    zs_acc, zs_f1 = _metrics(target.zero_shot, target.gold)
+    report: dict = {"pool_size": n, "labels": list(labels), "strategy": strategy.name, "round_size": round_size,
+                    "evaluated_on": "eval" if evaluation is not None else "pending pool records",
+                    "eval_size": len(target.gold),
+                    "zero_shot": {"eval_accuracy": zs_acc, "eval_macro_f1": zs_f1,
+                                  "pool_accuracy": _metrics(pool.zero_shot, pool.gold)[0]},
+                    "curve": []}
+    reviewed: dict[int, int] = {}
+    from threadpoolctl import threadpool_limits
+
+    began = time.perf_counter()
+    with threadpool_limits(1):
+        pseudo = pool_pseudo_labels(pool.embeddings.astype(np.float64), pool.zero_shot, config)
+    report["pseudo_label_seconds"] = round(time.perf_counter() - began, 4)
+    bar = tqdm(total=budgets[-1], unit="review", desc=f"simulate ({strategy.name})", disable=not progress)
+    adapted = None
+    for budget in budgets:
+        while len(reviewed) < budget:
+            current = adapted.scores if adapted is not None else pool.zero_shot
+            pending = np.setdiff1d(np.arange(n), np.fromiter(reviewed, dtype=np.int64, count=len(reviewed)))
+            take = strategy.select(current, pending, min(round_size, budget - len(reviewed)), rng)
+            reviewed.update({int(r): int(pool.gold[r]) for r in take})
+            bar.update(len(take))
+            adapted = adapt(pool.embeddings, pool.zero_shot, labels, reviewed=reviewed, config=config, pseudo=pseudo)
+        began = time.perf_counter()
+        adapted = adapt(pool.embeddings, pool.zero_shot, labels, reviewed=reviewed, config=config, pseudo=pseudo)
+        refit_seconds = time.perf_counter() - began
+        pending = np.setdiff1d(np.arange(n), np.fromiter(reviewed, dtype=np.int64, count=len(reviewed)))
+        if evaluation is not None:
+            eval_scores = adapted.head.predict_proba(evaluation.embeddings) if adapted.head is not None \
+                else evaluation.zero_shot
+            eval_gold = evaluation.gold
+        else:
+            eval_scores, eval_gold = adapted.scores[pending], pool.gold[pending]
+        accuracy, macro_f1 = _metrics(eval_scores, eval_gold)
+        entry = {"reviewed": len(reviewed), "eval_accuracy": accuracy, "eval_macro_f1": macro_f1,
+                 "pending_accuracy": float((adapted.scores[pending].argmax(axis=1) == pool.gold[pending]).mean())
+                 if len(pending) else None,
+                 "mode": adapted.report.mode, "pseudo_weight": adapted.report.pseudo_weight,
+                 "correction_c": adapted.report.correction_c,
+                 "pseudo_labels": adapted.report.pseudo_labels, "temperature": adapted.report.temperature,
+                 "cv_accuracy": adapted.report.cv_accuracy, "refit_seconds": round(refit_seconds, 4),
+                 "reviews_only_eval_accuracy": _reviews_only(pool, reviewed, k, config, evaluation, pending)}
+        report["curve"].append(entry)
+        logger.info("reviewed %d: accuracy %.4f (zero-shot %.4f, reviews only %s), %s, refit %.2f s",
+                    entry["reviewed"], accuracy, zs_acc, entry["reviews_only_eval_accuracy"], entry["mode"],
+                    refit_seconds)
+    bar.close()
+    report["prior"] = adapted.report.prior if adapted is not None else None
+    return report
+
+
+def _reviews_only(pool: LabelledSplit, reviewed: dict[int, int], k: int, config: HeadConfig,
+                  evaluation: LabelledSplit | None, pending: np.ndarray) -> float | None:
+    """Accuracy of a logistic regression on the reviewed records alone (the reference), or ``None`` below 2 classes."""
+    from threadpoolctl import threadpool_limits
+
+    if len(set(reviewed.values())) < 2:
+        return None
+    rows = np.fromiter(reviewed, dtype=np.int64, count=len(reviewed))
+    y = np.fromiter(reviewed.values(), dtype=np.int64, count=len(reviewed))
+    with threadpool_limits(1):
+        coef, intercept = _logistic(pool.embeddings[rows], y, np.ones(len(rows)), k, config.c)
+    if evaluation is not None:
+        return float(((evaluation.embeddings @ coef.T + intercept).argmax(axis=1) == evaluation.gold).mean())
+    return float(((pool.embeddings[pending] @ coef.T + intercept).argmax(axis=1) == pool.gold[pending]).mean())
+
+
+def plot_curve(reports: list[dict], path, title: str = "") -> None:
+    """Learning curves (accuracy against reviews) of one or more simulate reports, with the zero-shot and
+    reviews-only references, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for report in reports:
+        xs = [e["reviewed"] for e in report["curve"]]
+        ax.plot(xs, [e["eval_accuracy"] for e in report["curve"]], marker="o", label=f"adapted head ({report['strategy']})")
+        ax.plot(xs, [e["reviews_only_eval_accuracy"] if e["reviews_only_eval_accuracy"] is not None else np.nan
+                     for e in report["curve"]], linestyle=":", marker=".",
+                label=f"reviews only ({report['strategy']})")
+    ax.axhline(reports[0]["zero_shot"]["eval_accuracy"], color="grey", linestyle="--", label="zero-shot")
+    ax.set_xlabel("records reviewed")
+    ax.set_ylabel(f"accuracy ({reports[0]['evaluated_on']})")
+    ax.set_title(title or "Suggestion accuracy as reviews arrive")
+    if max(e["reviewed"] for r in reports for e in r["curve"]) > 0:
+        ax.set_xscale("symlog", linthresh=50)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs of the command: labelled files, scored once and cached
+# ---------------------------------------------------------------------------------------------------------------
+def read_labelled(path, text_fields, gold_column: str) -> tuple[list[str], list[str]]:
+    """Texts (the ``text_fields`` joined by a space) and gold values of a ``.jsonl``, ``.csv`` or ``.parquet`` file.
+
+    Raises:
+        annotate.readers.InputError: missing file, unknown format or column, no rows, a row without text or gold.
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    from annotate.readers import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            frame = pd.read_json(path, lines=True, dtype=False)
+        elif suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise InputError(f"unsupported format {suffix or '(none)'!r} of {path}: use .jsonl, .csv or .parquet")
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"cannot parse {path}: {exc}") from None
+    for column in [*text_fields, gold_column]:
+        if column not in frame.columns:
+            raise InputError(f"column {column!r} not found in {path}; columns: {', '.join(map(str, frame.columns))}")
+    if frame.empty:
+        raise InputError(f"{path} has no rows")
+    texts = [" ".join(str(v).strip() for v in values if isinstance(v, str) and v.strip())
+             for values in zip(*(frame[c].tolist() for c in text_fields))]
+    gold = ["" if g is None or g != g else str(g) for g in frame[gold_column].tolist()]
+    empty = next((i for i, (t, g) in enumerate(zip(texts, gold)) if not t or not g), None)
+    if empty is not None:
+        raise InputError(f"{path}: row {empty + 1} has no text or no {gold_column!r} value")
+    return texts, gold
+
+
+def gold_indices(gold: list[str], labels: list[str], label_map: dict[str, str] | None, path) -> np.ndarray:
+    """Gold values as candidate-label indices, through ``label_map`` (gold value -> candidate label) when given.
+
+    Raises:
+        ValueError: a gold value maps to no candidate label (the message names them and what to pass).
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    mapped = [(label_map or {}).get(g, g) for g in gold]
+    unknown = sorted({g for g, m in zip(gold, mapped) if m not in index})
+    if unknown:
+        raise ValueError(f"gold values of {path} that are no candidate label: {', '.join(map(repr, unknown[:10]))}: "
+                         "map them with --label-map '{\"gold value\": \"candidate label\"}'")
+    return np.fromiter((index[m] for m in mapped), dtype=np.int64, count=len(mapped))
+
+
+def scored_split(texts: list[str], scorer, cache_root, key_parts: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings, zero-shot scores)`` of ``texts``, from the cache folder when an identical run made them
+    (key: the texts and ``key_parts``: labels, template, method, model), else from ``scorer`` (then cached as a
+    :class:`annotate.store.PoolStore`)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from annotate.dataset import record_id
+    from annotate.store import PoolStore, StoreError, shard_table
+
+    digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\x1e")
+    store = PoolStore(Path(cache_root) / digest.hexdigest()[:20])
+    try:
+        pool = store.load(with_texts=False)
+        if len(pool) == len(texts):
+            logger.info("reusing the scored texts in %s", store.root)
+            return pool.embeddings, pool.scores
+    except StoreError:
+        pass
+    ids = [record_id(t, str(i)) for i, t in enumerate(texts)]  # row-numbered: repeated texts stay separate rows
+    scores = scorer.score(texts)
+    embeddings = scorer.embed(texts)
+    store.write_shard("0", shard_table(ids, texts, scores, embeddings, key_parts["labels"]))
+    store.write_meta({**key_parts, "encoder": scorer.encoder, "agent": scorer.agent, "method": scorer.served_method})
+    return embeddings, scores

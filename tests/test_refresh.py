@@ -1,0 +1,281 @@
+"""Adaptive push and ``python -m annotate refresh`` against a real Argilla 2.8 stack and the real service over HTTP
+(embedding method and POST /embed), on real AG News texts. Nothing is mocked; the one injected fault is
+``ANNOTATE_REFRESH_FAIL_AFTER_BATCHES``, which ends the refresh process with ``os._exit`` (as SIGKILL would) right
+after its first update batch was acknowledged, so the interruption lands at the same place on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotate.dataset import AUDIT, VECTOR, record_id, teacher_key
+
+from .conftest import REPO, LiveServer
+from .test_annotate_argilla import (
+    LABELS,
+    ag_news_slice,
+    client_for,
+    dataset_of,
+    label_args,
+    one_error_line,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.argilla
+
+
+@pytest.fixture(scope="module")
+def embedding_service(cache_dir):
+    """The real service with the packaged sentence encoder (embedding method, POST /embed)."""
+    from service.app import create_app
+    from service.config import Settings
+
+    settings = Settings(model="none", embedding_model="default", method="embedding", engine="onnxruntime",
+                        cache_dir=cache_dir)
+    with LiveServer(create_app(settings)) as live:
+        assert live.wait_ready(300).status_code == 200
+        yield live
+
+
+@pytest.fixture(scope="module")
+def annotate_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("annotate-cache")
+
+
+def run(stack, cache: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    full = {**os.environ, **stack.env(), "PYTHONUNBUFFERED": "1", "ANNOTATE_CACHE_DIR": str(cache), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "annotate", *args], cwd=REPO, env=full, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def snapshot(stack, name: str) -> dict:
+    """``{id: (value, score, agent, suggestion count, has vector, metadata)}`` of every record."""
+    dataset = dataset_of(stack, name)
+    out = {}
+    for record in dataset.records(with_suggestions=True, with_responses=False, with_vectors=[VECTOR]):
+        suggestions = list(record.suggestions)
+        s = suggestions[0]
+        out[str(record.id)] = (s.value, s.score, s.agent, len(suggestions), bool(record.vectors.get(VECTOR)),
+                               dict(record.metadata))
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapted(argilla_stack, embedding_service, data_dir, annotate_cache, tmp_path_factory):
+    """80 AG News test texts pushed with adaptation; 30 submitted with the gold label, 5 discarded."""
+    from tests.argilla_review import submit
+
+    tmp = tmp_path_factory.mktemp("adaptive")
+    rows = ag_news_slice(data_dir, 2000, 80)
+    source = write_jsonl(tmp / "ag80.jsonl", rows)
+    result = run(argilla_stack, annotate_cache, "push", str(source), *label_args(), "--dataset", "adaptive",
+                 "--service-url", embedding_service.url, "--summary-json", str(tmp / "push.json"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp / "push.json").read_text())
+    before = snapshot(argilla_stack, "adaptive")
+    gold = {record_id(r["text"]): r["gold"] for r in rows}
+    lowest = sorted(before, key=lambda rid: before[rid][1])
+    chosen = lowest[:15] + [rid for rid in sorted(gold) if rid not in lowest[:15]]
+    submitted = {rid: gold[rid] for rid in chosen[:30]}
+    discarded = {rid: None for rid in chosen[30:35]}
+    dataset = dataset_of(argilla_stack, "adaptive")
+    assert submit(dataset, {**submitted, **discarded}, client_for(argilla_stack).me.id) == 35
+    return {"rows": rows, "summary": summary, "before": before, "submitted": submitted, "discarded": discarded,
+            "tmp": tmp}
+
+
+def test_adaptive_push_writes_vectors_audit_teacher_scores_and_the_cache(adapted, annotate_cache, argilla_stack,
+                                                                         embedding_service):
+    summary, before = adapted["summary"], adapted["before"]
+    assert summary["pushed"] == 80 and summary["embedded"] == 80 and summary["failed"] == 0
+    assert summary["head"]["pool_size"] == 80 and summary["fit_seconds"] is not None
+    assert set(before) == {record_id(r["text"]) for r in adapted["rows"]}
+    audit = [meta[AUDIT] for *_, meta in before.values()]
+    assert set(audit) <= {0, 1} and 0 < sum(audit) < 15  # ~5% of 80, from the id hash
+    for value, score, agent, count, has_vector, meta in before.values():
+        assert count == 1 and has_vector and agent == summary["agent"]
+        teacher = np.array([meta[teacher_key(i)] for i in range(len(LABELS))])
+        assert teacher.sum() == pytest.approx(1, abs=1e-5)  # the zero-shot scores, whatever suggests
+        assert meta["confidence"] == pytest.approx(score, abs=1e-5)
+    if summary["head"]["mode"] == "zero-shot":  # the guard kept the zero-shot scores: suggestion = teacher argmax
+        assert all(v == LABELS[int(np.argmax([m[teacher_key(i)] for i in range(4)]))]
+                   for v, *_, m in before.values())
+    else:
+        assert ":adaptive-head:" in summary["agent"] and Path(summary["head_dir"], "head.json").is_file()
+    from annotate.cache import DatasetCache
+
+    pool = DatasetCache(annotate_cache, argilla_stack.url, argilla_stack.workspace, "adaptive").load_pool()
+    assert sorted(pool.ids) == sorted(before) and pool.embeddings.shape == (80, 384)
+    # pushing again scores nothing (content-hash ids, cache)
+    again = run(argilla_stack, annotate_cache, "push", str(adapted["tmp"] / "ag80.jsonl"), *label_args(),
+                "--dataset", "adaptive", "--service-url", embedding_service.url, "--summary-json",
+                str(adapted["tmp"] / "again.json"))
+    assert again.returncode == 0, again.stderr
+    again = json.loads((adapted["tmp"] / "again.json").read_text())
+    assert again["pushed"] == 0 and again["skipped_existing"] == 80 and again["scoring_seconds"] == 0
+
+
+
+def test_refresh_updates_only_pending_resumes_after_a_kill_and_is_idempotent(adapted, argilla_stack, annotate_cache):
+    reviewed = set(adapted["submitted"]) | set(adapted["discarded"])
+    before = adapted["before"]
+    out = adapted["tmp"]
+    # killed right after the first update batch (20 records) was acknowledged
+    killed = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--batch-size", "20",
+                 "--concurrency", "1", env={"ANNOTATE_REFRESH_FAIL_AFTER_BATCHES": "1"})
+    assert killed.returncode == 137, killed.stderr
+    middle = snapshot(argilla_stack, "adaptive")
+    moved = {rid for rid in middle if middle[rid][2] != before[rid][2] or middle[rid][:2] != before[rid][:2]}
+    assert len(moved) == 20 and not moved & reviewed
+
+    result = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--batch-size", "20",
+                 "--summary-json", str(out / "refresh1.json"))
+    assert result.returncode == 0, result.stderr
+    first = json.loads((out / "refresh1.json").read_text())
+    assert first["submitted"] == 30 and first["discarded"] == 5 and first["pending"] == 45
+    assert first["mode"] != "zero-shot" and first["cv_accuracy"] is not None
+    assert first["updated"] == first["changed"] == 45 - 20  # what the killed run had not written
+    assert "cv accuracy" in result.stdout and "metadata.margin.asc" in result.stdout
+    assert "metadata=audit.ge1.le1" in result.stdout and "audit estimate" in result.stdout
+    after = snapshot(argilla_stack, "adaptive")
+    assert set(after) == set(before)
+    for rid, (value, score, agent, count, has_vector, meta) in after.items():
+        assert count == 1 and has_vector  # one suggestion per record; the vector survives the update
+        if rid in reviewed:
+            assert after[rid] == before[rid]  # submitted and discarded records are never touched
+        else:
+            assert agent == first["agent"] and ":adaptive-head:" in agent
+            assert meta["confidence"] == pytest.approx(score, abs=1e-5)
+            assert [meta[teacher_key(i)] for i in range(4)] == [before[rid][5][teacher_key(i)] for i in range(4)]
+            assert meta[AUDIT] == before[rid][5][AUDIT]
+    from annotate.adaptive import AdaptiveHead, is_head_dir
+
+    assert is_head_dir(first["head_dir"]) and AdaptiveHead.load(first["head_dir"]).revision == first["revision"]
+
+    # no new review: nothing changes, nothing is written
+    again = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--summary-json",
+                str(out / "refresh2.json"))
+    assert again.returncode == 0, again.stderr
+    second = json.loads((out / "refresh2.json").read_text())
+    assert second["changed"] == second["updated"] == 0 and second["revision"] == first["revision"]
+    assert snapshot(argilla_stack, "adaptive") == after
+
+    # the cache gone: vectors come from Argilla, same head, still nothing to write
+    import shutil
+
+    from annotate.cache import DatasetCache
+
+    shutil.rmtree(DatasetCache(annotate_cache, argilla_stack.url, argilla_stack.workspace, "adaptive").root)
+    third = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--summary-json",
+                str(out / "refresh3.json"))
+    assert third.returncode == 0, third.stderr
+    third = json.loads((out / "refresh3.json").read_text())
+    assert third["vectors_from"] == {"cache": 0, "argilla": 80} and third["updated"] == 0
+
+
+def test_refresh_bad_input_one_line_nothing_written(adapted, argilla_stack, annotate_cache, embedding_service,
+                                                    data_dir, tmp_path):
+    import argilla as rg
+
+    from annotate.dataset import build_records, build_settings
+    from tests.argilla_review import submit
+
+    state = snapshot(argilla_stack, "adaptive")
+    line = one_error_line(run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--label", "World",
+                              "--label", "Sports"))
+    assert "do not match dataset 'adaptive'" in line
+    assert "not found" in one_error_line(run(argilla_stack, annotate_cache, "refresh", "--dataset", "nope"))
+    assert snapshot(argilla_stack, "adaptive") == state
+
+    # a dataset pushed before adaptation: no vector field, no cache
+    rows = ag_news_slice(data_dir, 4000, 30)
+    client = client_for(argilla_stack)
+    old = rg.Dataset(name="oldstyle", workspace=argilla_stack.workspace, client=client,
+                     settings=build_settings(LABELS, False, "pushed before adaptation"))
+    old.create()
+    scores = np.random.default_rng(0).dirichlet(np.ones(4), size=len(rows))
+    old.records.log(build_records([record_id(r["text"]) for r in rows], [r["text"] for r in rows], scores, LABELS,
+                                  False, "old:agent"))
+    result = run(argilla_stack, annotate_cache, "refresh", "--dataset", "oldstyle")
+    assert result.returncode == 2 and "re-push, or run refresh --embed" in one_error_line(result)
+    source = write_jsonl(tmp_path / "more.jsonl", ag_news_slice(data_dir, 4100, 5))
+    line = one_error_line(run(argilla_stack, annotate_cache, "push", str(source), *label_args(), "--dataset",
+                              "oldstyle", "--service-url", embedding_service.url))
+    assert "has no vector field" in line and "--no-adapt" in line
+    plain = run(argilla_stack, annotate_cache, "push", str(source), *label_args(), "--dataset", "oldstyle",
+                "--no-adapt", "--service-url", embedding_service.url)
+    assert plain.returncode == 0, plain.stderr
+    assert sum(1 for _ in dataset_of(argilla_stack, "oldstyle").records(with_suggestions=False)) == 35
+
+    # --embed computes what is missing; a single reviewed class falls back to pseudo-labels with a warning
+    dataset = dataset_of(argilla_stack, "oldstyle")
+    assert submit(dataset, {record_id(r["text"]): "Sports" for r in rows[:4]}, client.me.id) == 4
+    result = run(argilla_stack, annotate_cache, "refresh", "--dataset", "oldstyle", "--embed", "--service-url",
+                 embedding_service.url, "--summary-json", str(tmp_path / "old.json"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "old.json").read_text())
+    assert summary["vectors_from"] == {"cache": 0, "embedded": 35} and summary["submitted"] == 4
+    assert "falls back to pseudo-labels" in result.stderr and summary["warnings"]
+    again = run(argilla_stack, annotate_cache, "refresh", "--dataset", "oldstyle", "--summary-json",
+                str(tmp_path / "old2.json"))  # no --embed needed any more: the cache has them
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "old2.json").read_text())["vectors_from"] == {"cache": 35}
+
+
+def test_push_from_scores_runs_no_model(argilla_stack, embedding_service, annotate_cache, data_dir, tmp_path):
+    """A scored-pool folder (as `python -m annotate score` writes it) is pushed without a scorer; a folder scored
+    with another template is refused before anything is written."""
+    import httpx
+
+    from annotate.store import PoolStore, shard_table
+
+    rows = ag_news_slice(data_dir, 5000, 24)
+    texts = [r["text"] for r in rows]
+    answer = httpx.post(embedding_service.url + "/zero-shot", timeout=120,
+                        json={"texts": texts, "labels": LABELS, "hypothesis_template": "This text is about {}."}).json()
+    scores = np.array([[dict(zip(r["labels"], r["scores"]))[label] for label in LABELS] for r in answer["results"]])
+    embedded = httpx.post(embedding_service.url + "/embed", json={"texts": texts}, timeout=120).json()
+    store = PoolStore(tmp_path / "scored")
+    store.write_shard("00000", shard_table([record_id(t) for t in texts], texts, scores,
+                                           np.asarray(embedded["embeddings"]), LABELS))
+    store.write_meta({"labels": LABELS, "hypothesis_template": "This text is about {}.", "multi_label": False,
+                      "agent": "packaged:all-MiniLM-L6-v2:onnxruntime:embedding",
+                      "encoder": {"model_id": embedded["model"], "fingerprint": embedded["fingerprint"],
+                                  "dim": embedded["dim"]}})
+    line = one_error_line(run(argilla_stack, annotate_cache, "push", "--from-scores", str(store.root), *label_args(),
+                              "--hypothesis-template", "A story about {}.", "--dataset", "scored"))
+    assert "was scored with the template" in line and dataset_of(argilla_stack, "scored") is None
+    result = run(argilla_stack, annotate_cache, "push", "--from-scores", str(store.root), *label_args(),
+                 "--dataset", "scored", "--summary-json", str(tmp_path / "push.json"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "push.json").read_text())
+    assert summary["pushed"] == 24 and summary["scoring_seconds"] == 0 and summary["embedded"] == 0
+    records = snapshot(argilla_stack, "scored")
+    assert set(records) == {record_id(t) for t in texts} and all(r[4] for r in records.values())
+
+
+def test_watch_refreshes_every_n_new_responses_and_stops_on_ctrl_c():
+    """The --watch loop on its own (no Argilla): a round at start, then one each time `every` more responses have
+    arrived; Ctrl-C (KeyboardInterrupt, raised here from the sleep between polls) ends it cleanly."""
+    from annotate.refresh import watch
+
+    counts = iter([0, 10, 24, 25, 30, 49, 50, 51])
+    rounds, lines, polls = [], [], []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        if len(polls) == 8:
+            raise KeyboardInterrupt
+
+    done = watch(lambda: rounds.append(len(polls)), lambda: next(counts), every=25, poll_seconds=3, echo=lines.append,
+                 sleep=sleep)
+    assert done == 3 and rounds == [0, 3, 6]  # at 0, at 25, at 50 reviewed
+    assert polls == [3] * 8 and lines[-1] == "stopped after 3 refresh rounds"
+    assert "(25 reviewed)" in lines[1] and "(50 reviewed)" in lines[2]

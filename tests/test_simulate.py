@@ -1,0 +1,89 @@
+"""``python -m annotate simulate``: the loop on a real labelled slice of AG News, as a user runs it (a subprocess),
+and its refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotate.simulate import LabelledSplit, gold_indices, simulate
+from annotate.strategies import get_strategy
+
+REPO = Path(__file__).resolve().parents[1]
+LABEL_MAP = json.dumps({"World": "world news", "Sports": "sports", "Business": "business",
+                        "Sci/Tech": "science and technology"})
+LABEL_ARGS = ["--label", "world news", "--label", "sports", "--label", "business", "--label", "science and technology"]
+
+
+def _run(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "annotate", "simulate", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def slices(data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("simulate")
+    pool = (data_dir / "classification/ag_news/train_unlabeled_8k_description_only.jsonl").read_text().splitlines()
+    test = (data_dir / "classification/ag_news/test.jsonl").read_text().splitlines()
+    (root / "pool.jsonl").write_text("\n".join(pool[::16]) + "\n")
+    (root / "eval.jsonl").write_text("\n".join(test[::38]) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_simulate_writes_the_report_and_learning_curve(slices):
+    out = slices / "out" / "report.json"
+    result = _run(slices / "pool.jsonl", *LABEL_ARGS, "--label-map", LABEL_MAP, "--hypothesis-template",
+                  "This news article is about {}.", "--eval", slices / "eval.jsonl", "--eval-text-field", "title",
+                  "--eval-text-field", "description", "--budgets", "0,50,100", "--round-size", "25",
+                  "--strategy", "least-confidence,random", "--report-json", out, "--cache-dir", slices / "cache")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["zero_shot"]["eval_accuracy"] > 0.4
+    assert [e["reviewed"] for e in report["curve"]] == [0, 50, 100]
+    assert {r["strategy"] for r in report["runs"]} == {"least-confidence", "random"}
+    for entry in report["curve"]:
+        assert {"eval_accuracy", "eval_macro_f1", "pending_accuracy", "refit_seconds"} <= set(entry)
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert "zero-shot: accuracy" in result.stdout and "least-confidence" in result.stdout
+    # a second run reuses the scored texts (no model load needed for them)
+    again = _run(slices / "pool.jsonl", *LABEL_ARGS, "--label-map", LABEL_MAP, "--hypothesis-template",
+                 "This news article is about {}.", "--budgets", "0,25", "--cache-dir", slices / "cache",
+                 "--log-level", "info")
+    assert again.returncode == 0 and "reusing the scored texts" in again.stderr
+
+
+def test_gold_values_missing_from_the_label_map_exit_2_and_write_nothing(slices):
+    out = slices / "bad" / "report.json"
+    result = _run(slices / "pool.jsonl", *LABEL_ARGS, "--label-map", json.dumps({"World": "world news"}),
+                  "--report-json", out)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no candidate label" in lines[0] and "'Sports'" in lines[0], lines
+    assert not out.parent.exists()
+    result = _run(slices / "pool.jsonl", *LABEL_ARGS, "--label-map", "{not json", "--report-json", out)
+    assert result.returncode == 2 and "--label-map is not valid JSON" in result.stderr
+    result = _run(slices / "pool.jsonl", *LABEL_ARGS, "--label-map", LABEL_MAP, "--budgets", "0,100000")
+    assert result.returncode == 2 and "has 499 records" in result.stderr
+
+
+def test_gold_indices_and_simulate_on_separable_data():
+    assert gold_indices(["a", "B"], ["a", "b"], {"B": "b"}, "f").tolist() == [0, 1]
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 12))
+    y = rng.integers(0, 3, 600)
+    x = centers[y] + 0.9 * rng.normal(size=(600, 12))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    logits = 2 * x @ centers.T
+    p0 = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    report = simulate(LabelledSplit(x, p0, y), ["a", "b", "c"], [0, 40, 80], strategy=get_strategy("margin"),
+                      round_size=20, progress=False)
+    assert report["evaluated_on"] == "pending pool records"
+    curve = report["curve"]
+    assert [e["reviewed"] for e in curve] == [0, 40, 80]
+    assert curve[-1]["eval_accuracy"] >= report["zero_shot"]["eval_accuracy"] - 0.02
