@@ -272,6 +272,9 @@ def refresh(
                                                       show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Records per update request.", min=1, max=500)] = 256,
     concurrency: Annotated[int, typer.Option(help="Update requests in flight.", min=1, max=16)] = 2,
+    min_score_change: Annotated[float, typer.Option(help="Rewrite a pending suggestion whose label stays only when "
+                                                    "its score moved by more than this (0: on any change).",
+                                                    min=0.0, max=1.0)] = 0.02,
     watch: Annotated[bool, typer.Option("--watch", help="Keep running: refresh again whenever --every new "
                                         "responses arrived; Ctrl-C stops.")] = False,
     every: Annotated[int, typer.Option(help="With --watch: new responses that trigger a refresh.", min=1)] = 25,
@@ -318,7 +321,7 @@ def refresh(
             scorer = _embedding_scorer(settings)
         summary = run_refresh(client, settings.dataset, settings.workspace, settings.api_url, cache, labels=labels,
                               embed_scorer=scorer, head_output=head_output, batch_size=batch_size,
-                              concurrency=concurrency)
+                              concurrency=concurrency, min_score_change=min_score_change)
         typer.echo(summary.render())
         _write_json(summary_json, summary.to_dict())
         return summary
@@ -587,8 +590,17 @@ def simulate(
         payload = reports[0] if len(reports) == 1 else {**reports[0], "runs": reports}
         _write_json(report_json, payload)
         png = report_json.with_suffix(".png")
-        plot_curve(reports, png, title=f"{pool_path.name}: suggestion accuracy as reviews arrive")
+        plot_curve(reports, png, title=f"{pool_path.parent.name}/{pool_path.name}: suggestion accuracy as reviews arrive")
         typer.echo(f"report: {report_json}; learning curve: {png}")
+
+
+def _knob(entry: dict) -> str:
+    """What the cross-validation chose, for one simulate row."""
+    if entry.get("correction_c"):
+        return f" (correction C {entry['correction_c']:g})"
+    if entry["mode"] == "reviews+pseudo-labels" and entry.get("reviewed"):
+        return f" (pseudo-label weight {entry['pseudo_weight']:g})"
+    return ""
 
 
 def _render_simulation(report: dict) -> str:
@@ -601,8 +613,7 @@ def _render_simulation(report: dict) -> str:
         only = f"{e['reviews_only_eval_accuracy']:.4f}" if e["reviews_only_eval_accuracy"] is not None else "-"
         pending = f"{e['pending_accuracy']:.4f}" if e["pending_accuracy"] is not None else "-"
         lines.append(f"{e['reviewed']:>8}  {e['eval_accuracy']:>8.4f}  {e['eval_macro_f1']:>8.4f}  {pending:>8}  "
-                     f"{only:>12}  {e['mode']} (correction C {e.get('correction_c') or 0:g}, refit "
-                     f"{e['refit_seconds']:.2f} s)")
+                     f"{only:>12}  {e['mode']}{_knob(e)}, refit {e['refit_seconds']:.2f} s")
     return "\n".join(lines)
 
 

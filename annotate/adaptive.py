@@ -332,6 +332,19 @@ def _held_out_targets(x, p0, coef, intercept, rows_p, exclude, seed: int, limit:
     return x[rows] @ coef.T + intercept, p0[rows].argmax(axis=1)
 
 
+def pool_adaptation(x: np.ndarray, zero_shot: np.ndarray, labels, config: HeadConfig | None = None,
+                    encoder: dict | None = None) -> tuple:
+    """What every refit of one pool shares, computed once: ``(rows, labels, prior, adapted)`` where ``adapted`` is
+    the zero-review :class:`Adapted`; pass it to :func:`adapt` as ``pseudo``."""
+    from threadpoolctl import threadpool_limits
+
+    config = config or HeadConfig()
+    with threadpool_limits(1):
+        rows, y, prior = pool_pseudo_labels(np.asarray(x, dtype=np.float64), zero_shot, config)
+        zero = _adapt(x, zero_shot, labels, None, {}, (), config, encoder, None, (rows, y, prior))
+    return rows, y, prior, zero
+
+
 def _fit_temperature(logits: np.ndarray, gold: np.ndarray) -> float:
     from service.calibration import fit_temperature
 
@@ -384,8 +397,9 @@ def adapt(embeddings: np.ndarray, zero_shot: np.ndarray, labels, *, ids=None,
         discarded: rows people discarded (fit no label): never pseudo-labelled.
         config: :class:`HeadConfig`.
         encoder: the embeddings' encoder (stored in the head).
-        pseudo: the pool's pseudo-labels ``(rows, labels, prior)`` from :func:`pool_pseudo_labels` when the caller
-            keeps them between fits (they depend on the pool alone); computed here when ``None``.
+        pseudo: what depends on the pool alone, when the caller keeps it between fits: the pseudo-labels
+            ``(rows, labels, prior)`` of :func:`pool_pseudo_labels`, optionally followed by the zero-review
+            :class:`Adapted` (:func:`pool_adaptation` returns all four); computed here when ``None``.
 
     Returns:
         :class:`Adapted`. Reviewed rows get scores too (what the head would say), callers leave them alone.
@@ -422,7 +436,7 @@ def _adapt(embeddings, zero_shot, labels, ids, reviewed, discarded, config, enco
 
     # Pseudo-labels (self-training): the pool's own confident texts, as labelled by a head fitted to it; picked on
     # the whole pool, then the reviewed and discarded rows are dropped.
-    rows_p, y_p, prior = pseudo if pseudo is not None else pool_pseudo_labels(x, p0, config)
+    rows_p, y_p, prior = pseudo[:3] if pseudo is not None else pool_pseudo_labels(x, p0, config)
     keep = ~exclude[rows_p]
     rows_p, y_p = rows_p[keep], y_p[keep]
     base = dict(revision=revision, pool_size=n, reviewed=len(reviewed), pseudo_labels=len(rows_p),
@@ -469,8 +483,10 @@ def _adapt(embeddings, zero_shot, labels, ids, reviewed, discarded, config, enco
     # Enough reviews: a correction of a base head, learnt from the reviews, its strength chosen by cross-validation.
     # The base is the pool-adapted head (pseudo-labels) when the guard let it through, else the zero-shot scores as
     # a linear map of the embeddings; whichever of the two is more accurate on the reviewed records.
-    pool_head = _adapt(x, p0, labels, ids, {}, discarded, config, encoder, meta, (rows_p, y_p, prior)) \
-        if len(rows_p) else None
+    if pseudo is not None and len(pseudo) > 3:
+        pool_head = pseudo[3]
+    else:  # the pool-adapted head of zero reviews: a function of the pool alone (callers may pass it in ``pseudo``)
+        pool_head = _adapt(x, p0, labels, ids, {}, (), config, encoder, meta, pseudo) if len(rows_p) else None
     bases = {"zero-shot": _linearize(x, p0)}
     if pool_head is not None and pool_head.head is not None:
         h = pool_head.head
@@ -520,6 +536,12 @@ def _adapt(embeddings, zero_shot, labels, ids, reviewed, discarded, config, enco
                            cv_accuracy=weighted[best_weight], cv_accuracy_zero_shot=zero_shot_acc,
                            candidates=report_candidates, fit_seconds=time.perf_counter() - started, **base)
         return Adapted(head, head.predict_proba(x), report)
+    if best == 0 and base_name == "zero-shot":  # nothing measured better than the zero-shot scores: keep them as they are
+        report = FitReport(mode="zero-shot", pseudo_weight=0.0, correction_c=0.0, temperature=1.0,
+                           cv_accuracy=candidates[0.0], cv_accuracy_zero_shot=zero_shot_acc,
+                           candidates=report_candidates, fit_seconds=time.perf_counter() - started,
+                           note="no head measured better than the zero-shot scores on the reviewed records", **base)
+        return Adapted(None, p0, report)
     w1, b1 = _offset_logistic(x[rows_h], z0, y_h, k, best) if best > 0 else (0.0, 0.0)
     temperature = _fit_temperature(oof_logits[best], y_h)
     mode = f"reviews+{base_name}" if best > 0 else base_name
@@ -533,7 +555,7 @@ def _adapt(embeddings, zero_shot, labels, ids, reviewed, discarded, config, enco
     return Adapted(head, head.predict_proba(x), report)
 
 
-def _linearize(x: np.ndarray, probabilities: np.ndarray, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+def _linearize(x: np.ndarray, probabilities: np.ndarray, ridge: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
     """A linear map ``(coef (K, d), intercept (K,))`` whose softmax reproduces ``probabilities`` from ``x``: ridge
     least squares on the row-centred log-probabilities. Exact for the embedding method (its logits are cosines with
     the hypotheses' embeddings over a temperature), a least-squares fit for other methods; it lets a head that

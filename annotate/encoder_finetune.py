@@ -255,7 +255,9 @@ def finetune_on_reviews(texts_reviewed: Sequence[str], labels_reviewed, labels: 
         max_length: tokens per text; batch_size: texts per step; lr: AdamW peak learning rate.
         time_budget_seconds: wall-time limit of the call up to the end of training (model load and linear probe
             included; the held-out scoring comes after it): one step is timed on a training batch, and the steps
-            are capped to what the rest of the budget fits (at least one; the linear decay then ends there).
+            are capped to what the rest of the budget fits (at least one; the linear decay then ends there); if
+            the machine slows down after that probe, training stops at the first step that would start past the
+            budget (``history["stopped_by_budget"]``).
         holdout_fraction: stratified share of the reviews kept out of training for :attr:`FineTuned.holdout_accuracy`
             (``0``: train on every review, no accuracy).
         num_threads: torch intra-op threads (``None``: torch's default, one per core).
@@ -331,10 +333,19 @@ def finetune_on_reviews(texts_reviewed: Sequence[str], labels_reviewed, labels: 
         step_seconds = _time_one_step(model, train_data, tokenizer, batch_size, max_length, seed, student_loss,
                                       objective, temperature, w_hard, w_soft)
         max_steps = max(1, int((time_budget_seconds - (time.perf_counter() - started)) / step_seconds))
-    history = train_student(model, train_data, StudentData(labels, False, []), tokenizer, objective=objective,
-                            device=device, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.01,
-                            warmup_ratio=0.1, max_length=max_length, temperature=temperature, w_hard=w_hard,
-                            w_soft=w_soft, patience=10 ** 6, seed=seed, max_steps=max_steps)
+    deadline = None if time_budget_seconds is None else started + time_budget_seconds
+    guarded = _deadline_guard()(model, deadline)
+    try:
+        history = train_student(guarded, train_data, StudentData(labels, False, []), tokenizer, objective=objective,
+                                device=device, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.01,
+                                warmup_ratio=0.1, max_length=max_length, temperature=temperature, w_hard=w_hard,
+                                w_soft=w_soft, patience=10 ** 6, seed=seed, max_steps=max_steps)
+    except _BudgetSpent:  # the load rose after the probe: stop at the last finished step
+        steps_per_epoch = -(-len(examples) // batch_size)
+        history = {"steps_done": guarded.steps, "epochs_done": round(guarded.steps / steps_per_epoch, 2),
+                   "stopped_by_budget": True}
+        logger.info("time budget of %.0f s spent after %d steps", time_budget_seconds, guarded.steps)
+    model.eval()
     history.update(max_steps=max_steps, probed_step_seconds=step_seconds, objective=objective,
                    train_examples=len(examples), train_reviews=int(len(train_rows)))
     finetuned.history = history
@@ -398,6 +409,35 @@ def _batched(call, tokenizer, texts: Sequence[str], max_length: int, width: int,
                             return_tensors="pt")
             out[rows] = call(enc["input_ids"], enc["attention_mask"]).float().numpy()
     return out
+
+
+class _BudgetSpent(Exception):
+    """Raised by the deadline guard before a training forward pass that would start after the deadline."""
+
+
+def _deadline_guard():
+    """A module class wrapping a model: its training forward passes raise :class:`_BudgetSpent` once the deadline
+    (``time.perf_counter()`` seconds) has passed, so a training loop stops between two whole steps."""
+    if "guard" in _CLASS_CACHE:
+        return _CLASS_CACHE["guard"]
+    from torch import nn
+
+    class DeadlineGuard(nn.Module):
+        def __init__(self, model, deadline: float | None):
+            super().__init__()
+            self.model = model
+            self.deadline = deadline
+            self.steps = 0
+
+        def forward(self, input_ids, attention_mask):
+            if self.training:
+                if self.deadline is not None and self.steps and time.perf_counter() > self.deadline:
+                    raise _BudgetSpent()
+                self.steps += 1
+            return self.model(input_ids, attention_mask)
+
+    _CLASS_CACHE["guard"] = DeadlineGuard
+    return DeadlineGuard
 
 
 def _time_one_step(model, data, tokenizer, batch_size: int, max_length: int, seed: int, student_loss, objective: str,

@@ -283,6 +283,8 @@ def _push_streaming(state: _State, rows, seen, batch_size, threshold, total, pro
     """Zero-shot suggestions, batch by batch: score (+ embed), cache, upsert."""
     from tqdm import tqdm
 
+    from annotate.scoring import ScoringError
+
     summary = state.summary
     present = set(seen)
     bar = tqdm(total=total, unit="rec", desc="push", disable=not progress, dynamic_ncols=True)
@@ -294,6 +296,14 @@ def _push_streaming(state: _State, rows, seen, batch_size, threshold, total, pro
                 try:
                     scores = state.scorer.score(texts)
                     embeddings = state.scorer.embed(texts) if vectors_on else None
+                except ScoringError as exc:
+                    if not (vectors_on and state.dataset is None
+                            and ("sentence encoder" in str(exc) or "has no POST /embed" in str(exc))):
+                        summary.failed += len(texts)
+                        raise
+                    # --no-adapt on a service without a sentence encoder: a dataset without vectors, as before
+                    logger.warning("%s: the dataset gets no vector field (refresh will need --embed)", exc)
+                    vectors_on, embeddings = False, None
                 except Exception:
                     summary.failed += len(texts)
                     raise

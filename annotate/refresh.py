@@ -10,7 +10,8 @@ One round (:func:`refresh`):
    a dataset without vectors needs ``embed=True`` (the scorer embeds the missing texts once).
 3. Fit :func:`annotate.adaptive.adapt` with the submitted labels (discarded records are never pseudo-labelled).
 4. Re-score every pending record (no response at all) and upsert, in bulk (:class:`annotate.upsert.Upserter`),
-   only those whose suggestion value, score (beyond 1e-6) or agent changed, with their uncertainty metadata.
+   only those whose suggested label changed or whose score moved by more than ``min_score_change`` (0.02), with
+   their uncertainty metadata.
    Submitted, discarded and draft records are never written. The fit is deterministic, so a second round without
    new reviews writes nothing, and a round killed midway and run again writes what is left, each record once.
 5. Save the head directory (what ``python -m service --classifier NAME=DIR`` serves).
@@ -201,7 +202,7 @@ def wilson(correct: int, total: int) -> tuple[float, float]:
 
 def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, labels: list[str] | None = None,
             embed_scorer=None, head_output: str | Path | None = None, batch_size: int = 256, concurrency: int = 2,
-            head_config=None, progress: bool = True) -> RefreshSummary:
+            head_config=None, progress: bool = True, min_score_change: float = 0.02) -> RefreshSummary:
     """One refresh round on ``workspace/dataset_name`` (see the module docstring).
 
     Args:
@@ -211,6 +212,10 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
             vector (``refresh --embed``); ``None``: such records are an error.
         head_output: where to save the head (default ``cache.head_dir``).
         batch_size, concurrency: of the bulk updates.
+        min_score_change: a pending record whose suggested label stays is rewritten only when its score moved by
+            more than this (the review order barely changes below it, and every write costs Argilla an index
+            update); its agent then keeps naming the head revision that last changed it. ``0`` rewrites every
+            record whose score or agent changed at all.
 
     Raises:
         RefreshError: the dataset does not exist or is multi-label, ``labels`` differ, a submitted label is not
@@ -335,8 +340,11 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
         value, score = labels[top[i]], float(adapted.scores[i, top[i]])
         if value != current.value:
             summary.changed_label += 1
-        if (value != current.value or current.score is None or abs(score - current.score) > SCORE_TOLERANCE
-                or agent != current.agent):
+        if min_score_change > 0:
+            stale = current.score is None or abs(score - current.score) > min_score_change
+        else:
+            stale = current.score is None or abs(score - current.score) > SCORE_TOLERANCE or agent != current.agent
+        if value != current.value or stale:
             changed.append(i)
     summary.changed = len(changed)
 

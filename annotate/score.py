@@ -245,7 +245,20 @@ def check_columns(kind: str, paths: list[str], text_column: str = "text", id_col
             raise ScoreInputError(f"column {name!r} not found in {first}; columns: {', '.join(names) or '(none)'}")
 
 
-def read_dataset(kind: str, paths: list[str], text_column: str = "text", id_column: str | None = None):
+def _num_blocks(paths: list[str], batch_size: int, actors: int, bytes_per_row: int = 200) -> int | None:
+    """Blocks to read local input into: about one batch each (``bytes_per_row`` is a rough text size).
+
+    Readers make blocks of thousands of rows (8,000 for a 16,000-line JSONL) and an actor takes a whole block per
+    task, so a few big blocks leave all actors but one idle and delay the first output. ``None`` (Ray's choice)
+    for URIs, whose size is not read here."""
+    if any(_is_uri(p) for p in paths):
+        return None
+    size = sum(os.path.getsize(p) for p in paths)
+    return max(4 * actors, len(paths), min(10_000, size // (batch_size * bytes_per_row) + 1))
+
+
+def read_dataset(kind: str, paths: list[str], text_column: str = "text", id_column: str | None = None,
+                 num_blocks: int | None = None):
     """A Ray Dataset of the input's text (and id) column, read by Ray Data's own reader.
 
     Read tasks reserve no CPU (``num_cpus=0``): they are light, and the actors may hold every CPU of a node.
@@ -258,15 +271,15 @@ def read_dataset(kind: str, paths: list[str], text_column: str = "text", id_colu
 
     wanted = [text_column] + ([id_column] if id_column else [])
     if kind == "text":
-        return ray.data.read_text(paths, num_cpus=0)  # one row a line, column "text" (blank lines: empty)
+        return ray.data.read_text(paths, num_cpus=0, override_num_blocks=num_blocks)  # one row a line, column "text" (blank lines: empty)
     if kind == "json":
-        ds = ray.data.read_json(paths, lines=True, num_cpus=0)
+        ds = ray.data.read_json(paths, lines=True, num_cpus=0, override_num_blocks=num_blocks)
     elif kind == "parquet":
-        ds = ray.data.read_parquet(paths, columns=None, num_cpus=0)
+        ds = ray.data.read_parquet(paths, columns=None, num_cpus=0, override_num_blocks=num_blocks)
     else:
         from pyarrow import csv
 
-        ds = ray.data.read_csv(paths, num_cpus=0,
+        ds = ray.data.read_csv(paths, num_cpus=0, override_num_blocks=num_blocks,
                                convert_options=csv.ConvertOptions(column_types={c: pa.string() for c in wanted}))
     try:
         names = list(ds.schema().names)
@@ -276,7 +289,7 @@ def read_dataset(kind: str, paths: list[str], text_column: str = "text", id_colu
     for name in wanted:
         if name not in names:
             raise ScoreInputError(f"column {name!r} not found in {paths[0]}; columns: {', '.join(names) or '(none)'}")
-    return ds.select_columns(wanted)
+    return ds.select_columns(wanted, num_cpus=0)  # light, and the actors may hold every CPU
 
 
 def _last_line(exc: BaseException) -> str:
@@ -498,10 +511,8 @@ def score(inputs: list[str], output: str | Path, config: ScoreConfig, *, concurr
     summary.ray_address = start_ray(ray_address, high * config.num_cpus, object_store_mb)
     try:
         summary.cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
-        # Blocks of one batch each: readers make blocks of thousands of rows (8,000 for a 16,000-line JSONL), and an
-        # actor takes a whole block per task, so big blocks starve all actors but one and delay the first output.
-        ds = read_dataset(kind, paths, config.text_column, config.id_column).repartition(
-            target_num_rows_per_block=config.batch_size)
+        ds = read_dataset(kind, paths, config.text_column, config.id_column,
+                          num_blocks=_num_blocks(paths, config.batch_size, high))
         done_ids = frozenset(store.ids()) if store.shards() else frozenset()
         done = [ray.put(done_ids)] if done_ids else []
         logger.info("%d ids already stored in %s: those rows are skipped", len(done_ids), store.root)

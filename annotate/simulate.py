@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from annotate.adaptive import HeadConfig, _logistic, adapt, pool_pseudo_labels
+from annotate.adaptive import HeadConfig, _logistic, adapt, pool_adaptation
 from annotate.strategies import QueryStrategy
 
 logger = logging.getLogger(__name__)
@@ -76,11 +76,9 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
                                   "pool_accuracy": _metrics(pool.zero_shot, pool.gold)[0]},
                     "curve": []}
     reviewed: dict[int, int] = {}
-    from threadpoolctl import threadpool_limits
 
     began = time.perf_counter()
-    with threadpool_limits(1):
-        pseudo = pool_pseudo_labels(pool.embeddings.astype(np.float64), pool.zero_shot, config)
+    pseudo = pool_adaptation(pool.embeddings, pool.zero_shot, labels, config)
     report["pseudo_label_seconds"] = round(time.perf_counter() - began, 4)
     bar = tqdm(total=budgets[-1], unit="review", desc=f"simulate ({strategy.name})", disable=not progress)
     adapted = None

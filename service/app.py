@@ -30,8 +30,15 @@ from service.config import Settings
 from service.guards import BearerAuth, BodyLimit, ConcurrencyLimit
 from service.loader import ServedMethods, load_methods
 from service.metrics import Metrics, MetricsMiddleware
-from service.schemas import (ClassifyRequest, ClassifyResponse, EmbedRequest, EmbedResponse, ZeroShotItem,
-                             ZeroShotRequest, ZeroShotResponse)
+from service.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    EmbedRequest,
+    EmbedResponse,
+    ZeroShotItem,
+    ZeroShotRequest,
+    ZeroShotResponse,
+)
 from service.zeroshot import InputError
 
 logger = logging.getLogger(__name__)

@@ -98,7 +98,23 @@ def load_classifier(name: str, model_id: str, *, engine: str = "auto", quantizat
     multi = config.get("problem_type") == "multi_label_classification"
     info = {"model_id": model_id, "model_path": str(source.path), "labels": labels, "multi_label": multi,
             "max_length": length, **facts, **built.describe(), "load_seconds": round(time.perf_counter() - started, 3)}
-    return TextClassifier(name, tokenizer, built, labels, multi, length, runner, info)
+    onnx_path = getattr(built, "onnx_path", None)
+    if onnx_path and Path(onnx_path).is_file():
+        info["size_mb"] = round(Path(onnx_path).stat().st_size / 1e6, 2)  # the graph this engine runs
+    classifier = TextClassifier(name, tokenizer, built, labels, multi, length, runner, info)
+    info["texts_per_s"] = _measure_rate(classifier)
+    return classifier
+
+
+def _measure_rate(classifier: TextClassifier, n: int = 64) -> float:
+    """Texts/s of ``classifier`` on ``n`` synthetic 24-word texts, tokenization included (one warm-up call first);
+    a load-time estimate for ``/info``, not a benchmark."""
+    text = " ".join(["the quarterly report shows that the company expects strong growth in its new markets"] * 2)
+    texts = [f"{i} {text}" for i in range(n)]
+    classifier.probabilities(texts[:8])
+    began = time.perf_counter()
+    classifier.probabilities(texts)
+    return round(n / max(time.perf_counter() - began, 1e-9), 1)
 
 
 class HeadClassifier:
@@ -133,10 +149,9 @@ class HeadClassifier:
     def __call__(self, texts: list[str]) -> list[ZeroShotResult]:
         """One result per text, labels sorted by descending probability (``truncated``: longer than the encoder's
         window, which it cuts)."""
-        tokenizer = self.encoder.tokenizer
-        lengths = tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False)["input_ids"]
-        truncated = [len(ids) > self.encoder.max_length for ids in lengths]
-        return rank(texts, self.labels, self.probabilities(texts), truncated)
+        tokenizer = self.encoder.tokenizer  # counted on a copy: see service.long_text (thread safety)
+        cut, truncated = cut_to_budget(tokenizer, texts, self.encoder.max_length - special_tokens(tokenizer, pair=False))
+        return rank(texts, self.labels, self.probabilities(cut), truncated)
 
     def close(self) -> None:
         """Nothing to release: the encoder belongs to the embedding model."""

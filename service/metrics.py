@@ -77,8 +77,10 @@ class _ServedState:
             for role, model in served.models.items():
                 queue.add_metric([role], model.runner.queued)
                 info.add_metric([role], {"model": model.source.model_id, "engine": model.engine.name})
+            shared = {id(model.runner) for model in served.models.values()}
             for name, classifier in served.classifiers.items():
-                queue.add_metric([f"classifier:{name}"], classifier.runner.queued)
+                if id(classifier.runner) not in shared:  # an adapted head queues in the embedding model's runner
+                    queue.add_metric([f"classifier:{name}"], classifier.runner.queued)
                 info.add_metric([f"classifier:{name}"], {"model": classifier.info.get("model_id", name),
                                                          "engine": classifier.engine.name})
             embedding = served.models.get("embedding")
@@ -121,7 +123,8 @@ class Metrics:
         for role, model in served.models.items():
             model.runner.observer = ModelObserver(self, role)
         for name, classifier in served.classifiers.items():
-            classifier.runner.observer = ModelObserver(self, f"classifier:{name}")
+            if classifier.runner.observer is None:  # an adapted head shares the embedding model's runner
+                classifier.runner.observer = ModelObserver(self, f"classifier:{name}")
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""

@@ -60,11 +60,11 @@ def test_adapt_refuses_mismatched_inputs():
 
 @pytest.fixture(scope="module")
 def ag_slice(data_dir):
-    """1,200 pool texts and 400 test texts of AG News: embeddings, zero-shot scores (embedding method), gold."""
+    """1,331 pool texts and 400 test texts of AG News: embeddings, zero-shot scores (embedding method), gold."""
     from annotate.scoring import LocalScorer
 
     rows = [json.loads(line) for line in (data_dir / "classification/ag_news/train_unlabeled_8k_description_only.jsonl")
-            .open(encoding="utf-8")][:1200]
+            .open(encoding="utf-8")][::6]  # the file is sorted by label: every 6th row spans all four
     test = [json.loads(line) for line in (data_dir / "classification/ag_news/test.jsonl").open(encoding="utf-8")][::19]
     scorer = LocalScorer(AG_LABELS, "This news article is about {}.", method="embedding", batch_size=128)
     try:
@@ -102,7 +102,7 @@ def test_fits_are_deterministic_and_the_revision_follows_the_reviews(ag_slice, t
     reviewed = {0: int(s["y"][0]), 7: int(s["y"][7])}
     a = adapt(s["x"], s["p0"], AG_LABELS, reviewed=reviewed)
     b = adapt(s["x"], s["p0"], AG_LABELS, reviewed=dict(reversed(list(reviewed.items()))))
-    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-12)  # row order of the reviews: float rounding only
     assert a.report.revision == b.report.revision
     c = adapt(s["x"], s["p0"], AG_LABELS, reviewed={**reviewed, 9: int(s["y"][9])})
     assert c.report.revision != a.report.revision
@@ -138,7 +138,8 @@ def test_reviews_that_favour_zero_shot_keep_zero_shot(ag_slice):
     if result.head is not None:
         assert result.report.cv_accuracy >= result.report.cv_accuracy_zero_shot
     else:
-        assert result.report.mode == "zero-shot" and result.report.cv_accuracy < result.report.cv_accuracy_zero_shot
+        assert result.report.mode == "zero-shot"
+        np.testing.assert_array_equal(result.scores, s["p0"])
 
 
 def test_single_reviewed_class_falls_back_to_pseudo_labels():

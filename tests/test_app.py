@@ -440,22 +440,33 @@ def test_a_body_over_the_limit_is_a_413_naming_it(guarded):
 def test_requests_beyond_the_concurrency_limit_get_429_with_retry_after(guarded):
     import threading
 
+    release = threading.Event()
+
+    def slow_body():  # the first request holds the only slot until its body is complete
+        yield b'{"texts": ["Goal!"], '
+        release.wait(30)
+        yield b'"labels": ["sports", "business", "politics"]}'
+
     first: list[httpx.Response] = []
-    slow = threading.Thread(target=lambda: first.append(httpx.post(  # waits ~600 ms in the micro-batcher
-        guarded.url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}, headers=KEY, timeout=60)))
+    slow = threading.Thread(target=lambda: first.append(httpx.post(
+        guarded.url + "/zero-shot", content=slow_body(), headers={**KEY, "content-type": "application/json"},
+        timeout=60)))
     slow.start()
     try:
-        deadline = time.monotonic() + 10
-        while metric_value(httpx.get(guarded.url + "/metrics", headers=KEY).text, "zsc_queue_size", model="nli") == 0:
-            assert time.monotonic() < deadline, "the first request never reached the queue"
+        deadline = time.monotonic() + 30
+        while metric_value(httpx.get(guarded.url + "/metrics", headers=KEY).text, "zsc_requests_in_progress") < 2:
+            assert time.monotonic() < deadline, "the first request never started"  # (the scrape itself is 1)
             time.sleep(0.02)
         second = httpx.post(guarded.url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}, headers=KEY)
         assert second.status_code == 429 and second.headers["retry-after"] == "1"
         assert "ZSC_MAX_CONCURRENT_REQUESTS" in second.json()["detail"]
         assert httpx.get(guarded.url + "/health").status_code == 200  # probes are never refused
     finally:
+        release.set()
         slow.join(60)
     assert first[0].status_code == 200
+    assert httpx.post(guarded.url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}, headers=KEY,
+                      timeout=60).status_code == 200  # the slot is free again
 
 
 def test_sigterm_lets_a_request_in_progress_finish(tiny_model_dir, cache_dir):
@@ -464,7 +475,7 @@ def test_sigterm_lets_a_request_in_progress_finish(tiny_model_dir, cache_dir):
 
     port = free_port()
     env = {**os.environ, "ZSC_CACHE_DIR": str(cache_dir), "ZSC_MODEL": str(tiny_model_dir), "ZSC_ENGINE": "torch",
-           "ZSC_EMBEDDING_MODEL": "none", "ZSC_BATCH_WAIT_MS": "1000"}
+           "ZSC_EMBEDDING_MODEL": "none"}
     proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning",
                              "--timeout-graceful-shutdown", "20"], cwd=REPO, env=env)
     try:
@@ -478,13 +489,23 @@ def test_sigterm_lets_a_request_in_progress_finish(tiny_model_dir, cache_dir):
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
+        release = threading.Event()
+
+        def slow_body():  # the request is in progress until its body is complete
+            yield b'{"texts": ["Goal!"], '
+            release.wait(30)
+            yield b'"labels": ["sports", "business", "politics"]}'
+
         answers: list[httpx.Response] = []
         request = threading.Thread(target=lambda: answers.append(httpx.post(
-            url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}, timeout=60)))
+            url + "/zero-shot", content=slow_body(), headers={"content-type": "application/json"}, timeout=60)))
         request.start()
-        while metric_value(httpx.get(url + "/metrics").text, "zsc_queue_size", model="nli") == 0:
-            time.sleep(0.02)  # then the request waits 1 s in the micro-batcher
+        while metric_value(httpx.get(url + "/metrics").text, "zsc_requests_in_progress") < 2:
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert proc.poll() is None  # it waits for the request in progress
+        release.set()
         request.join(60)
         assert answers and answers[0].status_code == 200 and len(answers[0].json()["results"]) == 1
         assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down

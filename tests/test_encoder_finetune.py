@@ -75,3 +75,23 @@ def test_holdout_split_is_stratified_and_keeps_every_class_in_training():
     assert sorted(np.concatenate([train, held]).tolist()) == list(range(16))
     assert np.bincount(y[held], minlength=3).tolist() == [2, 1, 0]
     assert set(y[train].tolist()) == {0, 1, 2}
+
+
+def test_deadline_guard_stops_training_between_whole_steps():
+    import time
+
+    import torch
+
+    from annotate.encoder_finetune import _BudgetSpent, _deadline_guard
+
+    class Sum(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            return (input_ids * attention_mask).float().sum(1, keepdim=True)
+
+    ids = torch.ones((2, 3), dtype=torch.int64)
+    guard = _deadline_guard()(Sum(), time.perf_counter() - 1.0).train()
+    assert guard(ids, ids).shape == (2, 1)  # the first step always runs
+    with pytest.raises(_BudgetSpent):
+        guard(ids, ids)
+    assert guard.steps == 1
+    assert guard.eval()(ids, ids).shape == (2, 1)  # scoring is never stopped

@@ -10,8 +10,7 @@ import pytest
 
 import service.engines as engines
 from service.config import Settings
-from service.engines import create_engine
-from service.engines import selection
+from service.engines import create_engine, selection
 from service.loader import load_model
 from service.sources import resolve_model
 

@@ -150,3 +150,59 @@ def test_bad_input_stops_before_training(case, message, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and message in result.stderr, result.stderr
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def head_taught_pool(data_dir, tmp_path_factory):
+    """400 real AG News pool texts, the pool-adapted head fitted on them (python -m annotate adapt's code, packaged
+    embedding teacher in-process), and its soft labels for the first 300 (from the stored embeddings)."""
+    from annotate.adapt_cmd import adapt_pool
+    from annotate.scoring import LocalScorer
+    from train.head_teacher import HeadTeacher
+
+    labels = ["world news", "sports", "business", "science and technology"]
+    rows = [json.loads(line) for line in (data_dir / "classification" / "ag_news" /
+                                          "train_unlabeled_8k_description_only.jsonl").read_text().splitlines()]
+    texts = [rows[i]["text"] for i in np.random.default_rng(1).permutation(len(rows))[:400]]
+    root = tmp_path_factory.mktemp("head")
+    scorer = LocalScorer(labels, "This news article is about {}.", method="embedding", engine="onnxruntime")
+    try:
+        result = adapt_pool(texts, labels, "This news article is about {}.", scorer, root / "head", root / "cache")
+    finally:
+        scorer.close()
+    teacher = HeadTeacher(result.directory, embedding_stores=[p for p in (root / "cache").iterdir() if p.is_dir()])
+    soft = teacher.scores(texts[:300])
+    assert teacher.encoder_passes == 0
+    return labels, texts[:300], soft
+
+
+@pytest.mark.parametrize("kind", ["fasttext", "cnn", "bilstm"])
+def test_tiny_student_from_a_head_teacher_beats_the_majority_class(kind, head_taught_pool, data_dir, minilm_dir):
+    import torch
+    from transformers import AutoTokenizer
+
+    from train.finetune import seed_everything
+    from train.student_data import Example, StudentData
+    from train.students import build_student
+
+    labels, texts, soft = head_taught_pool
+    gold_map = {"World": 0, "Sports": 1, "Business": 2, "Sci/Tech": 3}
+    test_rows = [json.loads(line) for line in (data_dir / "classification" / "ag_news" / "test.jsonl").read_text()
+                 .splitlines()[:300]]
+    test_texts = [f"{r['title']} {r['description']}" for r in test_rows]
+    gold = np.array([gold_map[r["label"]] for r in test_rows])
+    majority = np.bincount(gold).max() / len(gold)
+    seed_everything(0)
+    data = StudentData(labels, False, [Example(t, soft=s) for t, s in zip(texts, soft)])
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    options = {"fasttext": {"dim": 64, "buckets": 4096}, "cnn": {"filters": 50}, "bilstm": {"hidden": 64}}[kind]
+    model = build_student(kind, labels=labels, multi_label=False, base_dir=minilm_dir, hyperparameters=options)
+    lr = {"fasttext": 3e-2, "cnn": 3e-3, "bilstm": 1e-2}[kind]  # a bag of embeddings needs a large step
+    train_student(model, data, StudentData(labels, False, []), tokenizer, objective="soft", device=torch.device("cpu"),
+                  epochs=4, batch_size=32, lr=lr, weight_decay=0.0, warmup_ratio=0.0, max_length=64, temperature=1.0,
+                  w_hard=0.5, w_soft=0.5, patience=100, seed=0)
+    with torch.inference_mode():
+        enc = tokenizer(test_texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        predicted = model(enc["input_ids"], enc["attention_mask"]).argmax(1).numpy()
+    accuracy = float((predicted == gold).mean())
+    assert accuracy > majority + 0.1, (kind, accuracy, majority)

@@ -24,6 +24,18 @@ TEXTS = ["The striker scored twice in the final minutes.", "Shares fell after th
          "The new chip doubles battery life in phones.", "Rebels and the army agreed to a ceasefire."]
 
 
+def post(url: str, body: dict) -> dict:
+    """``POST /zero-shot``, retried while a replica answers 503 (still loading its model, e.g. after Serve restarted
+    it), as the service asks clients to."""
+    deadline = time.monotonic() + 180
+    while True:
+        response = httpx.post(url + "/zero-shot", json=body, timeout=120)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            assert response.status_code == 200, response.text[:500]
+            return response.json()
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def served(cache_dir):
     import ray
@@ -58,8 +70,7 @@ def test_two_replicas_serve_the_same_app(served):
 
     status = serve.status().applications["zeroshot"].deployments["zeroshot"]
     assert status.replica_states.get("RUNNING") == 2, status
-    answers = [httpx.post(served + "/zero-shot", timeout=120,
-                          json={"texts": TEXTS, "labels": LABELS, "method": "embedding"}).json() for _ in range(4)]
+    answers = [post(served, {"texts": TEXTS, "labels": LABELS, "method": "embedding"}) for _ in range(4)]
     assert all(a["method"] == "embedding" for a in answers)
     assert answers[0]["results"][0]["labels"][0] == "Sports"
     for other in answers[1:]:  # whichever replica answered, the same scores
@@ -75,8 +86,7 @@ def test_answers_equal_the_in_process_engine(served):
         local = scorer.score(TEXTS)
     finally:
         scorer.close()
-    answer = httpx.post(served + "/zero-shot", timeout=120,
-                        json={"texts": TEXTS, "labels": LABELS, "method": "embedding"}).json()
+    answer = post(served, {"texts": TEXTS, "labels": LABELS, "method": "embedding"})
     remote = [[dict(zip(r["labels"], r["scores"]))[label] for label in LABELS] for r in answer["results"]]
     np.testing.assert_allclose(remote, local, atol=1e-4)
 

@@ -128,15 +128,17 @@ def test_refresh_updates_only_pending_resumes_after_a_kill_and_is_idempotent(ada
     before = adapted["before"]
     out = adapted["tmp"]
     # killed right after the first update batch (20 records) was acknowledged
+    # --min-score-change 0: every pending record whose score or agent changed is rewritten (the default, 0.02,
+    # skips records whose label stays and whose score barely moved)
     killed = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--batch-size", "20",
-                 "--concurrency", "1", env={"ANNOTATE_REFRESH_FAIL_AFTER_BATCHES": "1"})
+                 "--concurrency", "1", "--min-score-change", "0", env={"ANNOTATE_REFRESH_FAIL_AFTER_BATCHES": "1"})
     assert killed.returncode == 137, killed.stderr
     middle = snapshot(argilla_stack, "adaptive")
     moved = {rid for rid in middle if middle[rid][2] != before[rid][2] or middle[rid][:2] != before[rid][:2]}
     assert len(moved) == 20 and not moved & reviewed
 
     result = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--batch-size", "20",
-                 "--summary-json", str(out / "refresh1.json"))
+                 "--min-score-change", "0", "--summary-json", str(out / "refresh1.json"))
     assert result.returncode == 0, result.stderr
     first = json.loads((out / "refresh1.json").read_text())
     assert first["submitted"] == 30 and first["discarded"] == 5 and first["pending"] == 45

@@ -144,7 +144,12 @@ def build_student(kind: str, *, labels: list[str], multi_label: bool, base_dir: 
     with torch.no_grad():
         if table.weight.shape[1] == embeddings.shape[1]:
             table.weight.copy_(embeddings)
-        else:  # a fixed random projection of the encoder's table keeps its geometry roughly
+        elif table.weight.shape[1] < embeddings.shape[1]:  # the table's top principal directions (PCA), which keep
+            centred = embeddings - embeddings.mean(0)      # more of its geometry than a random projection
+            _, _, v = torch.linalg.svd(centred[:: max(1, len(centred) // 8192)], full_matrices=False)
+            projected = centred @ v[: table.weight.shape[1]].T
+            table.weight.copy_(projected * (embeddings.std() / projected.std().clamp_min(1e-12)))
+        else:  # wider than the encoder: a fixed random projection keeps its geometry roughly
             projection = torch.randn(embeddings.shape[1], table.weight.shape[1]) / embeddings.shape[1] ** 0.5
             table.weight.copy_(embeddings @ projection)
     model.student_kind = kind
