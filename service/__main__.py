@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -70,6 +71,11 @@ def main(
         where = f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: " if err["loc"] else ""
         typer.echo(f"error: {where}{err['msg']}", err=True)
         raise typer.Exit(2) from None
+    if settings.engine != "torch" and "USE_TORCH" not in os.environ and "torch" not in sys.modules:
+        # Only the tokenizers of transformers serve here; with torch it imports torch, scikit-learn and scipy too
+        # (~10 s and ~400 MB, docs/speed_startup.md). Exports, when a graph is not cached, run in a child process.
+        os.environ["USE_TORCH"] = "0"
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # its "None of PyTorch ... found" notice
     import uvicorn
 
     from service.app import create_app

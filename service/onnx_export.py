@@ -99,6 +99,25 @@ def _path_key(path: Path) -> str:
     return hashlib.sha256(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
+#: Values of ``USE_TORCH`` with which transformers uses torch (``transformers.utils.import_utils``).
+_TORCH_ON = {"1", "ON", "YES", "TRUE", "AUTO"}
+
+
+def torch_disabled() -> bool:
+    """Whether this process runs transformers without torch (``USE_TORCH`` set to anything but 1/on/yes/true/auto).
+
+    ``python -m service`` sets ``USE_TORCH=0`` for every engine but ``torch``: the tokenizers are all the serving
+    process needs of transformers, and importing transformers with torch costs about 10 s and 400 MB there
+    (measured in docs/speed_startup.md). Exports then run in a child process (:func:`export_onnx`).
+    """
+    return os.environ.get("USE_TORCH", "AUTO").upper() not in _TORCH_ON
+
+
+def torch_env() -> dict[str, str]:
+    """This process's environment for a child that needs transformers with torch (``USE_TORCH`` removed)."""
+    return {k: v for k, v in os.environ.items() if k != "USE_TORCH"}
+
+
 def export_onnx(model_dir: Path, target: Path, *, opset: int = OPSET, task: str = "sequence-classification") -> Path:
     """Export the model at ``model_dir`` to ``target`` (float32).
 
@@ -109,9 +128,14 @@ def export_onnx(model_dir: Path, target: Path, *, opset: int = OPSET, task: str 
     pooling and L2 normalisation inside the graph (:class:`service.pooling.SentenceEmbedder`).
     Written to a temporary file and renamed, so a crash leaves no half file.
 
+    In a process that runs transformers without torch (:func:`torch_disabled`, the serving process of
+    ``python -m service``) the export runs in a child interpreter (``python -m service.onnx_export``) with torch.
+
     Raises:
         ExportError: torch/transformers missing or the exporter failed.
     """
+    if torch_disabled():
+        return _export_in_child(model_dir, target, opset=opset, task=task)
     try:
         import inspect
 
@@ -151,6 +175,25 @@ def export_onnx(model_dir: Path, target: Path, *, opset: int = OPSET, task: str 
         raise ExportError(f"ONNX export of {model_dir} failed: {exc}") from exc
     os.replace(tmp, target)
     return target
+
+
+def _export_in_child(model_dir: Path, target: Path, *, opset: int, task: str) -> Path:
+    import subprocess
+    import sys
+
+    import service
+
+    root = str(Path(service.__file__).resolve().parents[1])
+    env = torch_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    logger.info("exporting %s (%s) to ONNX in a child process (this one runs transformers without torch)",
+                model_dir, task)
+    proc = subprocess.run([sys.executable, "-m", "service.onnx_export", str(model_dir), str(target), task, str(opset)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not Path(target).is_file():
+        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise ExportError(f"ONNX export of {model_dir} failed in the export process: {last}")
+    return Path(target)
 
 
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMulInteger", "QLinearConv",
@@ -207,3 +250,14 @@ def _inspect_onnx(onnx_path: Path) -> dict:
     return {"sparsity": round(zeros / total, 4) if total else 0.0,
             "quantization": "int8" if ops & _QUANT_OPS else "none",
             "weight_params": total}
+
+
+if __name__ == "__main__":  # python -m service.onnx_export MODEL_DIR TARGET TASK OPSET (see _export_in_child)
+    import sys
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        export_onnx(Path(sys.argv[1]), Path(sys.argv[2]), task=sys.argv[3], opset=int(sys.argv[4]))
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -201,6 +201,50 @@ def test_the_documented_launchers_serve_over_http(launcher, tiny_model_dir, cach
         proc.wait(30)
 
 
+@pytest.mark.slow
+def test_python_m_service_serves_without_torch_and_exports_in_a_child(tiny_model_dir, tmp_path):
+    """``python -m service`` (engine onnxruntime, an empty cache, so the graph must be exported) runs transformers
+    without torch: torch's shared library is never mapped into the serving process, the export ran in a child,
+    and the scores equal the in-process service's (which runs with torch, as these tests do)."""
+    cache = tmp_path / "cache"
+    port = free_port()
+    env = {**os.environ, "ZSC_CACHE_DIR": str(cache), "ZSC_MODEL": str(tiny_model_dir), "ZSC_ENGINE": "onnxruntime",
+           "ZSC_EMBEDDING_MODEL": "none", "ZSC_QUANTIZATION": "none", "ZSC_CALIBRATE": "false"}
+    env.pop("USE_TORCH", None)
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"],
+                            cwd=REPO, env=env)
+    body = {"texts": ["The match ended in a draw.", "Shares fell sharply."], "labels": LABELS, "method": "nli"}
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        ready = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(url + "/ready")
+                if ready.status_code != 503:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert ready is not None and ready.status_code == 200, ready.text if ready is not None else proc.returncode
+        served = httpx.post(url + "/zero-shot", json=body).json()
+        maps = open(f"/proc/{proc.pid}/maps").read()
+        assert "libtorch" not in maps, "the serving process loaded torch"
+        assert "onnxruntime" in maps
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert list((cache / "onnx").rglob("model.onnx")), "no graph was exported into the cache"
+    in_process = Settings(model=str(tiny_model_dir), engine="onnxruntime", embedding_model="none", quantization="none",
+                          calibrate=False, cache_dir=cache)
+    with LiveServer(create_app(in_process)) as live:
+        live.wait_ready()
+        expected = httpx.post(live.url + "/zero-shot", json=body).json()
+    for got, want in zip(served["results"], expected["results"]):
+        assert got["labels"] == want["labels"]
+        np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-6)
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--engine", "tensorrt"], "engine"),
     (["--model", "none", "--method", "nli"], "method 'nli' needs model to name a model"),

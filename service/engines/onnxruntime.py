@@ -15,6 +15,10 @@ class OnnxRuntimeEngine(Engine):
     Args:
         onnx_path: the graph; its inputs are a subset of input_ids / attention_mask / token_type_ids.
         num_threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
+        allow_spinning: whether idle intra-op threads spin (busy-wait) between ops (ONNX Runtime's
+            ``session.intra_op.allow_spinning``; ``None`` keeps its default, on). Off returns the cores to
+            other threads of the process (tokenizer, HTTP) and to other processes sooner; which is faster
+            depends on the machine: ``benchmarks/ort_variants.py`` measures both.
 
     Raises:
         EngineError: onnxruntime is not installed or cannot load the graph.
@@ -22,7 +26,7 @@ class OnnxRuntimeEngine(Engine):
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, *, num_threads: int | None = None):
+    def __init__(self, onnx_path: Path, *, num_threads: int | None = None, allow_spinning: bool | None = None):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -32,6 +36,8 @@ class OnnxRuntimeEngine(Engine):
         if num_threads:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
+        if allow_spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -39,9 +45,11 @@ class OnnxRuntimeEngine(Engine):
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.onnx_path = Path(onnx_path)
         self.num_threads = num_threads
+        self.allow_spinning = allow_spinning
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(None, {k: inputs[k] for k in self.input_names})[0].astype(np.float32, copy=False)
 
     def describe(self) -> dict:
-        return {**super().describe(), "onnx_path": str(self.onnx_path), "num_threads": self.num_threads}
+        return {**super().describe(), "onnx_path": str(self.onnx_path), "num_threads": self.num_threads,
+                "allow_spinning": self.allow_spinning}

@@ -23,6 +23,11 @@ class TorchEngine(Engine):
     name = "torch"
 
     def __init__(self, model_dir: Path, *, num_threads: int | None = None, task: str = "sequence-classification"):
+        from service.onnx_export import torch_disabled
+
+        if torch_disabled():
+            raise EngineError("the torch engine needs transformers with torch, and this process runs it without "
+                              "(USE_TORCH=0; python -m service sets it unless --engine torch)")
         try:
             import torch
             from transformers import AutoModelForSequenceClassification
