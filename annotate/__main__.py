@@ -348,6 +348,20 @@ def refresh(
             scorer.close()
 
 
+def _zero_shot_scorer(settings, labels: list[str], hypothesis_template: str, method: str | None):
+    """The scorer of ``simulate`` and ``adapt``: the service at ``service_url``, else in-process (exit 1 if neither
+    can be had)."""
+    from annotate.scoring import HttpScorer, LocalScorer, ScoringError
+
+    try:
+        if settings.service_url:
+            return HttpScorer(settings.service_url, labels, hypothesis_template, method=method)
+        return LocalScorer(labels, hypothesis_template, model=settings.model, engine=settings.engine, method=method,
+                           batch_size=128)
+    except ScoringError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _embedding_scorer(settings):
     """A scorer whose ``embed`` serves ``refresh --embed`` (the service at ``service_url``, else in-process)."""
     from annotate.scoring import HttpScorer, LocalScorer, ScoringError
@@ -530,7 +544,7 @@ def simulate(
     the plain zero-shot scores and to a classifier trained on the reviews alone.
     """
     from annotate import readers
-    from annotate.scoring import HttpScorer, LocalScorer, ScoringError
+    from annotate.scoring import ScoringError
     from annotate.simulate import LabelledSplit, gold_indices, plot_curve, read_labelled, scored_split
     from annotate.simulate import simulate as run_simulate
     from annotate.strategies import get_strategy
@@ -561,14 +575,7 @@ def simulate(
     except (ValueError, readers.InputError) as exc:
         raise _fail(str(exc), 2) from None
     _setup_logging(log_level)
-    try:
-        if settings.service_url:
-            scorer = HttpScorer(settings.service_url, labels, hypothesis_template, method=method)
-        else:
-            scorer = LocalScorer(labels, hypothesis_template, model=settings.model, engine=settings.engine,
-                                 method=method, batch_size=128)
-    except ScoringError as exc:
-        raise _fail(str(exc)) from None
+    scorer = _zero_shot_scorer(settings, labels, hypothesis_template, method)
     root = cache_dir or Path.home() / ".cache" / "zeroshot-preannotate" / "annotate" / "simulate"
     key = {"labels": labels, "hypothesis_template": hypothesis_template, "method": method, "model": scorer.model_id}
     try:
@@ -647,7 +654,7 @@ def adapt_command(
     from annotate import readers
     from annotate.adapt_cmd import KeptZeroShot, adapt_pool
     from annotate.adaptive import AdaptError
-    from annotate.scoring import HttpScorer, LocalScorer, ScoringError
+    from annotate.scoring import ScoringError
 
     settings = _settings(service_url=service_url)
     try:
@@ -663,14 +670,7 @@ def adapt_command(
     except (ValueError, readers.InputError) as exc:
         raise _fail(str(exc), 2) from None
     _setup_logging(log_level)
-    try:
-        if settings.service_url:
-            scorer = HttpScorer(settings.service_url, labels, hypothesis_template, method=method)
-        else:
-            scorer = LocalScorer(labels, hypothesis_template, model=settings.model, engine=settings.engine,
-                                 method=method, batch_size=128)
-    except ScoringError as exc:
-        raise _fail(str(exc)) from None
+    scorer = _zero_shot_scorer(settings, labels, hypothesis_template, method)
     root = cache_dir or Path.home() / ".cache" / "zeroshot-preannotate" / "annotate" / "simulate"
     try:
         result = adapt_pool(texts, labels, hypothesis_template, scorer, output, root, method=method,
