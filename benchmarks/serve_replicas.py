@@ -95,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         from tests.conftest import free_port
 
         url = start(replicas=args.replicas, num_cpus=1, port=free_port())
-        while httpx.get(url + "/ready", timeout=60).status_code != 200:
-            time.sleep(1)
+        # The proxy routes each /ready to one replica: the first one ready answers 200 while the others still load
+        # (and answer 503 to /zero-shot), so wait for every replica: enough consecutive 200s in a row.
+        in_a_row = 0
+        while in_a_row < 4 * args.replicas:
+            in_a_row = in_a_row + 1 if httpx.get(url + "/ready", timeout=60).status_code == 200 else 0
+            time.sleep(0.1 if in_a_row else 1)
         results[f"Ray Serve, {args.replicas} replicas x 1 CPU"] = load(url, texts, args.clients, args.requests,
                                                                       args.texts)
     finally:
