@@ -114,8 +114,14 @@ def torch_disabled() -> bool:
 
 
 def torch_env() -> dict[str, str]:
-    """This process's environment for a child that needs transformers with torch (``USE_TORCH`` removed)."""
-    return {k: v for k, v in os.environ.items() if k != "USE_TORCH"}
+    """This process's environment for a child interpreter that imports this ``service`` package and needs
+    transformers with torch: ``USE_TORCH`` removed, the package's root first on ``PYTHONPATH``."""
+    import service
+
+    env = {k: v for k, v in os.environ.items() if k != "USE_TORCH"}
+    root = str(Path(service.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
 
 
 def export_onnx(model_dir: Path, target: Path, *, opset: int = OPSET, task: str = "sequence-classification") -> Path:
@@ -181,15 +187,10 @@ def _export_in_child(model_dir: Path, target: Path, *, opset: int, task: str) ->
     import subprocess
     import sys
 
-    import service
-
-    root = str(Path(service.__file__).resolve().parents[1])
-    env = torch_env()
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     logger.info("exporting %s (%s) to ONNX in a child process (this one runs transformers without torch)",
                 model_dir, task)
     proc = subprocess.run([sys.executable, "-m", "service.onnx_export", str(model_dir), str(target), task, str(opset)],
-                          env=env, capture_output=True, text=True)
+                          env=torch_env(), capture_output=True, text=True)
     if proc.returncode != 0 or not Path(target).is_file():
         last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         raise ExportError(f"ONNX export of {model_dir} failed in the export process: {last}")

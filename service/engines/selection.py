@@ -192,18 +192,15 @@ def measure_in_child(source, options: dict, candidates: tuple[str, ...], *, batc
     import sys
     import tempfile
 
-    import service
     from service.engines.base import EngineError
 
     began = time.perf_counter()
     level = logging.getLogger("service").getEffectiveLevel()
     payload = pickle.dumps({"source": source, "options": options, "candidates": tuple(candidates),
                             "batch_rows": batch_rows, "seq_lens": tuple(seq_lens), "log_level": level})
-    root = str(Path(service.__file__).resolve().parents[1])  # the child imports the same service package
     from service.onnx_export import torch_env
 
-    env = torch_env()  # the child exports graphs: transformers with torch there, even where this process has none
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env = torch_env()  # the same service package, and transformers with torch for the exports it may run
     with tempfile.TemporaryDirectory(prefix="zsc-auto-") as tmp:
         out = Path(tmp) / "result.json"
         try:
