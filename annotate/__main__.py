@@ -280,6 +280,19 @@ def refresh(
     every: Annotated[int, typer.Option(help="With --watch: new responses that trigger a refresh.", min=1)] = 25,
     poll_seconds: Annotated[float, typer.Option(help="With --watch: seconds between polls of Argilla.", min=0.1)]
     = 10.0,
+    finetune: Annotated[bool, typer.Option("--finetune/--no-finetune", help="Use the newest finished encoder "
+                                           "fine-tune where it beats the head on held-out reviews; with --watch, "
+                                           "also start one in the background once enough reviews arrived.")] = True,
+    finetune_min_reviews: Annotated[int, typer.Option(help="With --watch: submitted records before the first "
+                                                      "background fine-tune.", min=2)] = 200,
+    finetune_every: Annotated[int, typer.Option(help="With --watch: further submitted records before the next "
+                                                "fine-tune.", min=1)] = 200,
+    finetune_time_budget: Annotated[float, typer.Option(help="Seconds of training per fine-tune (scoring the pending "
+                                                        "records comes after).", min=1.0)] = 600.0,
+    finetune_threads: Annotated[int, typer.Option(help="Torch threads of the background fine-tune.", min=1)] = 1,
+    finetune_margin: Annotated[float, typer.Option(help="Swap the fine-tuned encoder in when its held-out accuracy "
+                                                   "beats the head's by more than this (negative: even when it does "
+                                                   "not, for trials).", min=-1.0, max=1.0)] = 0.0,
     summary_json: Annotated[Optional[Path], typer.Option(help="Also write the (last) summary here as JSON.",
                                                          show_default=False)] = None,
     log_level: LogLevel = "info",
@@ -291,8 +304,13 @@ def refresh(
     second refresh without new reviews writes nothing. Submitted, discarded and draft records are never touched.
     Prints the cross-validated accuracy on the reviewed records, the audit-sample estimate of the pending
     suggestions' accuracy (Wilson 95% interval) and review links (lowest score, smallest margin, audit sample).
+
+    With --watch, once --finetune-min-reviews records are submitted, the encoder is fine-tuned on them in a
+    background process (annotate/finetune_job.py) while the head keeps refreshing; when it finishes and beats the
+    head on held-out reviews, the pending records take its suggestions (agent ...:encoder-finetune:<revision>).
     """
     from annotate.cache import DatasetCache
+    from annotate.finetune_job import BackgroundFinetune, FinetuneSettings
     from annotate.client import ArgillaRefused, ArgillaUnavailable, connect, find_dataset
     from annotate.refresh import RefreshError, count_reviewed
     from annotate.refresh import refresh as run_refresh
@@ -314,6 +332,13 @@ def refresh(
     _setup_logging(log_level)
     cache = DatasetCache(settings.cache_dir, settings.api_url, settings.workspace, settings.dataset)
     scorer = None
+    background = None
+    if finetune:
+        background = BackgroundFinetune(
+            cache.root, FinetuneSettings(min_reviews=finetune_min_reviews, every=finetune_every,
+                                         time_budget=finetune_time_budget, threads=finetune_threads,
+                                         margin=finetune_margin),
+            start_jobs=watch, echo=typer.echo)
 
     def one_round():
         nonlocal scorer
@@ -321,7 +346,7 @@ def refresh(
             scorer = _embedding_scorer(settings)
         summary = run_refresh(client, settings.dataset, settings.workspace, settings.api_url, cache, labels=labels,
                               embed_scorer=scorer, head_output=head_output, batch_size=batch_size,
-                              concurrency=concurrency, min_score_change=min_score_change)
+                              concurrency=concurrency, min_score_change=min_score_change, finetune=background)
         typer.echo(summary.render())
         _write_json(summary_json, summary.to_dict())
         return summary
@@ -332,7 +357,7 @@ def refresh(
             if found is None:
                 raise RefreshError(f"dataset {settings.dataset!r} not found in workspace {settings.workspace!r}")
             run_watch(one_round, lambda: count_reviewed(found), every=every, poll_seconds=poll_seconds,
-                      echo=typer.echo)
+                      echo=typer.echo, finished=background.poll if background is not None else None)
         else:
             one_round()
     except RefreshError as exc:
@@ -346,6 +371,8 @@ def refresh(
     finally:
         if scorer is not None:
             scorer.close()
+        if background is not None:
+            background.stop()
 
 
 def _zero_shot_scorer(settings, labels: list[str], hypothesis_template: str, method: str | None):

@@ -15,6 +15,9 @@ One round (:func:`refresh`):
    Submitted, discarded and draft records are never written. The fit is deterministic, so a second round without
    new reviews writes nothing, and a round killed midway and run again writes what is left, each record once.
 5. Save the head directory (what ``python -m service --classifier NAME=DIR`` serves).
+6. With a :class:`annotate.finetune_job.BackgroundFinetune`: pending records take the suggestions of the newest
+   finished encoder fine-tune instead of the head's when it beat the head on held-out reviews, and (``--watch``)
+   a new fine-tune starts in the background once enough reviews arrived (:mod:`annotate.finetune_job`).
 
 The summary also estimates the accuracy of the pending suggestions on the reviewed records of the random audit
 sample (metadata ``audit`` = 1): the suggestion shown against the submitted label, with a Wilson 95% interval
@@ -27,6 +30,7 @@ SIGKILL would) once N update batches were acknowledged.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -82,6 +86,7 @@ class RefreshSummary:
     audit: dict = field(default_factory=dict)
     vectors_from: dict = field(default_factory=dict)
     head_dir: str | None = None
+    finetune: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     links: dict = field(default_factory=dict)
     read_seconds: float = 0.0
@@ -117,8 +122,22 @@ class RefreshSummary:
             f"time               fit {self.fit_seconds:.2f} s, Argilla read {self.read_seconds:.1f} s, "
             f"Argilla update {self.update_seconds:.1f} s, total {self.total_seconds:.1f} s",
             *([f"head saved in      {self.head_dir}"] if self.head_dir else []),
+            *([self._render_finetune()] if self.finetune else []),
             *(f"review ({name}): {url}" for name, url in self.links.items()),
         ])
+
+
+    def _render_finetune(self) -> str:
+        f = self.finetune
+        if not f.get("revision"):
+            return f"encoder fine-tune  {f.get('state', 'none yet')}"
+        use = (f"in use for {f.get('applied', 0)} pending records" if f.get("in_use")
+               else "not in use (the head is as accurate or better)")
+        accuracy = "-" if f.get("accuracy") is None else f"{f['accuracy']:.4f}"
+        head = "-" if f.get("head_accuracy") is None else f"{f['head_accuracy']:.4f}"
+        running = f"; {f['state']}" if f.get("state") else ""
+        return (f"encoder fine-tune  {f['revision']} on {f['reviewed']} reviews: held-out accuracy {accuracy} vs head "
+                f"{head} on {f['holdout']} reviews, {use} (serve it: --classifier NAME={f['model_dir']}){running}")
 
 
 @dataclass
@@ -202,7 +221,8 @@ def wilson(correct: int, total: int) -> tuple[float, float]:
 
 def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, labels: list[str] | None = None,
             embed_scorer=None, head_output: str | Path | None = None, batch_size: int = 256, concurrency: int = 2,
-            head_config=None, progress: bool = True, min_score_change: float = 0.02) -> RefreshSummary:
+            head_config=None, progress: bool = True, min_score_change: float = 0.02,
+            finetune=None) -> RefreshSummary:
     """One refresh round on ``workspace/dataset_name`` (see the module docstring).
 
     Args:
@@ -215,7 +235,10 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
         min_score_change: a pending record whose suggested label stays is rewritten only when its score moved by
             more than this (the review order barely changes below it, and every write costs Argilla an index
             update); its agent then keeps naming the head revision that last changed it. ``0`` rewrites every
-            record whose score or agent changed at all.
+            record whose score or agent changed at all. A record whose suggestion passes from the head to the
+            fine-tuned encoder (or back) is always rewritten.
+        finetune: an :class:`annotate.finetune_job.BackgroundFinetune`: use its newest finished job where it
+            wins, and start a job when it is due (``start_jobs``); ``None``: the head alone.
 
     Raises:
         RefreshError: the dataset does not exist or is multi-label, ``labels`` differ, a submitted label is not
@@ -333,17 +356,22 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     summary.records, summary.submitted, summary.discarded, summary.draft = n, len(submitted), len(discarded), len(draft)
     pending = [i for i, rid in enumerate(ids) if rid not in reviewed_ids]
     summary.pending = len(pending)
-    top = adapted.scores.argmax(axis=1)
+    scores = adapted.scores
+    agents = [agent] * n
+    if finetune is not None:
+        scores, agents = _apply_finetune(finetune, labels, ids, row_of, pending, scores, agents, meta, summary)
+    top = scores.argmax(axis=1)
     changed = []
     for i in pending:
         current = records[ids[i]]
-        value, score = labels[top[i]], float(adapted.scores[i, top[i]])
+        value, score = labels[top[i]], float(scores[i, top[i]])
         if value != current.value:
             summary.changed_label += 1
+        moved = _agent_kind(agents[i]) != _agent_kind(current.agent)
         if min_score_change > 0:
-            stale = current.score is None or abs(score - current.score) > min_score_change
+            stale = current.score is None or abs(score - current.score) > min_score_change or moved
         else:
-            stale = current.score is None or abs(score - current.score) > SCORE_TOLERANCE or agent != current.agent
+            stale = current.score is None or abs(score - current.score) > SCORE_TOLERANCE or agents[i] != current.agent
         if value != current.value or stale:
             changed.append(i)
     summary.changed = len(changed)
@@ -372,21 +400,35 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
 
         try:
             with Upserter(dataset, batch_size=batch_size, concurrency=concurrency, on_written=written) as upserter:
-                for start in range(0, len(changed), batch_size):
-                    rows = np.asarray(changed[start:start + batch_size])
-                    chunk_ids = [ids[i] for i in rows]
-                    extra = {teacher_key(j): [records[rid].metadata.get(teacher_key(j)) for rid in chunk_ids]
-                             for j in range(k)}
-                    if any(AUDIT in records[rid].metadata for rid in chunk_ids):
-                        extra[AUDIT] = [records[rid].metadata.get(AUDIT, 0) for rid in chunk_ids]
-                    upserter.submit(build_records(chunk_ids, [records[rid].text for rid in chunk_ids],
-                                                  adapted.scores[rows], labels, False, agent, extra_metadata=extra))
+                for by_agent in sorted({agents[i] for i in changed}):
+                    group = [i for i in changed if agents[i] == by_agent]
+                    for start in range(0, len(group), batch_size):
+                        rows = np.asarray(group[start:start + batch_size])
+                        chunk_ids = [ids[i] for i in rows]
+                        extra = {teacher_key(j): [records[rid].metadata.get(teacher_key(j)) for rid in chunk_ids]
+                                 for j in range(k)}
+                        if any(AUDIT in records[rid].metadata for rid in chunk_ids):
+                            extra[AUDIT] = [records[rid].metadata.get(AUDIT, 0) for rid in chunk_ids]
+                        upserter.submit(build_records(chunk_ids, [records[rid].text for rid in chunk_ids],
+                                                      scores[rows], labels, False, by_agent, extra_metadata=extra))
             summary.updated = upserter.stats.written
         finally:
             bar.close()
     summary.update_seconds = time.perf_counter() - t0
     if adapted.head is not None:
         summary.head_dir = str(adapted.head.save(Path(head_output) if head_output else cache.head_dir))
+    if finetune is not None and finetune.start_jobs:
+        def write(directory: Path) -> str:
+            from annotate.finetune_job import write_snapshot
+
+            written = write_snapshot(directory, ids=ids, texts=[records[rid].text for rid in ids], embeddings=embeddings,
+                                     zero_shot=zero_shot, labels=labels, reviewed=reviewed, discarded=gone,
+                                     pending=pending, settings=finetune.settings, head_config=head_config,
+                                     encoder=meta.get("encoder"))
+            return json.loads((written / "job.json").read_text(encoding="utf-8"))["revision"]
+
+        if finetune.maybe_start(len(reviewed), write) or finetune.running:
+            summary.finetune["state"] = f"fine-tune {finetune.running} running in the background"
     summary.links = {"lowest score first": deep_link(api_url, dataset.id),
                      "smallest margin first": margin_link(api_url, dataset.id),
                      "audit sample": audit_link(api_url, dataset.id)}
@@ -395,6 +437,37 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     summary.update_seconds = round(summary.update_seconds, 3)
     summary.total_seconds = round(time.perf_counter() - started, 3)
     return summary
+
+
+def _agent_kind(agent: str | None) -> str | None:
+    """The agent without its revision (``<encoder>:adaptive-head``, ``<encoder>:encoder-finetune``)."""
+    return agent.rsplit(":", 1)[0] if agent and ":" in agent else agent
+
+
+def _apply_finetune(finetune, labels, ids, row_of, pending, scores, agents, meta, summary):
+    """Scores and agents with the newest finished fine-tune's suggestions on the pending rows it scored, when it
+    beat the head on held-out reviews; the summary's ``finetune`` says what was found and used."""
+    from annotate.finetune_job import agent_of
+
+    result = finetune.latest(labels)
+    if result is None:
+        return scores, agents
+    summary.finetune = result.summary(finetune.settings.margin)
+    if not result.wins(finetune.settings.margin):
+        return scores, agents
+    scores = scores.copy()
+    agents = list(agents)
+    tuned_agent = agent_of(result, meta.get("encoder"))
+    waiting = set(pending)
+    applied = 0
+    for j, rid in enumerate(result.ids):
+        i = row_of.get(rid)
+        if i is not None and i in waiting:
+            scores[i] = result.scores[j]
+            agents[i] = tuned_agent
+            applied += 1
+    summary.finetune["applied"] = applied
+    return scores, agents
 
 
 def _cache_rows(cache, ids, records, teacher, embeddings, labels, meta, dataset_id) -> None:
@@ -414,17 +487,19 @@ def _cache_rows(cache, ids, records, teacher, embeddings, labels, meta, dataset_
 
 
 def watch(run_round, count, *, every: int = 25, poll_seconds: float = 10.0, echo=print,
-          sleep=time.sleep) -> int:
-    """Run ``run_round()`` now and again whenever ``count()`` (reviewed records) grew by ``every``; returns the
-    number of rounds when interrupted (Ctrl-C)."""
+          sleep=time.sleep, finished=None) -> int:
+    """Run ``run_round()`` now and again whenever ``count()`` (reviewed records) grew by ``every``, or whenever
+    ``finished()`` (a background fine-tune ended) is true; returns the number of rounds when interrupted (Ctrl-C)."""
     rounds = 0
     last = None
     try:
         while True:
             reviewed = count()
-            if last is None or reviewed - last >= every:
+            done = finished() if finished is not None else None
+            if last is None or reviewed - last >= every or done:
                 rounds += 1
-                echo(f"--- refresh round {rounds} ({reviewed} reviewed) ---")
+                why = f", fine-tune {done} finished" if done else ""
+                echo(f"--- refresh round {rounds} ({reviewed} reviewed{why}) ---")
                 run_round()
                 last = reviewed
             sleep(poll_seconds)

@@ -281,3 +281,65 @@ def test_watch_refreshes_every_n_new_responses_and_stops_on_ctrl_c():
     assert done == 3 and rounds == [0, 3, 6]  # at 0, at 25, at 50 reviewed
     assert polls == [3] * 8 and lines[-1] == "stopped after 3 refresh rounds"
     assert "(25 reviewed)" in lines[1] and "(50 reviewed)" in lines[2]
+
+
+def test_watch_fine_tunes_the_encoder_in_the_background_and_swaps_it_in(adapted, argilla_stack, annotate_cache):
+    """`refresh --watch` with a real background fine-tune (a 10 s training budget on the 30 submitted records) and
+    `--finetune-margin -1`, so the swap happens whatever the held-out comparison says (the rule itself is tested in
+    test_finetune_job.py): the round after the job ends gives every pending record the fine-tuned encoder's
+    suggestion; reviewed records stay as they were; a one-off refresh then writes nothing, and --no-finetune goes
+    back to the head. Ctrl-C (SIGINT) stops the watch with exit 0."""
+    import signal
+    import time
+
+    reviewed = set(adapted["submitted"]) | set(adapted["discarded"])
+    before = snapshot(argilla_stack, "adaptive")
+    out = adapted["tmp"]
+    summary_path = out / "watch.json"
+    env = {**os.environ, **argilla_stack.env(), "PYTHONUNBUFFERED": "1", "ANNOTATE_CACHE_DIR": str(annotate_cache)}
+    with open(out / "watch.out", "w") as stdout, open(out / "watch.err", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "annotate", "refresh", "--dataset", "adaptive", "--watch",
+                                 "--poll-seconds", "1", "--finetune-min-reviews", "20", "--finetune-time-budget", "10",
+                                 "--finetune-margin", "-1", "--summary-json", str(summary_path)],
+                                cwd=REPO, env=env, stdout=stdout, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 400
+            summary = {}
+            while time.monotonic() < deadline and proc.poll() is None:
+                if summary_path.exists():
+                    summary = json.loads(summary_path.read_text() or "{}")
+                    if summary.get("finetune", {}).get("applied"):
+                        break
+                time.sleep(1)
+            log = (out / "watch.out").read_text()
+            assert summary.get("finetune", {}).get("applied") == 45, (log, (out / "watch.err").read_text()[-3000:])
+        finally:
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(60)
+    log = (out / "watch.out").read_text()
+    assert rc == 0 and "stopped after 2 refresh rounds" in log, log
+    assert "started in the background on 30 reviews" in log and "finished in" in log and "swapped in" in log
+    tuned = summary["finetune"]
+    assert tuned["in_use"] and tuned["reviewed"] == 30 and 0 < tuned["holdout"] < 30
+    after = snapshot(argilla_stack, "adaptive")
+    for rid, (value, score, agent, count, has_vector, meta) in after.items():
+        assert count == 1 and has_vector
+        if rid in reviewed:
+            assert after[rid] == before[rid]
+        else:
+            assert agent.endswith(f":encoder-finetune:{tuned['revision']}") and meta["confidence"] == pytest.approx(score, abs=1e-6)
+
+    # the same swap rule as the watch (with the default margin 0 a fine-tune that merely ties the head is not used)
+    again = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--finetune-margin", "-1",
+                "--summary-json", str(out / "after-watch.json"))
+    assert again.returncode == 0, again.stderr
+    again = json.loads((out / "after-watch.json").read_text())
+    assert again["updated"] == 0 and again["finetune"]["revision"] == tuned["revision"]
+    assert snapshot(argilla_stack, "adaptive") == after
+
+    head = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--no-finetune", "--summary-json",
+               str(out / "no-finetune.json"))
+    assert head.returncode == 0, head.stderr
+    assert json.loads((out / "no-finetune.json").read_text())["updated"] == 45  # the agent kind changed back
+    assert all(":adaptive-head:" in agent for rid, (_, _, agent, *_) in snapshot(argilla_stack, "adaptive").items()
+               if rid not in reviewed)

@@ -1,0 +1,411 @@
+"""The encoder fine-tune that ``refresh --watch`` runs in the background, and the rule that swaps it in.
+
+The adapted head refits in seconds but plateaus on frozen embeddings (docs/adaptive.md). Once ``min_reviews``
+records are reviewed, :class:`BackgroundFinetune` snapshots the pool and its reviews into the dataset's cache and
+starts ``python -m annotate.finetune_job SNAPSHOT`` as a child process at low priority with ``threads`` torch
+threads, so the head keeps refreshing meanwhile. The child (:func:`run_job`):
+
+1. holds out a stratified share of the reviewed records (:func:`annotate.encoder_finetune.holdout_split`);
+2. fits the adapted head without them (:func:`annotate.adaptive.adapt`, the very fit ``refresh`` makes) and
+   measures it on them: the reference;
+3. fine-tunes the encoder on the other reviews, plus pending pool texts with that head's probabilities as soft
+   labels (:func:`annotate.encoder_finetune.finetune_on_reviews`, ``lpft`` recipe, ``mixed`` objective), within
+   ``time_budget`` seconds, and measures it on the same held-out records;
+4. scores every record that was pending at the snapshot, and saves the model as a directory that
+   ``python -m service --classifier NAME=DIR`` serves at ``POST /classify``;
+5. renames its working folder into place last, so a job killed at any point leaves nothing a refresh would read.
+
+Each refresh round then reads the newest finished job (:meth:`BackgroundFinetune.latest`): when the fine-tuned
+model is more accurate than the head on the held-out reviews (:meth:`FinetuneResult.wins`, by more than
+``margin``), the pending records it scored take its suggestions (agent ``<encoder>:encoder-finetune:<revision>``);
+records it did not score (pushed later) keep the head's. A later job, ``every`` reviews on, measures again, so the
+head takes over again if the reviews come to favour it.
+
+Layout under ``<cache root>/finetune/``: ``<revision>/`` (finished: ``result.json``, ``scores.npz``, ``model/``,
+``job.log``), ``.<revision>.snapshot/`` (inputs of a job, removed when it finishes), ``.<revision>.work/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+JOBS = "finetune"
+RESULT = "result.json"
+SCORES = "scores.npz"
+MODEL = "model"
+AGENT_KIND = "encoder-finetune"
+
+
+@dataclass
+class FinetuneSettings:
+    """When and how the background fine-tune runs (``refresh --finetune-*`` options).
+
+    Attributes:
+        min_reviews: submitted records before the first job.
+        every: further submitted records before the next job (one job at a time).
+        time_budget: seconds of the child's training (model load and linear probe included; scoring the pending
+            records comes after it).
+        threads: torch threads of the child (the head's refits use one BLAS thread).
+        margin: the fine-tuned model is swapped in when its held-out accuracy beats the head's by more than this.
+        holdout_fraction: share of the reviews held out for that comparison.
+        pool_limit: pending texts with the head's soft labels in training (``0``: reviews only).
+        max_length, batch_size, lr, epochs, seed: of :func:`annotate.encoder_finetune.finetune_on_reviews`.
+        base_model: the encoder to start from (the served one).
+    """
+
+    min_reviews: int = 200
+    every: int = 200
+    time_budget: float = 600.0
+    threads: int = 1
+    margin: float = 0.0
+    holdout_fraction: float = 0.2
+    pool_limit: int = 1000
+    max_length: int = 64
+    batch_size: int = 16
+    lr: float = 5e-5
+    epochs: float = 3.0
+    seed: int = 0
+    base_model: str = "packaged:all-MiniLM-L6-v2"
+
+
+@dataclass
+class FinetuneResult:
+    """A finished job (read from ``<cache root>/finetune/<revision>``).
+
+    Attributes:
+        revision: hash of the snapshot's labels, reviews and settings (16 hex chars).
+        labels: class names (column order of ``scores``).
+        reviewed: submitted records at the snapshot; holdout: how many of them were held out.
+        accuracy: the fine-tuned model's accuracy on the held-out reviews.
+        head_accuracy: the adapted head's (fitted without them) on the same records.
+        margin: the swap margin the job was started with.
+        ids: ``m`` record ids it scored (pending at the snapshot); scores: ``(m, K)`` its probabilities.
+        model_dir: the servable classifier directory.
+        train_seconds, score_seconds: wall times in the child; created: UNIX time it finished.
+    """
+
+    revision: str
+    labels: list[str]
+    reviewed: int
+    holdout: int
+    accuracy: float | None
+    head_accuracy: float | None
+    margin: float
+    ids: list[str]
+    scores: np.ndarray
+    model_dir: str
+    train_seconds: float = 0.0
+    score_seconds: float = 0.0
+    created: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    def wins(self, margin: float | None = None) -> bool:
+        """True when the fine-tuned model beat the head on the held-out reviews by more than ``margin`` (default:
+        the job's). Without held-out reviews nothing can be shown, so False."""
+        margin = self.margin if margin is None else margin
+        if self.accuracy is None or self.head_accuracy is None or not self.holdout:
+            return False
+        return self.accuracy > self.head_accuracy + margin
+
+    def summary(self, margin: float | None = None) -> dict:
+        """What a refresh summary reports of it."""
+        return {"revision": self.revision, "reviewed": self.reviewed, "holdout": self.holdout,
+                "accuracy": self.accuracy, "head_accuracy": self.head_accuracy, "in_use": self.wins(margin),
+                "scored": len(self.ids), "model_dir": self.model_dir, "train_seconds": round(self.train_seconds, 1),
+                "score_seconds": round(self.score_seconds, 1)}
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FinetuneResult":
+        """Read a finished job directory.
+
+        Raises:
+            FileNotFoundError: not a finished job.
+        """
+        directory = Path(directory)
+        info = json.loads((directory / RESULT).read_text(encoding="utf-8"))
+        with np.load(directory / SCORES, allow_pickle=False) as data:
+            ids, scores = [str(i) for i in data["ids"]], np.asarray(data["scores"], dtype=np.float64)
+        return cls(info["revision"], list(info["labels"]), int(info["reviewed"]), int(info["holdout"]),
+                   info.get("accuracy"), info.get("head_accuracy"), float(info.get("margin", 0.0)), ids, scores,
+                   str(directory / MODEL), float(info.get("train_seconds", 0.0)),
+                   float(info.get("score_seconds", 0.0)), float(info.get("created", 0.0)), info)
+
+
+def snapshot_revision(labels: Sequence[str], reviewed: dict[str, int], settings: FinetuneSettings) -> str:
+    """Content hash of a job's inputs: labels, reviewed ids with their labels, settings (16 hex chars)."""
+    digest = hashlib.sha256(json.dumps([list(labels), asdict(settings)], sort_keys=True).encode())
+    for rid in sorted(reviewed):
+        digest.update(f"{rid}={reviewed[rid]};".encode())
+    return digest.hexdigest()[:16]
+
+
+def write_snapshot(directory: str | Path, *, ids: Sequence[str], texts: Sequence[str], embeddings: np.ndarray,
+                   zero_shot: np.ndarray, labels: Sequence[str], reviewed: dict[int, int], discarded: Sequence[int],
+                   pending: Sequence[int], settings: FinetuneSettings, head_config=None, encoder: dict | None = None,
+                   revision: str | None = None) -> Path:
+    """Write the inputs of one job (what :func:`run_job` reads) into ``directory``.
+
+    Args:
+        ids, texts: the ``n`` pool records. embeddings: ``(n, d)``; zero_shot: ``(n, K)`` (as :func:`adapt` takes).
+        reviewed: ``{row: label index}`` of submitted records; discarded: their rows; pending: rows to score.
+        head_config: the :class:`annotate.adaptive.HeadConfig` the refresh fits with.
+    """
+    from annotate.adaptive import HeadConfig
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = np.fromiter(reviewed.keys(), dtype=np.int64, count=len(reviewed))
+    np.savez(directory / "inputs.npz", embeddings=np.asarray(embeddings, dtype=np.float32),
+             zero_shot=np.asarray(zero_shot, dtype=np.float64), reviewed_rows=rows,
+             reviewed_labels=np.fromiter(reviewed.values(), dtype=np.int64, count=len(reviewed)),
+             discarded_rows=np.asarray(list(discarded), dtype=np.int64),
+             pending_rows=np.asarray(list(pending), dtype=np.int64))
+    revision = revision or snapshot_revision(labels, {ids[r]: v for r, v in reviewed.items()}, settings)
+    job = {"revision": revision, "labels": list(labels), "ids": list(ids), "texts": list(texts),
+           "settings": asdict(settings), "head_config": asdict(head_config or HeadConfig()), "encoder": encoder}
+    (directory / "job.json").write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
+    return directory
+
+
+def run_job(snapshot: str | Path, output: str | Path) -> FinetuneResult:
+    """Run one job on a snapshot (see the module docstring) and move its results to ``output``.
+
+    Raises:
+        annotate.encoder_finetune.FineTuneError: the reviews cannot fine-tune (a single class among them).
+    """
+    from annotate.adaptive import HeadConfig, adapt
+    from annotate.encoder_finetune import finetune_on_reviews, holdout_split
+
+    started = time.perf_counter()
+    snapshot, output = Path(snapshot), Path(output)
+    job = json.loads((snapshot / "job.json").read_text(encoding="utf-8"))
+    settings = FinetuneSettings(**job["settings"])
+    labels, ids, texts = job["labels"], job["ids"], job["texts"]
+    with np.load(snapshot / "inputs.npz", allow_pickle=False) as data:
+        inputs = {name: data[name] for name in data.files}
+    rows, y = inputs["reviewed_rows"], inputs["reviewed_labels"]
+    pending = inputs["pending_rows"]
+    train_rows, held_rows = holdout_split(y, settings.holdout_fraction, settings.seed)
+
+    # The reference: the head refresh would fit, without the held-out reviews, measured on them.
+    head = adapt(inputs["embeddings"], inputs["zero_shot"], labels, ids=ids,
+                 reviewed={int(rows[i]): int(y[i]) for i in train_rows}, discarded=inputs["discarded_rows"].tolist(),
+                 config=HeadConfig(**job["head_config"]))
+    head_accuracy = (float((head.scores[rows[held_rows]].argmax(axis=1) == y[held_rows]).mean())
+                     if len(held_rows) else None)
+    soft = {}
+    if settings.pool_limit > 0 and len(pending):
+        soft = dict(pool_texts=[texts[i] for i in pending], pool_soft_labels=head.scores[pending],
+                    pool_limit=settings.pool_limit)
+    tuned = finetune_on_reviews([texts[i] for i in rows], y, labels, embeddings_reviewed=inputs["embeddings"][rows],
+                                recipe="lpft", base_model=settings.base_model, epochs=settings.epochs,
+                                max_length=settings.max_length, batch_size=settings.batch_size, lr=settings.lr,
+                                seed=settings.seed, time_budget_seconds=settings.time_budget,
+                                holdout_fraction=settings.holdout_fraction, num_threads=settings.threads, **soft)
+    if not np.array_equal(tuned.holdout_rows, held_rows):  # same split by construction; say so if that ever changes
+        raise RuntimeError("the fine-tune held out other reviews than the head's reference")
+    logger.info("held-out accuracy on %d reviews: fine-tuned %.4f, head %s", len(held_rows),
+                tuned.holdout_accuracy or float("nan"), head_accuracy)
+    began = time.perf_counter()
+    scores = tuned.predict_proba([texts[i] for i in pending]) if len(pending) else np.zeros((0, len(labels)))
+    score_seconds = time.perf_counter() - began
+    logger.info("scored %d pending records in %.1f s (%.1f texts/s)", len(pending), score_seconds,
+                len(pending) / max(score_seconds, 1e-9))
+
+    work = output.parent / f".{output.name}.work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tuned.save(work / MODEL)
+    np.savez(work / SCORES, ids=np.asarray([ids[i] for i in pending], dtype=str), scores=scores)
+    info = {"revision": job["revision"], "labels": labels, "reviewed": int(len(rows)), "holdout": int(len(held_rows)),
+            "accuracy": tuned.holdout_accuracy, "head_accuracy": head_accuracy,
+            "probe_accuracy": tuned.holdout_accuracy_probe, "head_mode": head.report.mode, "margin": settings.margin,
+            "train_seconds": tuned.train_seconds, "score_seconds": score_seconds,
+            "seconds": time.perf_counter() - started, "history": tuned.history, "settings": asdict(settings),
+            "encoder": job.get("encoder"), "created": time.time()}
+    (work / RESULT).write_text(json.dumps(info, indent=2, default=float) + "\n", encoding="utf-8")
+    log = snapshot / "job.log"
+    if log.exists():
+        shutil.copy(log, work / "job.log")
+    shutil.rmtree(output, ignore_errors=True)
+    os.replace(work, output)  # the last step: a refresh reads only complete jobs
+    return FinetuneResult.load(output)
+
+
+class BackgroundFinetune:
+    """Starts, watches and reads the background fine-tunes of one dataset (see the module docstring).
+
+    Args:
+        root: the dataset's cache folder (``DatasetCache.root``); jobs go to ``root/finetune``.
+        settings: :class:`FinetuneSettings`.
+        start_jobs: ``False`` (a one-off ``refresh``): only read finished jobs, never start one.
+        echo: where one-line progress messages go.
+    """
+
+    def __init__(self, root: str | Path, settings: FinetuneSettings | None = None, *, start_jobs: bool = True,
+                 echo: Callable[[str], None] = print, keep: int = 2) -> None:
+        self.root = Path(root) / JOBS
+        self.settings = settings or FinetuneSettings()
+        self.start_jobs = start_jobs
+        self.echo = echo
+        self.keep = keep
+        self.process: subprocess.Popen | None = None
+        self.running: str | None = None
+        self.started_at_reviews: int | None = None
+        self._seen: str | None = None
+
+    # reading ------------------------------------------------------------------------------------------------
+    def latest(self, labels: Sequence[str]) -> FinetuneResult | None:
+        """The newest finished job for these labels (``None`` if there is none)."""
+        if not self.root.is_dir():
+            return None
+        found = []
+        for directory in self.root.iterdir():
+            if directory.name.startswith(".") or not (directory / RESULT).is_file():
+                continue
+            try:
+                result = FinetuneResult.load(directory)
+            except (OSError, ValueError, KeyError) as exc:
+                logger.warning("ignoring the unreadable fine-tune %s: %s", directory, exc)
+                continue
+            if result.labels == list(labels):
+                found.append(result)
+        return max(found, key=lambda r: r.created) if found else None
+
+    # the child process --------------------------------------------------------------------------------------
+    def poll(self) -> str | None:
+        """The revision of a job that finished since the last call (``None``: none did). A failed job is
+        reported through ``echo`` and its snapshot removed."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        code, revision = self.process.returncode, self.running
+        self.process, self.running = None, None
+        snapshot = self.root / f".{revision}.snapshot"
+        if code == 0 and (self.root / revision / RESULT).is_file():
+            shutil.rmtree(snapshot, ignore_errors=True)
+            self._prune()
+            result = FinetuneResult.load(self.root / revision)
+            verdict = "swapped in" if result.wins(self.settings.margin) else "kept the head"
+            self.echo(f"fine-tune {revision} finished in {result.info.get('seconds', 0):.0f} s: held-out accuracy "
+                      f"{_fmt(result.accuracy)} vs head {_fmt(result.head_accuracy)} on {result.holdout} reviews: "
+                      f"{verdict}")
+            return revision
+        tail = _tail(snapshot / "job.log")
+        self.echo(f"fine-tune {revision} failed (exit {code}): {tail}")
+        shutil.rmtree(snapshot, ignore_errors=True)
+        return None
+
+    def maybe_start(self, reviewed_count: int, write: Callable[[Path], str]) -> bool:
+        """Start a job when none runs and enough reviews arrived since the last one; ``write(snapshot_dir)``
+        writes its inputs and returns their revision. Returns True when a job was started."""
+        if not self.start_jobs or self.process is not None:
+            return False
+        if reviewed_count < self.settings.min_reviews:
+            return False
+        if self.started_at_reviews is not None and reviewed_count - self.started_at_reviews < self.settings.every:
+            return False
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / ".staging.snapshot"
+        shutil.rmtree(staging, ignore_errors=True)
+        revision = write(staging)
+        self.started_at_reviews = reviewed_count
+        if (self.root / revision / RESULT).is_file():  # this very snapshot was fine-tuned before
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        snapshot = self.root / f".{revision}.snapshot"
+        shutil.rmtree(snapshot, ignore_errors=True)
+        os.replace(staging, snapshot)
+        threads = str(self.settings.threads)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+        log = open(snapshot / "job.log", "w", encoding="utf-8")
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "annotate.finetune_job", str(snapshot), str(self.root / revision)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd(), start_new_session=True,
+                preexec_fn=(lambda: os.nice(10)) if hasattr(os, "nice") else None)
+        finally:
+            log.close()
+        self.running = revision
+        self.echo(f"fine-tune {revision} started in the background on {reviewed_count} reviews (pid "
+                  f"{self.process.pid}, {threads} thread(s), {self.settings.time_budget:.0f} s training budget; log "
+                  f"{snapshot / 'job.log'})")
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End a running job (SIGTERM, then SIGKILL); what it wrote is never read (it had not finished)."""
+        if self.process is None or self.process.poll() is not None:
+            self.poll()
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.echo(f"fine-tune {self.running} stopped before it finished")
+        shutil.rmtree(self.root / f".{self.running}.snapshot", ignore_errors=True)
+        shutil.rmtree(self.root / f".{self.running}.work", ignore_errors=True)
+        self.process, self.running = None, None
+
+    def _prune(self) -> None:
+        """Keep the ``keep`` newest finished jobs."""
+        finished = sorted((d for d in self.root.iterdir() if not d.name.startswith(".") and (d / RESULT).is_file()),
+                          key=lambda d: d.stat().st_mtime, reverse=True)
+        for old in finished[self.keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def agent_of(result: FinetuneResult, encoder: dict | None) -> str:
+    """The agent of the fine-tuned model's suggestions: ``<encoder model id>:encoder-finetune:<revision>``."""
+    import re
+
+    base = (encoder or {}).get("model_id", "encoder")
+    return re.sub(r"[^a-zA-Z0-9\-_:./ ]", "-", f"{base}:{AGENT_KIND}:{result.revision}")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _tail(path: Path, lines: int = 1) -> str:
+    try:
+        text = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return "no log"
+    return " | ".join(text[-lines:]) or "empty log"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m annotate.finetune_job SNAPSHOT OUTPUT``: the background child (exit 0 when it finished)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m annotate.finetune_job SNAPSHOT OUTPUT", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from annotate.encoder_finetune import FineTuneError
+
+    try:
+        result = run_job(argv[0], argv[1])
+    except FineTuneError as exc:
+        print(f"fine-tune refused: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.summary()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
