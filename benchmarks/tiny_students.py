@@ -39,8 +39,16 @@ app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 TASKS = {
     "ag_news": {"map": {"World": "world news", "Sports": "sports", "Business": "business",
-                        "Sci/Tech": "science and technology"}},
-    "emotion": {"map": {}},
+                        "Sci/Tech": "science and technology"},
+                "labels": ["world news", "sports", "business", "science and technology"],
+                "template": "This news article is about {}.",
+                "pool": ("ag_news/train_unlabeled_8k_description_only.jsonl", ["text"]),
+                "eval": ("ag_news/test.jsonl", ["title", "description"])},
+    "emotion": {"map": {}, "labels": ["sadness", "joy", "love", "anger", "fear", "surprise"],
+                "template": "This person feels {}.",
+                "pool": ("emotion/train.jsonl", ["text"]), "eval": ("emotion/test.jsonl", ["text"])},
+    "sst2": {"map": {}, "labels": ["negative", "positive"], "template": "The sentiment of this review is {}.",
+             "pool": ("sst2/train.jsonl", ["text"]), "eval": ("sst2/validation.jsonl", ["text"])},
 }
 
 
@@ -59,6 +67,40 @@ def cpu_facts() -> dict:
         pass
     return {"cpu": model, "flags": " ".join(sorted(set(flags))), "cores": os.cpu_count(),
             "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+@app.command()
+def pools(task: str, data: Annotated[Path, typer.Option(help="The shared data folder (holds classification/).")]
+          = Path("../shared/data"), out: Annotated[Path, typer.Option(help="Writes <out>/<task>/{pool,eval}.")]
+          = Path("runs/issue11/pools"),
+          cache_dir: Annotated[Path, typer.Option(help="simulate's scored-text cache, reused when it has the texts.")]
+          = Path.home() / ".cache" / "zeroshot-preannotate" / "annotate" / "simulate") -> None:
+    """The scored pool and evaluation split of TASK (embeddings and zero-shot embedding scores of the packaged
+    encoder, gold values in ``gold.json``) that ``prepare`` and ``benchmarks/encoder_finetune.py`` read."""
+    from annotate.__main__ import _settings, _zero_shot_scorer
+    from annotate.dataset import record_id
+    from annotate.simulate import read_labelled, scored_split
+    from annotate.store import PoolStore, shard_table
+
+    if task not in TASKS:
+        raise typer.BadParameter(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+    spec = TASKS[task]
+    scorer = _zero_shot_scorer(_settings(), spec["labels"], spec["template"], "embedding")
+    key = {"labels": spec["labels"], "hypothesis_template": spec["template"], "method": "embedding",
+           "model": scorer.model_id}
+    try:
+        for split in ("pool", "eval"):
+            path, fields = spec[split]
+            texts, gold = read_labelled(data / "classification" / path, fields, "label")
+            embeddings, scores = scored_split(texts, scorer, cache_dir, key)
+            store = PoolStore(out / task / split)
+            ids = [record_id(t, str(i)) for i, t in enumerate(texts)]
+            store.write_shard("0", shard_table(ids, texts, scores, embeddings, spec["labels"]))
+            store.write_meta({**key, "encoder": scorer.encoder, "agent": scorer.agent, "method": "embedding"})
+            (out / task / split / "gold.json").write_text(json.dumps(gold))
+            typer.echo(f"{task}/{split}: {len(texts)} texts -> {store.root}")
+    finally:
+        scorer.close()
 
 
 @app.command()
@@ -200,8 +242,45 @@ def table(runs: Path, output: Path) -> None:
                          f"{rep['size']['onnx_int8_mb']} / {rep['size']['onnx_mb']} | {rep['history']['seconds']} | "
                          f"{aug_txt} |")
         lines.append("")
+        if speed:
+            plot_tradeoff(task_dir, rate, output.with_name(f"{output.stem}_{task_dir.name}.png"))
     output.write_text("\n".join(lines) + "\n")
     typer.echo("\n".join(lines))
+
+
+def plot_tradeoff(task_dir: Path, rate: dict, path: Path) -> Path:
+    """Accuracy (int8, eval split) against texts/s (log scale) of every student run of ``task_dir``, with the
+    embedding and NLI teachers' rates as vertical lines: the speed/accuracy trade-off at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"head0": "o", "reviews1000": "s"}
+    for run_dir in sorted(p for p in task_dir.iterdir() if (p / "report.json").is_file()):
+        rep = json.loads((run_dir / "report.json").read_text())
+        speed = rate.get(f"{run_dir.name}:int8")
+        if not speed:
+            continue
+        setting = run_dir.name.split("-", 1)[1]
+        ax.scatter(speed, rep["evaluation"]["int8"]["accuracy"], marker=markers.get(setting.split("-")[0], "^"),
+                   s=50)
+        ax.annotate(run_dir.name, (speed, rep["evaluation"]["int8"]["accuracy"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    for key, style in (("teacher:embedding", "--"), ("teacher:nli", ":")):
+        if rate.get(key):
+            ax.axvline(rate[key], color="grey", linestyle=style, label=f"{key.split(':')[1]} teacher")
+    ax.set_xscale("log")
+    ax.set_xlabel("texts/s, int8 on ONNX Runtime (log scale; tokenization included)")
+    ax.set_ylabel("accuracy on the eval split")
+    ax.set_title(f"{task_dir.name}: tiny students (o: no review, s: 1,000 reviews)")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

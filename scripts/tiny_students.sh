@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces docs/students.md: tiny students distilled from the pool-adapted head (issue 15).
-# Inputs: scored pools runs/issue11/pools/<task>/{pool,eval} (PoolStore + gold.json; python -m annotate simulate's
-# cache of the embedding teacher). Outputs: runs/issue15/<task>/<student>-<setting>/ and runs/issue15/table.md.
+# Inputs: scored pools runs/issue11/pools/<task>/{pool,eval} (PoolStore + gold.json), made from DATA (../shared/data)
+# by `benchmarks/tiny_students.py pools` when absent (python -m annotate simulate's cache is reused).
+# Outputs: runs/issue15/<task>/<student>-<setting>/ and runs/issue15/table.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -9,12 +10,13 @@ POOLS=${POOLS:-runs/issue11/pools}
 OUT=${OUT:-runs/issue15}
 TASKS=${TASKS:-"ag_news emotion"}
 STUDENTS=${STUDENTS:-"fasttext cnn bilstm"}
-COMMON=(--epochs 3 --batch-size 64 --max-steps ${MAX_STEPS:-120} --teacher-method embedding --teacher-engine onnxruntime
+COMMON=(--epochs 3 --batch-size 64 --max-steps ${MAX_STEPS:-600} --teacher-method embedding --teacher-engine onnxruntime
         --speed-texts 64 --seed 13)
-config() { case $1 in fasttext) echo '{"dim": 32, "buckets": 32768}';; bilstm) echo '{"hidden": 128}';; *) echo '{}';; esac; }
+config() { case $1 in fasttext) echo '{"dim": 32, "buckets": 32768}';; bilstm) echo '{"dim": 128, "hidden": 128}';; cnn) echo '{"dim": 128}';; *) echo '{}';; esac; }
 lr() { case $1 in fasttext) echo 3e-2;; bilstm) echo 1e-2;; *) echo 3e-3;; esac; }
 for task in $TASKS; do
   dir=$OUT/$task
+  [ -f "$POOLS/$task/eval/gold.json" ] || $PY benchmarks/tiny_students.py pools "$task" --data "${DATA:-../shared/data}" --out "$POOLS"
   $PY benchmarks/tiny_students.py prepare "$task" --pools "$POOLS/$task" --out "$dir" > /dev/null
   for s in $STUDENTS; do
     if [ -d "$dir/head0" ]; then
