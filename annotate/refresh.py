@@ -329,10 +329,13 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
         _cache_rows(cache, missing, records, teacher, embeddings[new_rows], labels, meta, dataset.id)
 
     if not (meta.get("encoder") or {}).get("model_id"):  # cache rebuilt from Argilla: the encoder the agents name
-        named = next((r.agent.split(":adaptive-head:")[0] for r in records.values()
-                      if r.agent and ":adaptive-head:" in r.agent), None)
+        named = _encoder_named_by(records.values())
         if named:
             meta["encoder"] = {**(meta.get("encoder") or {}), "model_id": named}
+            if cache.pool.exists():  # so the next round names the same encoder, whatever the agents say by then
+                stored = cache.pool.meta()
+                stored.pop("format_version", None)
+                cache.pool.write_meta({**stored, "encoder": meta["encoder"]})
     reviewed = {row_of[rid]: index[value] for rid, value in submitted.items() if rid in row_of}
     gone = [row_of[rid] for rid in discarded if rid in row_of]
     if reviewed and len(set(reviewed.values())) < 2:
@@ -437,6 +440,19 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     summary.update_seconds = round(summary.update_seconds, 3)
     summary.total_seconds = round(time.perf_counter() - started, 3)
     return summary
+
+
+def _encoder_named_by(records) -> str | None:
+    """The encoder model id that the records' adapted agents name (``<encoder>:adaptive-head:<revision>`` or
+    ``<encoder>:encoder-finetune:<revision>``), or ``None`` when no record carries such an agent."""
+    from annotate.finetune_job import AGENT_KIND
+
+    for record in records:
+        for kind in ("adaptive-head", AGENT_KIND):
+            marker = f":{kind}:"
+            if record.agent and marker in record.agent:
+                return record.agent.split(marker)[0]
+    return None
 
 
 def _agent_kind(agent: str | None) -> str | None:

@@ -283,6 +283,20 @@ def test_watch_refreshes_every_n_new_responses_and_stops_on_ctrl_c():
     assert "(25 reviewed)" in lines[1] and "(50 reviewed)" in lines[2]
 
 
+def test_the_encoder_is_named_by_either_kind_of_adapted_agent():
+    """A cache rebuilt from Argilla learns its encoder's name from the records' agents; after a background fine-tune
+    was swapped in, every pending record carries the fine-tune's agent, not the head's (the CI failure of
+    2026-12-03: the agent fell back to ``encoder:...`` and a refresh rewrote every pending record)."""
+    from annotate.refresh import _encoder_named_by, _Record
+
+    def rec(agent):
+        return _Record("id", "text", {}, "World", 0.5, agent)
+
+    assert _encoder_named_by([rec(None), rec("m/mini:encoder-finetune:abc")]) == "m/mini"
+    assert _encoder_named_by([rec("zero-shot"), rec("m/mini:adaptive-head:0123")]) == "m/mini"
+    assert _encoder_named_by([rec(None), rec("zero-shot:embedding")]) is None
+
+
 def test_watch_fine_tunes_the_encoder_in_the_background_and_swaps_it_in(adapted, argilla_stack, annotate_cache):
     """`refresh --watch` with a real background fine-tune (a 10 s training budget on the 30 submitted records) and
     `--finetune-margin -1`, so the swap happens whatever the held-out comparison says (the rule itself is tested in
@@ -334,7 +348,7 @@ def test_watch_fine_tunes_the_encoder_in_the_background_and_swaps_it_in(adapted,
                 "--summary-json", str(out / "after-watch.json"))
     assert again.returncode == 0, again.stderr
     again = json.loads((out / "after-watch.json").read_text())
-    assert again["updated"] == 0 and again["finetune"]["revision"] == tuned["revision"]
+    assert again["updated"] == 0 and again["finetune"]["revision"] == tuned["revision"], (again, tuned)
     assert snapshot(argilla_stack, "adaptive") == after
 
     head = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--no-finetune", "--summary-json",
