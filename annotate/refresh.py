@@ -333,9 +333,7 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
         if named:
             meta["encoder"] = {**(meta.get("encoder") or {}), "model_id": named}
             if cache.pool.exists():  # so the next round names the same encoder, whatever the agents say by then
-                stored = cache.pool.meta()
-                stored.pop("format_version", None)
-                cache.pool.write_meta({**stored, "encoder": meta["encoder"]})
+                cache.pool.write_meta({**cache.pool.meta(), "encoder": meta["encoder"]})
     reviewed = {row_of[rid]: index[value] for rid, value in submitted.items() if rid in row_of}
     gone = [row_of[rid] for rid in discarded if rid in row_of]
     if reviewed and len(set(reviewed.values())) < 2:
