@@ -517,11 +517,18 @@ def suggestion(scores: np.ndarray, labels, thresholds) -> tuple[list[str], list[
     return [labels[j] for j in order], [float(scores[j]) for j in order]
 
 
-def same_suggestion(value, score, current_value, current_score, min_score_change: float) -> tuple[bool, bool]:
+def same_labels(a, b) -> bool:
+    """Whether two multi-label values (lists of labels, or one label) name the same set of labels."""
+    def as_set(v):
+        return set() if v is None else {v} if isinstance(v, str) else set(v)
+
+    return as_set(a) == as_set(b)
+
+
+def compare_suggestion(value, score, current_value, current_score, min_score_change: float) -> tuple[bool, bool]:
     """``(label set changed, score moved)`` between a new multi-label suggestion and the record's current one:
     the scores of the same labels compared, more than ``min_score_change`` apart (any change when 0)."""
-    changed = current_value is None or sorted(value) != sorted(current_value if isinstance(current_value, list)
-                                                                else [current_value])
+    changed = current_value is None or not same_labels(value, current_value)
     if changed or current_score is None:
         return changed, True
     old = dict(zip(current_value, current_score if isinstance(current_score, list) else [current_score]))
