@@ -84,8 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     command = simulate_command(pool, evaluation, args.output, args.budgets, args.strategy)
     print(" ".join(shlex.quote(c) for c in command))
     if args.run:
-        return subprocess.run(command).returncode
+        import os
+
+        from service.engines.selection import cpu_facts
+
+        before = os.getloadavg()
+        code = subprocess.run(command).returncode
+        if code == 0:  # the machine next to the figures: CPU model, flags, load average
+            add_machine(args.output, before, os.getloadavg(), cpu_facts())
+        return code
     return 0
+
+
+def add_machine(report_path: Path, load_before, load_after, cpu: dict) -> None:
+    """Add ``machine`` (CPU model and flags, load averages before and after the run) to a simulate report."""
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    report["machine"] = {"cpu": cpu, "load_average_before": [round(v, 2) for v in load_before],
+                         "load_average_after": [round(v, 2) for v in load_after]}
+    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

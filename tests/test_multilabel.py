@@ -222,12 +222,16 @@ def test_a_multilabel_head_is_served_with_sigmoid_scores(embedding_service, data
             (data_dir / "classification/dev_tasks/goemotions/test_part.jsonl").read_text().splitlines()[:400]]
     texts = [r["text"] for r in rows]
     gold = np.array([[int(label in r["ekman"]) for label in EKMAN] for r in rows])
-    embedded = httpx.post(embedding_service.url + "/embed", json={"texts": texts}, timeout=300).json()
-    scored = httpx.post(embedding_service.url + "/zero-shot", timeout=300,
-                        json={"texts": texts, "labels": EKMAN, "hypothesis_template": "This person feels {}.",
-                              "multi_label": True, "method": "embedding"}).json()
-    p0 = np.array([[dict(zip(r["labels"], r["scores"]))[label] for label in EKMAN] for r in scored["results"]])
-    x = np.asarray(embedded["embeddings"], dtype=np.float32)
+    vectors, p0 = [], []
+    for start in range(0, len(texts), 64):  # the service's ZSC_MAX_TEXTS
+        chunk = texts[start:start + 64]
+        embedded = httpx.post(embedding_service.url + "/embed", json={"texts": chunk}, timeout=300).json()
+        scored = httpx.post(embedding_service.url + "/zero-shot", timeout=300,
+                            json={"texts": chunk, "labels": EKMAN, "hypothesis_template": "This person feels {}.",
+                                  "multi_label": True, "method": "embedding"}).json()
+        vectors.extend(embedded["embeddings"])
+        p0.extend([dict(zip(r["labels"], r["scores"]))[label] for label in EKMAN] for r in scored["results"])
+    x, p0 = np.asarray(vectors, dtype=np.float32), np.asarray(p0)
     encoder = {"model_id": embedded["model"], "fingerprint": embedded["fingerprint"], "dim": embedded["dim"]}
     adapted = adapt_multilabel(x, p0, EKMAN, reviewed=reviews_of(gold, range(200)), encoder=encoder)
     assert adapted.head is not None, adapted.report.labels
