@@ -373,7 +373,7 @@ def test_refresh_of_a_multilabel_dataset_refits_the_one_vs_rest_head(argilla_sta
 
     lines = (data_dir / "classification/dev_tasks/goemotions/test_part.jsonl").read_text().splitlines()[:60]
     rows = [json.loads(line) for line in lines]
-    source = write_jsonl(tmp_path / "emotions.jsonl", [{"text": r["text"]} for r in rows])
+    source = write_jsonl(tmp_path / "emotions.jsonl", [{"text": r["text"].strip()} for r in rows])  # ids: either way
     labels = [arg for label in EKMAN for arg in ("--label", label)]
     pushed = run(argilla_stack, annotate_cache, "push", str(source), *labels, "--multi-label", "--dataset",
                  "emotions", "--hypothesis-template", "This person feels {}.", "--service-url", embedding_service.url)
