@@ -49,14 +49,6 @@ def reviews_of(gold, rows):
     return {int(r): tuple(np.flatnonzero(gold[r]).tolist()) for r in rows}
 
 
-def test_decide_thresholds_per_label_and_never_an_empty_suggestion():
-    scores = np.array([[0.6, 0.9, 0.1], [0.1, 0.5, 0.3], [0.2, 0.1, 0.05]])
-    t = np.array([0.55, 0.95, 0.35])
-    assert decide(scores, t).tolist() == [[True, False, False], [False, False, True], [True, False, False]]
-    assert decide(scores, t, at_least_one=False)[1:].sum() == 0
-    assert decide(scores, 0.5)[2].tolist() == [True, False, False]  # one threshold: the top score
-
-
 def test_pseudo_labels_are_the_confident_ends_in_proportion_to_prevalence():
     scores = np.array([[0.95, 0.1], [0.8, 0.2], [0.6, 0.3], [0.3, 0.7], [0.2, 0.9], [0.05, 0.4],
                        [0.1, 0.45], [0.4, 0.35], [0.45, 0.2], [0.15, 0.1]])
