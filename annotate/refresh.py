@@ -8,7 +8,8 @@ One round (:func:`refresh`):
    (:class:`annotate.cache.DatasetCache`); records missing from it take their vectors from Argilla (vector field
    ``embedding``) and their zero-shot scores from the ``teacher_score_<i>`` metadata, and are added to the cache;
    a dataset without vectors needs ``embed=True`` (the scorer embeds the missing texts once).
-3. Fit :func:`annotate.adaptive.adapt` with the submitted labels (discarded records are never pseudo-labelled).
+3. Fit :func:`annotate.adaptive.adapt` with the submitted labels (discarded records are never pseudo-labelled);
+   on a ``MultiLabelQuestion`` dataset the one-vs-rest head, :func:`annotate.multilabel.adapt_multilabel`.
 4. Re-score every pending record (no response at all) and upsert, in bulk (:class:`annotate.upsert.Upserter`),
    only those whose suggested label changed or whose score moved by more than ``min_score_change`` (0.02), with
    their uncertainty metadata.
