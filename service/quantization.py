@@ -16,6 +16,9 @@ initializer); attention score matmuls, LayerNorm, GELU and softmax stay float32.
 - :func:`quantize_dynamic` replaces each Linear ``MatMul`` by ``DynamicQuantizeLinear`` (activation
   range measured per call) + ``MatMulInteger`` + rescale, the pattern ONNX Runtime fuses into
   ``DynamicQuantizeMatMul``. No calibration.
+- With ``gather=True`` (:attr:`QuantizationSpec.gather`, set for the tiny students, whose embedding tables are
+  almost all of their weights), both passes also store every embedding table read by a ``Gather`` (a 2-D float
+  initializer as its data input) in int8 with one scale per row: :func:`quantize_gather_tables`.
 
 Exact zeros of a pruned weight stay exactly zero (``round(0 / scale) = 0``), so sparsity survives.
 ``reduce_range`` uses 7-bit weights, which avoids the int16 saturation of the ``u8s8`` instruction sequence
@@ -53,6 +56,8 @@ class QuantizationSpec:
         per_channel: per-output-channel weight scales.
         reduce_range: 7-bit weights (see the module docstring).
         calibration: how the ranges were measured (method, pairs, source), for the record.
+        gather: also store the embedding tables of ``Gather`` nodes in int8 (:func:`quantize_gather_tables`);
+            off for the teachers, whose int8 accuracy was measured without it.
     """
 
     ranges: Ranges
@@ -60,6 +65,7 @@ class QuantizationSpec:
     per_channel: bool = True
     reduce_range: bool = False
     calibration: dict = field(default_factory=dict)
+    gather: bool = False
 
     def mode_for(self, engine: str) -> str:
         """int8 mode of ``engine`` (``none`` when the spec does not name it)."""
@@ -95,7 +101,8 @@ class QuantizationSpec:
         data = json.loads(path.read_text(encoding="utf-8"))
         spec = cls(ranges={k: (float(v[0]), float(v[1])) for k, v in data["ranges"].items()},
                    engines=dict(data.get("engines", {})), per_channel=bool(data.get("per_channel", True)),
-                   reduce_range=bool(data.get("reduce_range", False)), calibration=dict(data.get("calibration", {})))
+                   reduce_range=bool(data.get("reduce_range", False)), calibration=dict(data.get("calibration", {})),
+                   gather=bool(data.get("gather", False)))
         bad = {e: m for e, m in spec.engines.items() if m not in (*MODES, "none")}
         if bad:
             raise ValueError(f"{path}: unknown int8 mode(s) {bad}; use one of {', '.join(MODES)} or none")
@@ -105,9 +112,11 @@ class QuantizationSpec:
         """Content hash (8 hex characters) of the ranges and options: the cache key of derived graphs."""
         import hashlib
 
-        payload = json.dumps({"ranges": sorted((k, round(lo, 8), round(hi, 8)) for k, (lo, hi) in self.ranges.items()),
-                              "per_channel": self.per_channel, "reduce_range": self.reduce_range,
-                              "passes": PASSES_VERSION})
+        key = {"ranges": sorted((k, round(lo, 8), round(hi, 8)) for k, (lo, hi) in self.ranges.items()),
+               "per_channel": self.per_channel, "reduce_range": self.reduce_range, "passes": PASSES_VERSION}
+        if self.gather:  # only when set, so the digests (and cached graphs) of specs without it stay as they were
+            key["gather"] = True
+        payload = json.dumps(key)
         return hashlib.sha256(payload.encode()).hexdigest()[:8]
 
 
@@ -126,14 +135,14 @@ def build_int8(src: Path, dst: Path, mode: str, spec: "QuantizationSpec | None")
     """
     if mode == "dynamic":
         return quantize_dynamic(src, dst, per_channel=spec.per_channel if spec else True,
-                                reduce_range=spec.reduce_range if spec else False)
+                                reduce_range=spec.reduce_range if spec else False, gather=bool(spec and spec.gather))
     if mode not in MODES:
         raise ValueError(f"unknown int8 mode {mode!r}; use one of {', '.join(MODES)}")
     if spec is None:
         raise ValueError(f"int8 mode {mode!r} needs calibrated activation ranges (quantization.json): run "
                          "python -m train.quantize on the model directory")
     return quantize_static(src, dst, spec.ranges, form=mode, per_channel=spec.per_channel,
-                           reduce_range=spec.reduce_range)
+                           reduce_range=spec.reduce_range, gather=spec.gather)
 
 
 def linear_matmuls(model) -> list:
@@ -224,7 +233,7 @@ def _weight_qparams(weight: np.ndarray, *, per_channel: bool, reduce_range: bool
 
 
 def quantize_static(src: Path, dst: Path, ranges: Ranges, *, form: str = "qdq", per_channel: bool = True,
-                    reduce_range: bool = False) -> Path:
+                    reduce_range: bool = False, gather: bool = False) -> Path:
     """Write a static int8 version of the fp32 graph ``src`` to ``dst`` (see the module docstring).
 
     Args:
@@ -236,6 +245,7 @@ def quantize_static(src: Path, dst: Path, ranges: Ranges, *, form: str = "qdq", 
             one ``Mul`` by ``input scale * weight scale`` (a vector with per-channel weight scales).
         per_channel: per-output-channel weight scales (SparseML's BERT recipes use per-tensor ones; per-channel
             keeps more accuracy, measured in ``train/sparsify.py``'s report).
+        gather: also store the ``Gather`` embedding tables in int8 (:func:`quantize_gather_tables`).
 
     Raises:
         KeyError: ``ranges`` lacks an activation of a Linear layer (calibrated on another graph).
@@ -328,11 +338,15 @@ def quantize_static(src: Path, dst: Path, ranges: Ranges, *, form: str = "qdq", 
                                  name=f"{node.name}_cast"),
                 helper.make_node("Mul", [f"{out}_float", f"{wbase}_rescale"], [out], name=f"{node.name}_rescale_mul")]
     _replace(model, new_nodes, new_inits)
+    if gather:
+        quantize_gather_tables(model)
     return _save(model, dst)
 
 
-def quantize_dynamic(src: Path, dst: Path, *, per_channel: bool = True, reduce_range: bool = False) -> Path:
-    """Write a dynamic int8 version of the fp32 graph ``src`` to ``dst`` (see the module docstring)."""
+def quantize_dynamic(src: Path, dst: Path, *, per_channel: bool = True, reduce_range: bool = False,
+                     gather: bool = False) -> Path:
+    """Write a dynamic int8 version of the fp32 graph ``src`` to ``dst`` (see the module docstring); ``gather``:
+    also store the ``Gather`` embedding tables in int8 (:func:`quantize_gather_tables`)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -368,7 +382,56 @@ def quantize_dynamic(src: Path, dst: Path, *, per_channel: bool = True, reduce_r
         else:
             new_nodes.append(node)
     _replace(model, new_nodes, new_inits)
+    if gather:
+        quantize_gather_tables(model)
     return _save(model, dst)
+
+
+def quantize_gather_tables(model) -> list[str]:
+    """Store every embedding table of ``model`` in int8, in place; returns the tables' names.
+
+    A table is the data input of a ``Gather`` (axis 0) that is a 2-D float initializer ``(rows, dim)``. Each row
+    gets its own symmetric scale ``max|row| / 127``, as PyTorch's quantized ``Embedding`` keeps one scale per row
+    (``torch.ao.nn.quantized.Embedding``, ``per_channel_affine_float_qparams`` on axis 0): rows of a word table
+    differ in norm by an order of magnitude, so one scale for the table would flatten the small ones. The graph
+    then gathers the int8 rows and their scales with the same indices and rescales only the rows it read:
+    ``Gather(int8 table) -> Cast(float) -> Mul(Gather(scales (rows, 1)))``, the same result as a
+    ``DequantizeLinear`` before the ``Gather`` (how ONNX Runtime's quantizer writes a quantized ``Gather``) without
+    dequantizing the whole table on each call. Storage: ``rows * dim`` bytes plus ``4 * rows`` for the scales,
+    about a quarter of float32's ``4 * rows * dim``. Rounding error: at most half a step, ``max|row| / 254``
+    per element.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    nodes, new_inits, done = [], [], {}
+    for node in graph.node:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        table = node.input[0] if node.op_type == "Gather" else None
+        init = initializers.get(table) if table else None
+        if init is None or axis != 0 or len(init.dims) != 2 or init.data_type != TensorProto.FLOAT:
+            nodes.append(node)
+            continue
+        base = _safe(table)
+        if table not in done:
+            weight = numpy_helper.to_array(init).astype(np.float32)
+            amax = np.abs(weight).max(axis=1, keepdims=True)
+            scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+            quantized = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+            new_inits += [numpy_helper.from_array(quantized, f"{base}_int8"),
+                          numpy_helper.from_array(scale, f"{base}_row_scale")]
+            done[table] = base
+        out, index = node.output[0], node.input[1]
+        nodes += [helper.make_node("Gather", [f"{base}_int8", index], [f"{out}_int8"], name=f"{node.name}_int8"),
+                  helper.make_node("Gather", [f"{base}_row_scale", index], [f"{out}_row_scale"],
+                                   name=f"{node.name}_row_scale"),
+                  helper.make_node("Cast", [f"{out}_int8"], [f"{out}_float"], to=TensorProto.FLOAT,
+                                   name=f"{node.name}_cast"),
+                  helper.make_node("Mul", [f"{out}_float", f"{out}_row_scale"], [out], name=f"{node.name}_rescale")]
+    if done:
+        _replace(model, nodes, new_inits)
+    return list(done)
 
 
 def _safe(name: str) -> str:

@@ -114,3 +114,56 @@ def test_spec_round_trip_and_errors(tmp_path, tiny_model_dir, cache_dir):
     with pytest.raises(ExportError, match="needs calibrated activation ranges"):
         onnx_for(source, cache_dir, int8="qdq")
     assert inspect_onnx(onnx_for(source, cache_dir, int8="dynamic"))["quantization"] == "int8"
+
+
+TEXTS = [p for p, _ in PAIRS]
+
+
+@pytest.mark.parametrize("kind, config", [("fasttext", {"dim": 32, "buckets": 32768}), ("cnn", {"dim": 128})])
+def test_tiny_student_tables_are_stored_in_int8(kind, config, minilm_dir, tmp_path):
+    """``gather=True`` (what train/finetune.py sets for a tiny student) stores the word (and fastText's bigram)
+    tables in int8 with a scale per row: the file shrinks to under 30% of float32 (before this pass the int8 file
+    was the float32 one's size: 8.11 / 8.11 MB for fastText) and the logits stay within the rounding bound."""
+    import onnx
+    import torch
+    from transformers import AutoTokenizer
+
+    from service.quantization import build_int8
+    from train.quantize import feeds as make_feeds
+    from train.students import build_student, export_onnx
+
+    torch.manual_seed(0)
+    student = build_student(kind, labels=["world", "sports", "business", "science"], multi_label=False,
+                            base_dir=minilm_dir, hyperparameters=config)
+    with torch.no_grad():  # a classifier with logits of a trained student's scale (a fresh one's are ~0.1)
+        student.classifier.weight.mul_(500.0)
+    fp32 = export_onnx(student, tmp_path / "model.onnx")
+    batches = list(make_feeds(AutoTokenizer.from_pretrained(minilm_dir), TEXTS, batch_size=8))
+    ranges = calibrate(fp32, batches)
+    plain = build_int8(fp32, tmp_path / "plain.onnx", "qdq", QuantizationSpec(ranges=ranges))
+    tables = build_int8(fp32, tmp_path / "tables.onnx", "qdq", QuantizationSpec(ranges=ranges, gather=True))
+    assert plain.stat().st_size > 0.95 * fp32.stat().st_size  # the Linear/Conv weights are a small part
+    assert tables.stat().st_size < 0.30 * fp32.stat().st_size
+    graph = onnx.load(str(tables))
+    int8_tables = {i.name for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2
+                   and i.dims[0] >= 30000}
+    assert len(int8_tables) == (2 if kind == "fasttext" else 1)
+    assert not [i.name for i in graph.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+                and i.dims[0] >= 30000 and i.dims[1] > 1]  # no float table left behind (only the row scales)
+    reference, got = run(fp32, batches), run(tables, batches)
+    assert np.abs(reference).max() > 1.0
+    assert np.abs(got - reference).max() < 0.02 * np.abs(reference).max()
+    assert (got.argmax(1) == reference.argmax(1)).all()
+    dynamic = build_int8(fp32, tmp_path / "dynamic.onnx", "dynamic", QuantizationSpec(ranges=ranges, gather=True))
+    assert dynamic.stat().st_size < 0.30 * fp32.stat().st_size
+
+
+def test_gather_flag_round_trips_and_keeps_old_digests(tmp_path):
+    spec = QuantizationSpec(ranges={"x": (-1.0, 2.5)})
+    assert spec.digest() == "9550433c"  # the digest before the flag existed: teachers' cached graphs stay valid
+    tables = QuantizationSpec(ranges={"x": (-1.0, 2.5)}, gather=True)
+    assert tables.digest() != spec.digest()
+    tables.save(tmp_path)
+    assert QuantizationSpec.load(tmp_path).gather is True
+    spec.save(tmp_path / "plain")
+    assert QuantizationSpec.load(tmp_path / "plain").gather is False
