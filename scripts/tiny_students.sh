@@ -2,13 +2,16 @@
 # Reproduces docs/students.md: tiny students distilled from the pool-adapted head (issue 15).
 # Inputs: scored pools runs/issue11/pools/<task>/{pool,eval} (PoolStore + gold.json), made from DATA (../shared/data)
 # by `benchmarks/tiny_students.py pools` when absent (python -m annotate simulate's cache is reused).
-# Outputs: runs/issue15/<task>/<student>-<setting>/ and runs/issue15/table.md.
+# Outputs: runs/issue15/<task>/<student>-<setting>/ and runs/issue15/table.md; the reports the docs quote are copied
+# to benchmarks/results/tiny_students/ by `benchmarks/tiny_students.py collect` (the command and the machine in each).
+# env: TASKS, STUDENTS, MAX_STEPS (600), AUGMENT (1), SPEED_TEXTS (1000), POOLS, OUT, DATA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 POOLS=${POOLS:-runs/issue11/pools}
 OUT=${OUT:-runs/issue15}
 TASKS=${TASKS:-"ag_news emotion"}
+SPEED_TEXTS=${SPEED_TEXTS:-1000}
 STUDENTS=${STUDENTS:-"fasttext cnn bilstm"}
 COMMON=(--epochs 3 --batch-size 64 --max-steps ${MAX_STEPS:-600} --teacher-method embedding --teacher-engine onnxruntime
         --speed-texts 64 --seed 13)
@@ -37,6 +40,6 @@ for task in $TASKS; do
   fi
   head=$dir/head1000
   $PY benchmarks/tiny_students.py speed "$dir"/*-head0* "$dir"/*-reviews1000 --eval "$dir/eval.jsonl" --head "$head" \
-      --output "$dir/speed.json"
+      --output "$dir/speed.json" --texts "$SPEED_TEXTS"
 done
 $PY benchmarks/tiny_students.py table "$OUT" "$OUT/table.md"

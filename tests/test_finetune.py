@@ -206,3 +206,32 @@ def test_tiny_student_from_a_head_teacher_beats_the_majority_class(kind, head_ta
         predicted = model(enc["input_ids"], enc["attention_mask"]).argmax(1).numpy()
     accuracy = float((predicted == gold).mean())
     assert accuracy > majority + 0.1, (kind, accuracy, majority)
+
+
+def test_few_reviews_per_label_warn_with_the_label_the_count_and_the_minimum(tmp_path, caplog):
+    """README step 5's case: a hard student on 10 reviews a label (40 in all) is below the measured minimum, so
+    one warning line names each short label, its count and the minimum; enough reviews, or soft labels only, do
+    not warn."""
+    import logging
+
+    from train.finetune import MIN_REVIEWS_PER_LABEL, warn_few_reviews
+
+    def export(counts):
+        path = tmp_path / f"export{sum(counts)}.jsonl"
+        rows = [{"text": f"{label} text {i}", "label": label, "status": "submitted", "labels_order": REPO_LABELS}
+                for label, n in zip(REPO_LABELS, counts) for i in range(n)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return read_exports([path])
+
+    few = export([10, 10, 10, MIN_REVIEWS_PER_LABEL])
+    with caplog.at_level(logging.WARNING, logger="train.finetune"):
+        line = warn_few_reviews(few, "hard")
+    assert line is not None
+    records = [r for r in caplog.records if r.name == "train.finetune" and r.levelno == logging.WARNING]
+    assert len(records) == 1 and records[0].getMessage() == line and "\n" not in line
+    for label in ("World", "Sports", "Business"):
+        assert f"'{label}' has 10" in line
+    assert "Sci/Tech" not in line and f"minimum {MIN_REVIEWS_PER_LABEL}" in line
+    assert warn_few_reviews(few, "mixed") is not None
+    assert warn_few_reviews(few, "soft") is None  # soft labels only: the reviews' count is not what it learns from
+    assert warn_few_reviews(export([MIN_REVIEWS_PER_LABEL] * 4), "hard") is None

@@ -66,6 +66,13 @@ app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], pretty_ex
 
 OBJECTIVES = ("hard", "soft", "mixed", "mse")
 
+#: Human labels per label below which a student trained on them is not worth serving: the smallest k (reviews per
+#: label) at which the default student (``--student transformer --objective hard``, this command's defaults) beat
+#: the zero-shot embedding teacher on 1,000 test rows with scores that were not near-uniform, the larger of AG News
+#: and emotion. Measured by ``benchmarks/student_min_reviews.py``; report, command and machine in
+#: ``benchmarks/results/student_min_reviews/report.json``.
+MIN_REVIEWS_PER_LABEL = 50
+
 
 def seed_everything(seed: int) -> None:
     import torch
@@ -123,6 +130,35 @@ def student_loss(logits, batch: dict, *, objective: str, multi_label: bool, temp
         target = torch.log(p) - torch.log1p(-p) if multi_label else torch.log(p) - torch.log(p).mean(1, keepdim=True)
         return logit_mse_loss(logits[has_soft], target)
     raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
+def short_labels(data: StudentData, minimum: int = MIN_REVIEWS_PER_LABEL) -> dict[str, int]:
+    """``{label: human labels}`` of the labels with fewer than ``minimum`` human labels (reviews) in ``data``, in
+    label order; for multi-label data a label's count is its positive labels."""
+    counts = np.zeros(len(data.labels), dtype=int)
+    for example in data.examples:
+        if data.multi_label and example.labels is not None:
+            counts += np.asarray(example.labels) > 0.5
+        elif not data.multi_label and example.label is not None:
+            counts[example.label] += 1
+    return {label: int(n) for label, n in zip(data.labels, counts) if n < minimum}
+
+
+def warn_few_reviews(data: StudentData, objective: str, minimum: int = MIN_REVIEWS_PER_LABEL) -> str | None:
+    """Log one warning line (and return it) when an objective that learns from the human labels (``hard``,
+    ``mixed``) gets fewer than ``minimum`` of them for any label (:data:`MIN_REVIEWS_PER_LABEL`); ``None``
+    otherwise. A warning, not an error: the student is still trained and written."""
+    if objective not in ("hard", "mixed"):
+        return None
+    short = short_labels(data, minimum)
+    if not short:
+        return None
+    named = ", ".join(f"{label!r} has {n}" for label, n in short.items())
+    line = (f"few reviews: {named} (minimum {minimum} a label): students trained on fewer reviews per label did not "
+            f"beat the zero-shot teacher (benchmarks/student_min_reviews.py); review more before serving this "
+            f"student, or add soft labels (--unlabeled, --teacher-head)")
+    logger.warning("%s", line)
+    return line
 
 
 def make_batches(data: StudentData, tokenizer, *, batch_size: int, max_length: int, seed: int | None):
@@ -387,6 +423,7 @@ def main(
         check_trainable(data, objective)
     except StudentDataError as exc:
         _fail(str(exc))
+    warn_few_reviews(data, objective)
 
     import torch
     from transformers import AutoTokenizer
