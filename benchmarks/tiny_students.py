@@ -16,6 +16,11 @@ teacher (K pairs a text), all in this one process, interleaved over ``--rounds``
 and load average recorded.
 
 ``table``: the Markdown table of every student's report and the speed file.
+
+``int8 DIR...``: each student's ``model.int8.onnx`` against its ``model.onnx`` (size, accuracy, delta).
+
+``collect RUNS OUT``: the reports behind the docs table, copied to ``benchmarks/results/tiny_students/`` with the
+command that made them.
 """
 
 from __future__ import annotations
@@ -230,6 +235,76 @@ def table(runs: Path, output: Path) -> None:
             plot_tradeoff(task_dir, rate, output.with_name(f"{output.stem}_{task_dir.name}.png"))
     output.write_text("\n".join(lines) + "\n")
     typer.echo("\n".join(lines))
+
+
+@app.command()
+def int8(student_dirs: list[Path], eval_file: Annotated[Path, typer.Option("--eval")],
+         output: Annotated[Path, typer.Option()]) -> None:
+    """Each student's ``model.int8.onnx`` against its ``model.onnx`` on the whole evaluation file, both run
+    directly on ONNX Runtime (the service may serve float32 on ONNX Runtime when int8 measured slower there:
+    ``quantization.json``): size on disk, accuracy, the accuracy delta in points and the top-1 agreement."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    rows = [json.loads(line) for line in eval_file.read_text().splitlines() if line.strip()]
+    texts = [r["text"] for r in rows]
+    result = {"eval": str(eval_file), "texts": len(texts), "machine": cpu_facts(), "students": {}}
+    for directory in student_dirs:
+        config = json.loads((directory / "config.json").read_text())
+        labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        gold = np.array([labels.index(r["label"]) for r in rows])
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        report = json.loads((directory / "report.json").read_text()) if (directory / "report.json").is_file() else {}
+        entry = {"model.int8.onnx form": report.get("quantization", {}).get("model.int8.onnx"),
+                 "gather_int8": json.loads((directory / "quantization.json").read_text()).get("gather", False)}
+        predicted = {}
+        for name in ("model.onnx", "model.int8.onnx"):
+            session = ort.InferenceSession(str(directory / name), providers=["CPUExecutionProvider"])
+            out = []
+            for start in range(0, len(texts), 256):
+                enc = tokenizer(texts[start:start + 256], padding=True, truncation=True, max_length=128,
+                                return_tensors="np")
+                out.append(session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
+                                              "attention_mask": enc["attention_mask"].astype(np.int64)})[0])
+            predicted[name] = np.concatenate(out).argmax(1)
+            entry[name] = {"mb": round((directory / name).stat().st_size / 1e6, 2),
+                           "accuracy": float((predicted[name] == gold).mean())}
+        entry["delta_points"] = round(100 * (entry["model.int8.onnx"]["accuracy"] - entry["model.onnx"]["accuracy"]), 2)
+        entry["top1_agreement"] = float((predicted["model.onnx"] == predicted["model.int8.onnx"]).mean())
+        entry["size_ratio"] = round(entry["model.int8.onnx"]["mb"] / entry["model.onnx"]["mb"], 3)
+        result["students"][directory.name] = entry
+        typer.echo(f"{directory.name}: {json.dumps(entry)}")
+    output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+@app.command()
+def collect(runs: Path, output_dir: Path,
+            command: Annotated[str, typer.Option(help="The command that made RUNS, recorded with the reports.")]
+            = "bash scripts/tiny_students.sh") -> None:
+    """Copy what the docs quote from RUNS into OUTPUT_DIR (committed, ``benchmarks/results/tiny_students/``): per task
+    ``prepare.json``, ``speed.json`` and each student's ``report.json`` as ``<run>.json``, then ``table.md`` and
+    ``command.json`` (the command, the date and the machine now)."""
+    import datetime
+    import shutil
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for task_dir in sorted(p for p in runs.iterdir() if (p / "prepare.json").is_file()):
+        target = output_dir / task_dir.name
+        target.mkdir(exist_ok=True)
+        for name in ("prepare.json", "speed.json", "int8.json"):
+            if (task_dir / name).is_file():
+                shutil.copyfile(task_dir / name, target / name)
+                copied.append(f"{task_dir.name}/{name}")
+        for run_dir in sorted(p for p in task_dir.iterdir() if (p / "report.json").is_file()):
+            shutil.copyfile(run_dir / "report.json", target / f"{run_dir.name}.json")
+            copied.append(f"{task_dir.name}/{run_dir.name}.json")
+    if (runs / "table.md").is_file():
+        shutil.copyfile(runs / "table.md", output_dir / "table.md")
+    (output_dir / "command.json").write_text(json.dumps(
+        {"command": command, "collected": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+         "files": copied, "machine_at_collection": cpu_facts()}, indent=2) + "\n", encoding="utf-8")
+    typer.echo(f"{len(copied)} reports -> {output_dir}")
 
 
 def plot_tradeoff(task_dir: Path, rate: dict, path: Path) -> Path:
