@@ -18,7 +18,7 @@ Example (emotion, 300 reviews)::
     python benchmarks/background_finetune.py ../shared/data/classification/emotion/train.jsonl \\
         --label sadness --label joy --label love --label anger --label fear --label surprise \\
         --hypothesis-template "This person feels {}." --reviews 300 --pool-sample 3000 \\
-        --output-dir runs/background_finetune/emotion
+        --output-dir runs/background_finetune/emotion --report benchmarks/results/background_finetune/emotion300.json
 """
 
 from __future__ import annotations
@@ -62,7 +62,12 @@ def main(
     pool_limit: Annotated[int, typer.Option(help="Pending texts with the head's soft labels in training.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the draw and of the fine-tune.")] = 0,
     cache_dir: Annotated[Optional[Path], typer.Option(help="simulate's scored-text cache (default: its own).")] = None,
-    output_dir: Annotated[Path, typer.Option(help="Where the job and report.json go.")] = Path("runs/background_finetune"),
+    output_dir: Annotated[Path, typer.Option(help="Where the job (its model directories) and report.json go.")]
+    = Path("runs/background_finetune"),
+    report_path: Annotated[Optional[Path], typer.Option("--report", help="Also write the report here (a file to "
+                                                        "commit, e.g. benchmarks/results/background_finetune/"
+                                                        "emotion300.json; the job's models stay in --output-dir).")]
+    = None,
 ) -> None:
     """Run one background fine-tune on a real pool and report it against the head (see the module docstring)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -132,6 +137,7 @@ def main(
     index = {rid: j for j, rid in enumerate(result.ids)}
     tuned_scores = result.scores[[index[ids[i]] for i in pending]]
     report = {
+        "command": "python benchmarks/background_finetune.py " + " ".join(sys.argv[1:]),
         "pool": str(pool_path), "pool_records": len(texts), "reviews": len(reviewed), "pending": int(len(pending)),
         "seed": seed, "settings": result.info["settings"], "revision": result.revision,
         "holdout": result.holdout, "holdout_accuracy_finetuned": result.accuracy,
@@ -147,7 +153,9 @@ def main(
         "head_refits_during": len(during),
         "cpu": cpu_facts(),
     }
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+    for path in filter(None, (output_dir / "report.json", report_path)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
     typer.echo(json.dumps({k: v for k, v in report.items() if k not in ("settings", "cpu")}, indent=1, default=float))
     typer.echo(f"cpu: {report['cpu']}")
 
