@@ -151,6 +151,9 @@ def main(
     data_dir: Annotated[Path, typer.Option(help="The shared data folder (AG News test texts).")] = Path("../shared/data"),
     clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 16,
     seconds: Annotated[float, typer.Option(help="Duration of the load, s.")] = 60.0,
+    settle_seconds: Annotated[float, typer.Option(help="RSS is also compared from this many seconds into the load "
+                                                  "(once the clients' first answers are back), as well as from its "
+                                                  "start.")] = 15.0,
     engine: Annotated[str, typer.Option(help="ZSC_ENGINE of the service.")] = "auto",
     setting: Annotated[Optional[list[str]], typer.Option(help="Extra ZSC_NAME=value for the service "
                                                          "(repeatable).")] = None,
@@ -160,6 +163,7 @@ def main(
     import httpx
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     texts = read_texts(data_dir)
     rng = random.Random(0)
     long_texts = [" ".join(rng.sample(texts, 40)) for _ in range(20)]  # ~2,000 tokens: several windows each
@@ -214,6 +218,7 @@ def main(
         "rss_last_third_mean_mb": round(float(np.mean([m for _, m in rss[-third:]])), 1) if rss else None,
         "rss_max_sampled_mb": max((m for _, m in rss), default=None),
         "rss_first_15s_mean_mb": _mean([m for t, m in rss if t <= 15]),
+        "rss_15s_after_settle_mean_mb": _mean([m for t, m in rss if settle_seconds < t <= settle_seconds + 15]),
         "rss_last_15s_mean_mb": _mean([m for t, m in rss if t > wall - 15]),
         "by_kind": {name: {"n": sum(1 for r in ok if r["kind"] == name),
                            "p50_ms": round(float(np.percentile([r["seconds"] * 1000 for r in ok if r["kind"] == name],
@@ -223,6 +228,8 @@ def main(
     first, last = summary["rss_first_15s_mean_mb"], summary["rss_last_15s_mean_mb"]
     summary["rss_last_over_first_15s"] = round(last / first, 3) if first and last else None
     summary["rss_flat_within_10pct"] = bool(first and last and abs(last / first - 1) <= 0.10)
+    settled = summary["rss_15s_after_settle_mean_mb"]
+    summary["rss_last_over_settled_15s"] = round(last / settled, 3) if settled and last else None
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "load.json").write_text(json.dumps({"facts": facts, "summary": summary, "rss": rss,
                                                       "mismatches": mismatches[:20]}, indent=2))
@@ -243,7 +250,9 @@ def main(
         f"{summary['rss_last_third_mean_mb']} MB over the last, {summary['rss_max_sampled_mb']} MB max sampled, "
         f"peak (ru_maxrss) {facts['peak_rss_mb']} MB",
         f"first 15 s mean {first} MB, last 15 s mean {last} MB: x{summary['rss_last_over_first_15s']} "
-        f"({'flat, within 10%' if summary['rss_flat_within_10pct'] else 'NOT within 10%'})",
+        f"({'flat, within 10%' if summary['rss_flat_within_10pct'] else 'NOT within 10%'}); "
+        f"{settle_seconds:.0f}-{settle_seconds + 15:.0f} s mean {settled} MB: last 15 s x"
+        f"{summary['rss_last_over_settled_15s']}",
         "RSS every 5 s (s: MB): " + ", ".join(f"{t:.0f}: {m:.0f}" for t, m in rss[::5]), "",
         "| kind | answered | p50 ms |", "|---|---|---|",
         *[f"| {name} | {v['n']} | {v['p50_ms']} |" for name, v in summary["by_kind"].items()],

@@ -71,12 +71,12 @@ def _calibration(settings: Settings, method: str, *fingerprints: str) -> tuple[C
                                          **({"weight": calibration.weight} if method == "ensemble" else {})}}
 
 
-def load_model(settings: Settings, role: Role = "nli", models_left: int = 1) -> LoadedModel:
+def load_model(settings: Settings, role: Role = "nli", models: int = 1, models_left: int = 1) -> LoadedModel:
     """Resolve the model of ``role``, build ``settings.engine`` (with fallbacks) and its classifier.
 
-    ``models_left``: the models still to load in this process, this one included; ``engine=auto``'s start-up and
-    memory budget (``settings.max_start_s``, ``settings.max_rss_mb``) is shared among them
-    (:func:`service.engines.selection.service_budget`).
+    ``models``, ``models_left``: the models this process loads, and those still to load, this one included;
+    ``engine=auto``'s start-up and memory budget (``settings.max_start_s``, ``settings.max_rss_mb``) is shared among
+    them (:func:`service.engines.selection.service_budget`).
 
     Raises:
         service.sources.ModelSourceError: the model cannot be found.
@@ -97,7 +97,7 @@ def load_model(settings: Settings, role: Role = "nli", models_left: int = 1) -> 
     tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
     model_limit = min(tokenizer.model_max_length, config.get("max_position_embeddings", 512))
     fingerprint = source.fingerprint()
-    budget = service_budget(settings.max_start_s, settings.max_rss_mb, models_left)
+    budget = service_budget(settings.max_start_s, settings.max_rss_mb, models=models, models_left=models_left)
     engine_options = dict(cache_dir=settings.cache_dir, batch_size=settings.batch_size,
                           num_threads=settings.num_threads, quantization=settings.quantization,
                           compile=settings.deepsparse_compile, remeasure=settings.remeasure, budget=budget,
@@ -205,7 +205,7 @@ def load_methods(settings: Settings) -> ServedMethods:
     try:
         roles = [r for r, m in (("nli", settings.model), ("embedding", settings.embedding_model)) if m != NO_MODEL]
         for position, role in enumerate(roles):
-            models[role] = load_model(settings, role, models_left=len(roles) - position)
+            models[role] = load_model(settings, role, models=len(roles), models_left=len(roles) - position)
         for name, path in settings.classifiers.items():
             if is_head_dir(path):  # an adapted head (annotate refresh): on the loaded sentence encoder
                 classifiers[name] = load_head_classifier(name, path, models.get("embedding"))

@@ -156,17 +156,14 @@ def test_choose_takes_the_fastest_engine_within_the_budget():
     assert selection.choose({"costs": {}}, Budget())[0] is None
 
 
-def test_budget_is_shared_by_the_models_left_to_load(monkeypatch):
-    monkeypatch.setattr(selection, "_MEASURING_SECONDS", [0.0])
+def test_budget_is_shared_by_the_models():
     rss = selection.rss_mb()
-    one, two = selection.service_budget(600, 5000, 1), selection.service_budget(600, 5000, 2)
-    assert one.rss_mb == pytest.approx(5000 - rss, abs=50) and two.rss_mb == pytest.approx((5000 - rss) / 2, abs=50)
-    age = selection.process_age_s()
-    assert 0 < age < 24 * 3600
-    assert one.start_s == pytest.approx(600 - age, abs=5) and two.start_s == pytest.approx((600 - age) / 2, abs=5)
-    monkeypatch.setattr(selection, "_MEASURING_SECONDS", [30.0])  # time in auto's timing children: not a warm start's
-    assert selection.service_budget(600, None, 1).start_s == pytest.approx(630 - age, abs=5)
-    assert selection.service_budget(None, None, 2) == Budget()
+    one = selection.service_budget(15, 5000, models=1, models_left=1)
+    first, second = (selection.service_budget(15, 5000, models=2, models_left=n) for n in (2, 1))
+    assert one.rss_mb == pytest.approx(5000 - rss, abs=50) and first.rss_mb == pytest.approx((5000 - rss) / 2, abs=50)
+    assert second.rss_mb == pytest.approx(5000 - rss, abs=50)  # what the first model left, after its own memory
+    assert (one.start_s, first.start_s, second.start_s) == (15, 7.5, 7.5)
+    assert selection.service_budget(None, None, models=2, models_left=2) == Budget()
 
 
 def test_timing_shapes_include_part_filled_batches():

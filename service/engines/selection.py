@@ -53,8 +53,6 @@ _DISPLAY = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "torch": 
 #: The clause of DeepSparse's licence (``deepsparse-*.dist-info/LICENSE``, section 1, "Neural Magic DeepSparse
 #: Community License") that limits its use; quoted in ``/info`` and in the start-up warning when it serves.
 DEEPSPARSE_TERMS = ("solely for evaluation use in development and testing environments, and not for production use")
-#: Seconds this process has spent waiting for timing children: not part of a warm start (:func:`service_budget`).
-_MEASURING_SECONDS = [0.0]
 
 
 def rss_mb() -> float:
@@ -71,28 +69,14 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-_IMPORTED_AT = time.monotonic()
-
-
-def process_age_s() -> float:
-    """Seconds since this process started (``/proc/self/stat`` start time against ``/proc/uptime``); where those
-    are not readable, since this module was imported."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of proc(5), counted after the ")"
-        return float(Path("/proc/uptime").read_text().split()[0]) - started
-    except (OSError, ValueError, IndexError):
-        return time.monotonic() - _IMPORTED_AT
-
-
-def service_budget(max_start_s: float | None, max_rss_mb: float | None, models_left: int) -> Budget:
-    """The share of the service's budget for the next model's engine: what is left of ``max_start_s`` (seconds
-    since the process started, less the time spent in ``auto``'s timing children, which a warm start does not
-    pay) and of ``max_rss_mb`` (less this process's resident memory now), split equally among the ``models_left``
-    models still to load (this one included). ``None`` leaves that side unbounded."""
-    share = max(1, models_left)
-    start = None if max_start_s is None else (max_start_s - process_age_s() + _MEASURING_SECONDS[0]) / share
-    rss = None if max_rss_mb is None else (max_rss_mb - rss_mb()) / share
+def service_budget(max_start_s: float | None, max_rss_mb: float | None, *, models: int, models_left: int) -> Budget:
+    """The share of the service's budget for the next model's engine (of ``models`` loaded by the process, of which
+    ``models_left`` are still to load, this one included): ``max_start_s / models`` seconds to build, and what is
+    left of ``max_rss_mb`` after this process's resident memory now, split equally among the models left. The
+    seconds are a fixed share, not what is left of the process's own start: imports and a loaded machine cost
+    every engine alike and would otherwise decide the choice. ``None`` leaves that side unbounded."""
+    start = None if max_start_s is None else max_start_s / max(1, models)
+    rss = None if max_rss_mb is None else (max_rss_mb - rss_mb()) / max(1, models_left)
     return Budget(start_s=start, rss_mb=rss)
 
 
@@ -388,7 +372,6 @@ def measure_in_child(source, options: dict, candidates: tuple[str, ...], *, shap
             raise EngineError(f"auto: the timing process failed (exit code {proc.returncode}; its log is above)")
         result = json.loads(out.read_text(encoding="utf-8"))
     result["measure_seconds"] = round(time.perf_counter() - began, 1)
-    _MEASURING_SECONDS[0] += result["measure_seconds"]
     return result
 
 
