@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -48,6 +47,8 @@ import typer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.machine import cpu_facts  # noqa: E402
 
 logger = logging.getLogger("benchmarks.sparse_speed")
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
@@ -318,22 +319,6 @@ def auto_timing(batch_size: int, threads: int, results: list[dict]) -> dict:
             f"{'agrees' if agrees else 'DISAGREES' if winners else 'not checked'}")
     return {"rows_per_s": measured["rows_per_s"], "costs": measured["costs"], "pick": pick, "why": why,
             "winners_on_real_texts": winners, "agrees": agrees, "line": line}
-
-
-def cpu_facts() -> dict:
-    flags = set()
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return {"cpu": model, "cores": os.cpu_count(), "flags": ", ".join(wanted) or "none"}
 
 
 @app.command()
