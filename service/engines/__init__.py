@@ -165,7 +165,7 @@ _LICENCE_WARNED: set[str] = set()
 def _announce(engine: Engine, source: ModelSource) -> None:
     """The start-up log: which engine serves the model, why, under which licence; one warning per process when
     DeepSparse serves (its licence allows evaluation and non-production use only)."""
-    from service.engines.selection import licence
+    from service.engines.base import licence
 
     logger.info("engine for %s: %s, %s; licence: %s", source.model_id, _DISPLAY[engine.name], engine.why,
                 licence(engine.name))

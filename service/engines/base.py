@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import numpy as np
+
+#: The clause of DeepSparse's licence (``deepsparse-*.dist-info/LICENSE``, section 1, "Neural Magic DeepSparse
+#: Community License") that limits its use; quoted in ``/info`` and in the start-up warning when it serves.
+DEEPSPARSE_TERMS = ("solely for evaluation use in development and testing environments, and not for production use")
+
+
+def licence(kind: str) -> str:
+    """The licence an engine's package declares (its metadata ``License`` or ``License-Expression``), and for
+    DeepSparse the clause that limits its use (:data:`DEEPSPARSE_TERMS`); ``unknown`` when not installed."""
+    dists = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+             "deepsparse": ("deepsparse", "deepsparse-nightly"), "torch": ("torch",)}.get(kind, (kind,))
+    name = "unknown"
+    for dist in dists:
+        try:
+            meta = importlib.metadata.metadata(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        name = (meta.get("License-Expression") or meta.get("License") or "unknown").strip().splitlines()[0][:80]
+        break
+    if kind == "deepsparse":
+        return f"{name}: {DEEPSPARSE_TERMS}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -70,8 +93,6 @@ class Engine(ABC):
     def describe(self) -> dict:
         """Facts for ``GET /info`` (engine name, why it serves, its licence, graph form, threads, compiled shapes,
         auto's measurements)."""
-        from service.engines.selection import licence
-
         return {"engine": self.name, "engine_why": self.why, "engine_licence": licence(self.name), "int8": self.int8,
                 **({"auto_selection": self.selection} if self.selection else {})}
 

@@ -37,10 +37,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from service.engines.base import Budget
+from service.engines.base import DEEPSPARSE_TERMS, Budget, licence
 
 logger = logging.getLogger(__name__)
-__all__ = ["Budget", "choose", "engine_cost", "licence", "measure_in_child", "service_budget"]
+__all__ = ["DEEPSPARSE_TERMS", "Budget", "choose", "engine_cost", "licence", "measure_in_child", "service_budget"]
 
 #: Candidates ``auto`` measures, in this order (the cheaper to build first; the torch engine is only a fallback
 #: when neither builds).
@@ -50,9 +50,6 @@ CANDIDATES = ("onnxruntime", "deepsparse")
 SELECTION_FORMAT = 2
 SELECTION_DIR = "engine_selection"
 _DISPLAY = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "torch": "the torch engine"}
-#: The clause of DeepSparse's licence (``deepsparse-*.dist-info/LICENSE``, section 1, "Neural Magic DeepSparse
-#: Community License") that limits its use; quoted in ``/info`` and in the start-up warning when it serves.
-DEEPSPARSE_TERMS = ("solely for evaluation use in development and testing environments, and not for production use")
 
 
 def rss_mb() -> float:
@@ -78,24 +75,6 @@ def service_budget(max_start_s: float | None, max_rss_mb: float | None, *, model
     start = None if max_start_s is None else max_start_s / max(1, models)
     rss = None if max_rss_mb is None else (max_rss_mb - rss_mb()) / max(1, models_left)
     return Budget(start_s=start, rss_mb=rss)
-
-
-def licence(kind: str) -> str:
-    """The licence an engine's package declares (its metadata ``License`` or ``License-Expression``), and for
-    DeepSparse the clause that limits its use (:data:`DEEPSPARSE_TERMS`); ``unknown`` when not installed."""
-    dists = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
-             "deepsparse": ("deepsparse", "deepsparse-nightly"), "torch": ("torch",)}.get(kind, (kind,))
-    name = "unknown"
-    for dist in dists:
-        try:
-            meta = importlib.metadata.metadata(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        name = (meta.get("License-Expression") or meta.get("License") or "unknown").strip().splitlines()[0][:80]
-        break
-    if kind == "deepsparse":
-        return f"{name}: {DEEPSPARSE_TERMS}"
-    return name
 
 
 def cpu_facts() -> dict:
