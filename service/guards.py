@@ -94,9 +94,10 @@ class BodyLimit:
       or the app.
     - A client that disconnects while sending gets no answer (there is no one to read it).
 
-    Both refusals close the connection (``Connection: close``, as RFC 9110 asks of a 408): the rest of the body is
-    never read. The app then receives the body as one ``http.request`` message, and later ``receive`` calls go to
-    the server (a disconnect).
+    A 408 closes the connection (``Connection: close``, as RFC 9110 asks); a 413 keeps it, so the server discards
+    the rest of the body as it arrives and a client that sends the whole body before it reads (most do) gets the
+    413 rather than a reset connection. The app receives the body as one ``http.request`` message; later
+    ``receive`` calls go to the server (a disconnect).
 
     Raises:
         ValueError: ``max_bytes`` < 1 or ``timeout_s`` <= 0.
@@ -160,7 +161,8 @@ class BodyLimit:
 
     @staticmethod
     async def _refuse(status: int, detail: str, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})
+        response = JSONResponse({"detail": detail}, status_code=status,
+                                headers={"Connection": "close"} if status == 408 else None)
         await response(scope, receive, send)
 
 
