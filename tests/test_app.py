@@ -239,6 +239,26 @@ def test_a_model_that_fails_to_load_is_reported(cache_dir, tmp_path):
         assert response.status_code == 503 and "does not exist" in response.text
 
 
+def test_loading_before_serving_answers_only_once_ready_or_fails_to_start(tiny_model_dir, cache_dir, tmp_path):
+    """``load_before_serving`` (Ray Serve replicas): the server starts answering only once the models are in, so the
+    first ``/ready`` is 200 with no waiting; models that cannot load fail the start-up with the loader's error."""
+    import asyncio
+
+    settings = Settings(model=str(tiny_model_dir), embedding_model="none", engine="onnxruntime", cache_dir=cache_dir)
+    with LiveServer(create_app(settings, load_before_serving=True)) as live:  # started: the lifespan has returned
+        first = httpx.get(live.url + "/ready")
+        assert first.status_code == 200 and first.json()["methods"] == ["nli"]
+    app = create_app(Settings(model=str(tmp_path / "no-such-model"), embedding_model="none", engine="onnxruntime",
+                              cache_dir=cache_dir), load_before_serving=True)
+
+    async def start_up():
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(RuntimeError, match="the models failed to load: .*does not exist"):
+        asyncio.run(start_up())
+
+
 @pytest.mark.parametrize("launcher", ["python -m service", "uvicorn service.app:app"])
 def test_the_documented_launchers_serve_over_http(launcher, tiny_model_dir, cache_dir):
     port = free_port()
