@@ -16,10 +16,12 @@ threads, so the head keeps refreshing meanwhile. The child (:func:`run_job`):
 5. renames its working folder into place last, so a job killed at any point leaves nothing a refresh would read.
 
 Each refresh round then reads the newest finished job (:meth:`BackgroundFinetune.latest`): when the fine-tuned
-model is more accurate than the head on the held-out reviews (:meth:`FinetuneResult.wins`, by more than
-``margin``), the pending records it scored take its suggestions (agent ``<encoder>:encoder-finetune:<revision>``);
-records it did not score (pushed later) keep the head's. A later job, ``every`` reviews on, measures again, so the
-head takes over again if the reviews come to favour it.
+model beat the head on the held-out reviews by a paired test (:meth:`FinetuneResult.wins`: McNemar's exact test on
+the reviews one of them got right and the other wrong, ``statsmodels.stats.contingency_tables.mcnemar``, McNemar
+1947), the pending records it scored take its suggestions (agent ``<encoder>:encoder-finetune:<revision>``);
+records it did not score (pushed later) keep the head's. A job expires once the reviews grew by more than
+``every`` past its snapshot (:meth:`FinetuneResult.expired`): the head, refitted on every review since, serves
+again until a newer job, which measures again on a larger holdout, finishes.
 
 Layout under ``<cache root>/finetune/``: ``<revision>/`` (finished: ``result.json``, ``scores.npz``, ``model/``,
 ``job.log``), ``.<revision>.snapshot/`` (inputs of a job, removed when it finishes), ``.<revision>.work/``.
@@ -60,7 +62,12 @@ class FinetuneSettings:
         time_budget: seconds of the child's training (model load and linear probe included; scoring the pending
             records comes after it).
         threads: torch threads of the child (the head's refits use one BLAS thread).
-        margin: the fine-tuned model is swapped in when its held-out accuracy beats the head's by more than this.
+        margin: the fine-tuned model is swapped in only when its held-out accuracy also beats the head's by more
+            than this (negative: even when it does not, for trials; the paired test still applies unless
+            ``alpha`` is 1).
+        alpha: level of the paired test of the swap: McNemar's exact two-sided p-value must be below it (and the
+            fine-tuned model right on more of the discordant reviews); 0.1 two-sided is a one-sided 5% test that
+            the fine-tuned model is the more accurate.
         holdout_fraction: share of the reviews held out for that comparison.
         pool_limit: pending texts with the head's soft labels in training (``0``: reviews only).
         max_length, batch_size, lr, epochs, seed: of :func:`annotate.encoder_finetune.finetune_on_reviews`.
@@ -72,6 +79,7 @@ class FinetuneSettings:
     time_budget: float = 600.0
     threads: int = 1
     margin: float = 0.0
+    alpha: float = 0.1
     holdout_fraction: float = 0.2
     pool_limit: int = 1000
     max_length: int = 64
@@ -92,7 +100,9 @@ class FinetuneResult:
         reviewed: submitted records at the snapshot; holdout: how many of them were held out.
         accuracy: the fine-tuned model's accuracy on the held-out reviews.
         head_accuracy: the adapted head's (fitted without them) on the same records.
-        margin: the swap margin the job was started with.
+        margin: the swap margin the job was started with; alpha: the level of its paired test.
+        paired: ``{"both", "finetuned_only", "head_only", "neither"}`` counts of the held-out reviews each got
+            right (empty for jobs that predate it: they never swap).
         ids: ``m`` record ids it scored (pending at the snapshot); scores: ``(m, K)`` its probabilities.
         model_dir: the servable classifier directory.
         train_seconds, score_seconds: wall times in the child; created: UNIX time it finished.
@@ -112,19 +122,43 @@ class FinetuneResult:
     score_seconds: float = 0.0
     created: float = 0.0
     info: dict = field(default_factory=dict)
+    alpha: float = 0.1
+    paired: dict = field(default_factory=dict)
 
-    def wins(self, margin: float | None = None) -> bool:
-        """True when the fine-tuned model beat the head on the held-out reviews by more than ``margin`` (default:
-        the job's). Without held-out reviews nothing can be shown, so False."""
+    def p_value(self) -> float | None:
+        """McNemar's exact two-sided p-value (``statsmodels.stats.contingency_tables.mcnemar(exact=True)``: a binomial
+        test on the discordant held-out reviews) of "the fine-tuned model and the head are equally accurate";
+        ``None`` without paired outcomes."""
+        from statsmodels.stats.contingency_tables import mcnemar
+
+        if not self.paired:
+            return None
+        table = [[self.paired["both"], self.paired["finetuned_only"]],
+                 [self.paired["head_only"], self.paired["neither"]]]
+        return float(mcnemar(table, exact=True).pvalue)
+
+    def wins(self, margin: float | None = None, alpha: float | None = None) -> bool:
+        """True when the fine-tuned model beat the head on the held-out reviews: right on more of the reviews where
+        they disagree, with McNemar's p-value below ``alpha``, and more accurate by more than ``margin`` (defaults:
+        the job's). Without paired held-out outcomes nothing can be shown, so False."""
         margin = self.margin if margin is None else margin
-        if self.accuracy is None or self.head_accuracy is None or not self.holdout:
+        alpha = self.alpha if alpha is None else alpha
+        if self.accuracy is None or self.head_accuracy is None or not self.holdout or not self.paired:
             return False
-        return self.accuracy > self.head_accuracy + margin
+        if self.paired["finetuned_only"] <= self.paired["head_only"]:
+            return False
+        return self.p_value() < alpha and self.accuracy > self.head_accuracy + margin
 
-    def summary(self, margin: float | None = None) -> dict:
+    def expired(self, reviewed_now: int, every: int) -> bool:
+        """True once the submitted reviews grew by more than ``every`` past the job's snapshot: the head has been
+        refitted on many reviews the fine-tune never saw, so its comparison no longer holds."""
+        return reviewed_now - self.reviewed > every
+
+    def summary(self, margin: float | None = None, alpha: float | None = None) -> dict:
         """What a refresh summary reports of it."""
         return {"revision": self.revision, "reviewed": self.reviewed, "holdout": self.holdout,
-                "accuracy": self.accuracy, "head_accuracy": self.head_accuracy, "in_use": self.wins(margin),
+                "accuracy": self.accuracy, "head_accuracy": self.head_accuracy, "in_use": self.wins(margin, alpha),
+                "p_value": self.p_value(), "paired": dict(self.paired),
                 "scored": len(self.ids), "model_dir": self.model_dir, "train_seconds": round(self.train_seconds, 1),
                 "score_seconds": round(self.score_seconds, 1)}
 
@@ -142,7 +176,8 @@ class FinetuneResult:
         return cls(info["revision"], list(info["labels"]), int(info["reviewed"]), int(info["holdout"]),
                    info.get("accuracy"), info.get("head_accuracy"), float(info.get("margin", 0.0)), ids, scores,
                    str(directory / MODEL), float(info.get("train_seconds", 0.0)),
-                   float(info.get("score_seconds", 0.0)), float(info.get("created", 0.0)), info)
+                   float(info.get("score_seconds", 0.0)), float(info.get("created", 0.0)), info,
+                   float(info.get("alpha", 0.1)), dict(info.get("paired") or {}))
 
 
 def snapshot_revision(labels: Sequence[str], reviewed: dict[str, int], settings: FinetuneSettings) -> str:
@@ -179,6 +214,14 @@ def write_snapshot(directory: str | Path, *, ids: Sequence[str], texts: Sequence
            "settings": asdict(settings), "head_config": asdict(head_config or HeadConfig()), "encoder": encoder}
     (directory / "job.json").write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
     return directory
+
+
+def paired_outcomes(finetuned_right, head_right) -> dict:
+    """Counts of the held-out reviews both, only the fine-tuned model, only the head, or neither got right (the 2x2
+    table of McNemar's test), from two ``(h,)`` boolean arrays."""
+    a, b = np.asarray(finetuned_right, dtype=bool), np.asarray(head_right, dtype=bool)
+    return {"both": int((a & b).sum()), "finetuned_only": int((a & ~b).sum()), "head_only": int((~a & b).sum()),
+            "neither": int((~a & ~b).sum())}
 
 
 def run_job(snapshot: str | Path, output: str | Path) -> FinetuneResult:
@@ -218,8 +261,13 @@ def run_job(snapshot: str | Path, output: str | Path) -> FinetuneResult:
                                 holdout_fraction=settings.holdout_fraction, num_threads=settings.threads, **soft)
     if not np.array_equal(tuned.holdout_rows, held_rows):  # same split by construction; say so if that ever changes
         raise RuntimeError("the fine-tune held out other reviews than the head's reference")
-    logger.info("held-out accuracy on %d reviews: fine-tuned %.4f, head %s", len(held_rows),
-                tuned.holdout_accuracy or float("nan"), head_accuracy)
+    paired = {}
+    if len(held_rows):
+        tuned_right = tuned.predict_proba([texts[i] for i in rows[held_rows]]).argmax(axis=1) == y[held_rows]
+        head_right = head.scores[rows[held_rows]].argmax(axis=1) == y[held_rows]
+        paired = paired_outcomes(tuned_right, head_right)
+    logger.info("held-out accuracy on %d reviews: fine-tuned %.4f, head %s; paired %s", len(held_rows),
+                tuned.holdout_accuracy or float("nan"), head_accuracy, paired)
     began = time.perf_counter()
     scores = tuned.predict_proba([texts[i] for i in pending]) if len(pending) else np.zeros((0, len(labels)))
     score_seconds = time.perf_counter() - began
@@ -234,6 +282,7 @@ def run_job(snapshot: str | Path, output: str | Path) -> FinetuneResult:
     info = {"revision": job["revision"], "labels": labels, "reviewed": int(len(rows)), "holdout": int(len(held_rows)),
             "accuracy": tuned.holdout_accuracy, "head_accuracy": head_accuracy,
             "probe_accuracy": tuned.holdout_accuracy_probe, "head_mode": head.report.mode, "margin": settings.margin,
+            "alpha": settings.alpha, "paired": paired,
             "train_seconds": tuned.train_seconds, "score_seconds": score_seconds,
             "seconds": time.perf_counter() - started, "history": tuned.history, "settings": asdict(settings),
             "encoder": job.get("encoder"), "created": time.time()}
@@ -299,7 +348,9 @@ class BackgroundFinetune:
             shutil.rmtree(snapshot, ignore_errors=True)
             self._prune()
             result = FinetuneResult.load(self.root / revision)
-            verdict = "swapped in" if result.wins(self.settings.margin) else "kept the head"
+            verdict = "swapped in" if result.wins(self.settings.margin, self.settings.alpha) else "kept the head"
+            p = result.p_value()
+            verdict += f" (McNemar p {p:.3g})" if p is not None else " (no paired outcomes)"
             self.echo(f"fine-tune {revision} finished in {result.info.get('seconds', 0):.0f} s: held-out accuracy "
                       f"{_fmt(result.accuracy)} vs head {_fmt(result.head_accuracy)} on {result.holdout} reviews: "
                       f"{verdict}")

@@ -131,8 +131,16 @@ class RefreshSummary:
         f = self.finetune
         if not f.get("revision"):
             return f"encoder fine-tune  {f.get('state', 'none yet')}"
-        use = (f"in use for {f.get('applied', 0)} pending records" if f.get("in_use")
-               else "not in use (the head is as accurate or better)")
+        p = "" if f.get("p_value") is None else f", McNemar p {f['p_value']:.3g}"
+        if f.get("expired"):
+            use = (f"expired: {f['reviewed_now']} reviews now, more than --finetune-every past its {f['reviewed']}; "
+                   "the head serves until a newer fine-tune finishes")
+        elif f.get("in_use"):
+            use = f"in use for {f.get('applied', 0)} pending records (better on a paired test{p})"
+        elif not f.get("paired"):
+            use = "not in use (no paired held-out outcomes to test it on)"
+        else:
+            use = f"not in use (not shown better than the head on a paired test{p})"
         accuracy = "-" if f.get("accuracy") is None else f"{f['accuracy']:.4f}"
         head = "-" if f.get("head_accuracy") is None else f"{f['head_accuracy']:.4f}"
         running = f"; {f['state']}" if f.get("state") else ""
@@ -360,7 +368,8 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     scores = adapted.scores
     agents = [agent] * n
     if finetune is not None:
-        scores, agents = _apply_finetune(finetune, labels, ids, row_of, pending, scores, agents, meta, summary)
+        scores, agents = _apply_finetune(finetune, labels, ids, row_of, pending, scores, agents, meta, summary,
+                                         len(reviewed))
     top = scores.argmax(axis=1)
     changed = []
     for i in pending:
@@ -458,16 +467,21 @@ def _agent_kind(agent: str | None) -> str | None:
     return agent.rsplit(":", 1)[0] if agent and ":" in agent else agent
 
 
-def _apply_finetune(finetune, labels, ids, row_of, pending, scores, agents, meta, summary):
+def _apply_finetune(finetune, labels, ids, row_of, pending, scores, agents, meta, summary, reviewed_count: int):
     """Scores and agents with the newest finished fine-tune's suggestions on the pending rows it scored, when it
-    beat the head on held-out reviews; the summary's ``finetune`` says what was found and used."""
+    beat the head on held-out reviews (:meth:`annotate.finetune_job.FinetuneResult.wins`) and has not expired
+    (``reviewed_count`` submitted reviews now: :meth:`~annotate.finetune_job.FinetuneResult.expired`); the summary's
+    ``finetune`` says what was found and used."""
     from annotate.finetune_job import agent_of
 
     result = finetune.latest(labels)
     if result is None:
         return scores, agents
-    summary.finetune = result.summary(finetune.settings.margin)
-    if not result.wins(finetune.settings.margin):
+    summary.finetune = result.summary(finetune.settings.margin, finetune.settings.alpha)
+    if result.expired(reviewed_count, finetune.settings.every):
+        summary.finetune.update(in_use=False, expired=True, reviewed_now=reviewed_count)
+        return scores, agents
+    if not result.wins(finetune.settings.margin, finetune.settings.alpha):
         return scores, agents
     scores = scores.copy()
     agents = list(agents)

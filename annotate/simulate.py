@@ -31,6 +31,30 @@ class LabelledSplit:
     gold: np.ndarray
 
 
+def reliability(scores: np.ndarray, gold: np.ndarray, n_bins: int = 10) -> dict:
+    """Top-label calibration of ``(n, K)`` scores against ``(n,)`` gold indices: expected calibration error (15
+    equal-width bins, Guo et al. 2017: :func:`service.calibration.expected_calibration_error`), mean and median
+    top score, and the reliability diagram's points (``sklearn.calibration.calibration_curve`` over ``n_bins``
+    equal-width bins of the top score: accuracy and mean top score per non-empty bin, and the bin's count)."""
+    from sklearn.calibration import calibration_curve
+
+    from service.calibration import expected_calibration_error
+
+    confidence = scores.max(axis=1)
+    correct = (scores.argmax(axis=1) == gold).astype(int)
+    out = {"ece": expected_calibration_error(scores, gold), "mean_confidence": float(confidence.mean()),
+           "median_confidence": float(np.median(confidence)), "accuracy": float(correct.mean())}
+    if len(np.unique(correct)) > 1:  # calibration_curve needs both outcomes
+        accuracy, mean_score = calibration_curve(correct, confidence, n_bins=n_bins, strategy="uniform")
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        counts = np.bincount(np.clip(np.searchsorted(edges[1:-1], confidence, side="right"), 0, n_bins - 1),
+                             minlength=n_bins)
+        out["curve"] = {"accuracy": [round(float(v), 4) for v in accuracy],
+                        "mean_score": [round(float(v), 4) for v in mean_score],
+                        "count": [int(c) for c in counts if c]}
+    return out
+
+
 def _metrics(scores: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
     from sklearn.metrics import f1_score
 
@@ -54,7 +78,8 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
 
     Returns:
         ``{"zero_shot": {...}, "curve": [{"reviewed", "eval_accuracy", "eval_macro_f1", "pending_accuracy",
-        "reviews_only_eval_accuracy", "mode", "pseudo_weight", "refit_seconds"}, ...], ...}``.
+        "reviews_only_eval_accuracy", "eval_ece", "eval_calibration", "pending_calibration", "mode", "note",
+        "pseudo_weight", "refit_seconds"}, ...], ...}``; each ``*_calibration`` is :func:`reliability`'s.
 
     Raises:
         ValueError: budgets not increasing, or larger than the pool.
@@ -73,7 +98,8 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
                     "evaluated_on": "eval" if evaluation is not None else "pending pool records",
                     "eval_size": len(target.gold),
                     "zero_shot": {"eval_accuracy": zs_acc, "eval_macro_f1": zs_f1,
-                                  "pool_accuracy": _metrics(pool.zero_shot, pool.gold)[0]},
+                                  "pool_accuracy": _metrics(pool.zero_shot, pool.gold)[0],
+                                  "eval_calibration": reliability(target.zero_shot, target.gold)},
                     "curve": []}
     reviewed: dict[int, int] = {}
 
@@ -108,7 +134,14 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
                  "correction_c": adapted.report.correction_c,
                  "pseudo_labels": adapted.report.pseudo_labels, "temperature": adapted.report.temperature,
                  "cv_accuracy": adapted.report.cv_accuracy, "refit_seconds": round(refit_seconds, 4),
-                 "reviews_only_eval_accuracy": _reviews_only(pool, reviewed, k, config, evaluation, pending)}
+                 "reviews_only_eval_accuracy": _reviews_only(pool, reviewed, k, config, evaluation, pending),
+                 "eval_calibration": reliability(eval_scores, eval_gold),
+                 "pending_calibration": reliability(adapted.scores[pending], pool.gold[pending]) if len(pending)
+                 else None,
+                 "pending_zero_shot_calibration": reliability(pool.zero_shot[pending], pool.gold[pending])
+                 if len(pending) else None,
+                 "note": adapted.report.note}
+        entry["eval_ece"] = entry["eval_calibration"]["ece"]
         report["curve"].append(entry)
         logger.info("reviewed %d: accuracy %.4f (zero-shot %.4f, reviews only %s), %s, refit %.2f s",
                     entry["reviewed"], accuracy, zs_acc, entry["reviews_only_eval_accuracy"], entry["mode"],
@@ -132,6 +165,34 @@ def _reviews_only(pool: LabelledSplit, reviewed: dict[int, int], k: int, config:
     if evaluation is not None:
         return float(((evaluation.embeddings @ coef.T + intercept).argmax(axis=1) == evaluation.gold).mean())
     return float(((pool.embeddings[pending] @ coef.T + intercept).argmax(axis=1) == pool.gold[pending]).mean())
+
+
+def plot_reliability(report: dict, path, title: str = "") -> None:
+    """Reliability diagram (accuracy against mean top score per bin, :func:`reliability`) of the zero-shot scores
+    and of the suggestions at each budget of one simulate report, on its evaluation split, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=120)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    series = [("zero-shot", report["zero_shot"]["eval_calibration"])]
+    series += [(f"{e['reviewed']} reviews", e["eval_calibration"]) for e in report["curve"]]
+    for name, cal in series:
+        if "curve" in cal:
+            ax.plot(cal["curve"]["mean_score"], cal["curve"]["accuracy"], marker="o", markersize=3,
+                    linestyle="--" if name == "zero-shot" else "-", label=f"{name} (ECE {cal['ece']:.3f})")
+    ax.set_xlabel("top score (bin mean)")
+    ax.set_ylabel(f"accuracy ({report['evaluated_on']})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title or "Reliability of the suggestions' scores", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot_curve(reports: list[dict], path, title: str = "") -> None:
@@ -250,4 +311,31 @@ def scored_split(texts: list[str], scorer, cache_root, key_parts: dict) -> tuple
     embeddings = scorer.embed(texts)
     store.write_shard("0", shard_table(ids, texts, scores, embeddings, key_parts["labels"]))
     store.write_meta({**key_parts, "encoder": scorer.encoder, "agent": scorer.agent, "method": scorer.served_method})
-    return embeddings, scores
+    # What the cache holds (float16 embeddings, float32 scores), not what was computed: a figure must not depend on
+    # whether the cache was hit (a float16 rounding moves ties and folds enough to change accuracies by points).
+    pool = store.load(with_texts=False)
+    return pool.embeddings, pool.scores
+
+
+def split_rows(n: int, *, holdout: float = 0.0, pool_sample: int | None = None, eval_sample: int | None = None,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of a labelled file's pool part and evaluation part: a seeded random permutation
+    (``numpy.random.default_rng(seed)``) whose first ``round(holdout * n)`` rows are the evaluation part and the rest
+    the pool; then each part is capped at a random ``pool_sample`` / ``eval_sample`` rows of it (the same rows for
+    the same ``n`` and ``seed``). Both are returned sorted (file order).
+
+    Raises:
+        ValueError: ``holdout`` outside [0, 1), or a part left empty.
+    """
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"--holdout {holdout}: give a fraction in [0, 1), e.g. 0.3")
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(holdout * n))
+    evaluation, pool = order[:cut], order[cut:]
+    if pool_sample is not None:
+        pool = pool[:pool_sample]
+    if eval_sample is not None:
+        evaluation = evaluation[:eval_sample]
+    if not len(pool) or (holdout > 0 and not len(evaluation)):
+        raise ValueError(f"--holdout {holdout} of {n} rows leaves an empty part")
+    return np.sort(pool), np.sort(evaluation)

@@ -67,6 +67,10 @@ def refresh(
     finetune_margin: Annotated[float, typer.Option(help="Swap the fine-tuned encoder in when its held-out accuracy "
                                                    "beats the head's by more than this (negative: even when it does "
                                                    "not, for trials).", min=-1.0, max=1.0)] = 0.0,
+    finetune_alpha: Annotated[float, typer.Option(help="Swap only when McNemar's exact test on the held-out reviews "
+                                                  "(fine-tuned against head) gives a p-value below this, the "
+                                                  "fine-tune right on more of the reviews they disagree on.",
+                                                  min=0.0, max=1.0)] = 0.1,
     summary_json: Annotated[Optional[Path], typer.Option(help="Also write the (last) summary here as JSON.",
                                                          show_default=False)] = None,
     log_level: LogLevel = "info",
@@ -111,7 +115,7 @@ def refresh(
         background = BackgroundFinetune(
             cache.root, FinetuneSettings(min_reviews=finetune_min_reviews, every=finetune_every,
                                          time_budget=finetune_time_budget, threads=finetune_threads,
-                                         margin=finetune_margin),
+                                         margin=finetune_margin, alpha=finetune_alpha),
             start_jobs=watch, echo=typer.echo)
 
     def one_round():

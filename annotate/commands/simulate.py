@@ -40,6 +40,13 @@ def simulate(
     eval_text_field: Annotated[Optional[list[str]], typer.Option(help="Text field(s) of --eval, joined by a space "
                                                                  "(default: --text-column).", show_default=False)]
     = None,
+    holdout: Annotated[float, typer.Option(help="Without --eval: this random share of POOL (seeded by --split-seed) "
+                                           "is the evaluation part, the rest the pool.", min=0.0, max=0.99)] = 0.0,
+    pool_sample: Annotated[Optional[int], typer.Option(help="Use a random N records of the pool part (seeded by "
+                                                       "--split-seed); unset: all.", min=1, show_default=False)] = None,
+    eval_sample: Annotated[Optional[int], typer.Option(help="Use a random N records of the evaluation part (--eval or "
+                                                       "--holdout); unset: all.", min=1, show_default=False)] = None,
+    split_seed: Annotated[int, typer.Option(help="Seeds --holdout, --pool-sample and --eval-sample.")] = 0,
     budgets: Annotated[str, typer.Option(help="Comma-separated review counts to measure at (0 = no review).")]
     = "0,50,100,300,1000",
     round_size: Annotated[int, typer.Option(help="Reviews between two refits.", min=1)] = 25,
@@ -62,7 +69,15 @@ def simulate(
     rounds of --round-size, refits the adapted head after each round, and reports accuracy and macro-F1 next to
     the plain zero-shot scores and to a classifier trained on the reviews alone.
     """
-    from annotate.simulate import LabelledSplit, gold_indices, plot_curve, read_labelled, scored_split
+    from annotate.simulate import (
+        LabelledSplit,
+        gold_indices,
+        plot_curve,
+        plot_reliability,
+        read_labelled,
+        scored_split,
+        split_rows,
+    )
     from annotate.simulate import simulate as run_simulate
     from annotate.strategies import get_strategy
     from pool import readers
@@ -82,13 +97,23 @@ def simulate(
         budget_list = sorted({int(b) for b in budgets.split(",") if b.strip()})
         if not budget_list or budget_list[0] < 0:
             raise ValueError(f"--budgets {budgets!r}: give non-negative integers, e.g. 0,50,100,300,1000")
+        if eval_path is not None and holdout > 0:
+            raise ValueError("give either --eval or --holdout, not both")
         pool_texts, pool_gold = read_labelled(pool_path, [text_column], gold_column)
         pool_y = gold_indices(pool_gold, labels, mapping, pool_path)
+        pool_rows, eval_rows = split_rows(len(pool_texts), holdout=holdout, pool_sample=pool_sample,
+                                          eval_sample=eval_sample if eval_path is None else None, seed=split_seed)
+        if holdout > 0:
+            eval_texts, eval_y = [pool_texts[i] for i in eval_rows], pool_y[eval_rows]
+        pool_texts, pool_y = [pool_texts[i] for i in pool_rows], pool_y[pool_rows]
         if budget_list[-1] > len(pool_texts):
-            raise ValueError(f"--budgets goes up to {budget_list[-1]} but {pool_path} has {len(pool_texts)} records")
+            raise ValueError(f"--budgets goes up to {budget_list[-1]} but the pool has {len(pool_texts)} records")
         if eval_path is not None:
             eval_texts, eval_gold = read_labelled(eval_path, eval_text_field or [text_column], gold_column)
             eval_y = gold_indices(eval_gold, labels, mapping, eval_path)
+            if eval_sample is not None:
+                keep = split_rows(len(eval_texts), pool_sample=eval_sample, seed=split_seed)[0]
+                eval_texts, eval_y = [eval_texts[i] for i in keep], eval_y[keep]
     except json.JSONDecodeError as exc:
         raise fail(f"--label-map is not valid JSON: {exc.msg}", 2) from None
     except (ValueError, readers.InputError) as exc:
@@ -99,7 +124,8 @@ def simulate(
     key = {"labels": labels, "hypothesis_template": hypothesis_template, "method": method, "model": scorer.model_id}
     try:
         pool = LabelledSplit(*scored_split(pool_texts, scorer, root, key), pool_y)
-        evaluation = LabelledSplit(*scored_split(eval_texts, scorer, root, key), eval_y) if eval_path else None
+        evaluation = (LabelledSplit(*scored_split(eval_texts, scorer, root, key), eval_y)
+                      if eval_path is not None or holdout > 0 else None)
     except ScoringError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -109,7 +135,10 @@ def simulate(
         report = run_simulate(pool, labels, budget_list, strategy=chosen, round_size=round_size,
                               evaluation=evaluation, seed=seed)
         report.update({"pool": str(pool_path), "eval": str(eval_path) if eval_path else None,
-                       "hypothesis_template": hypothesis_template, "method": method, "seed": seed})
+                       "hypothesis_template": hypothesis_template, "method": method, "seed": seed,
+                       "split": {"holdout": holdout, "pool_sample": pool_sample, "eval_sample": eval_sample,
+                                 "split_seed": split_seed, "pool_rows": len(pool_texts),
+                                 "eval_rows": len(eval_y) if evaluation is not None else 0}})
         reports.append(report)
         typer.echo(_render_simulation(report))
     if report_json is not None:
@@ -117,7 +146,9 @@ def simulate(
         write_json(report_json, payload)
         png = report_json.with_suffix(".png")
         plot_curve(reports, png, title=f"{pool_path.parent.name}/{pool_path.name}: suggestion accuracy as reviews arrive")
-        typer.echo(f"report: {report_json}; learning curve: {png}")
+        reliability_png = report_json.with_suffix(".reliability.png")
+        plot_reliability(reports[0], reliability_png, title=f"{pool_path.name}: reliability ({reports[0]['strategy']})")
+        typer.echo(f"report: {report_json}; learning curve: {png}; reliability diagram: {reliability_png}")
 
 
 def _knob(entry: dict) -> str:
@@ -133,11 +164,14 @@ def _render_simulation(report: dict) -> str:
     zero = report["zero_shot"]
     lines = [f"strategy {report['strategy']}, rounds of {report['round_size']}, measured on {report['evaluated_on']} "
              f"({report['eval_size']})",
-             f"zero-shot: accuracy {zero['eval_accuracy']:.4f}, macro-F1 {zero['eval_macro_f1']:.4f}",
-             f"{'reviewed':>8}  {'accuracy':>8}  {'macro-F1':>8}  {'pending':>8}  {'reviews only':>12}  mode"]
+             f"zero-shot: accuracy {zero['eval_accuracy']:.4f}, macro-F1 {zero['eval_macro_f1']:.4f}, "
+             f"ECE {zero['eval_calibration']['ece']:.4f}",
+             f"{'reviewed':>8}  {'accuracy':>8}  {'macro-F1':>8}  {'ECE':>6}  {'pending':>8}  {'reviews only':>12}  "
+             "mode"]
     for e in report["curve"]:
         only = f"{e['reviews_only_eval_accuracy']:.4f}" if e["reviews_only_eval_accuracy"] is not None else "-"
         pending = f"{e['pending_accuracy']:.4f}" if e["pending_accuracy"] is not None else "-"
-        lines.append(f"{e['reviewed']:>8}  {e['eval_accuracy']:>8.4f}  {e['eval_macro_f1']:>8.4f}  {pending:>8}  "
+        lines.append(f"{e['reviewed']:>8}  {e['eval_accuracy']:>8.4f}  {e['eval_macro_f1']:>8.4f}  "
+                     f"{e['eval_ece']:>6.4f}  {pending:>8}  "
                      f"{only:>12}  {e['mode']}{_knob(e)}, refit {e['refit_seconds']:.2f} s")
     return "\n".join(lines)
