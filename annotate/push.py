@@ -24,11 +24,12 @@ import numpy as np
 from annotate import client as argilla_client
 from annotate.dataset import (
     AUDIT,
+    AUDIT_ORDER,
     GUIDELINES,
     QUESTION,
     VECTOR,
     DatasetMismatch,
-    audit_flags,
+    audit_metadata,
     build_records,
     build_settings,
     check_compatible,
@@ -168,10 +169,11 @@ def push(rows: Iterable[InputRow] | None, *, client, api_url: str, dataset_name:
     summary = PushSummary(dataset=dataset_name, workspace=workspace)
     dataset = argilla_client.find_dataset(client, dataset_name, workspace)
     seen: set[str] = set()
-    vectors_on = audit_on = True
+    vectors_on = audit_on = audit_order_on = True
     if dataset is not None:
         check_compatible(dataset, labels, multi_label)
         vectors_on, audit_on = has_vectors(dataset), has_metadata(dataset, AUDIT)
+        audit_order_on = has_metadata(dataset, AUDIT_ORDER)
         if adaptive and not vectors_on:
             raise DatasetMismatch(NO_VECTORS.format(name=dataset_name))
         seen = existing_ids(dataset)
@@ -182,7 +184,7 @@ def push(rows: Iterable[InputRow] | None, *, client, api_url: str, dataset_name:
         cache.validate(dataset.id if dataset is not None else None, labels)
     state = _State(client=client, api_url=api_url, name=dataset_name, workspace=workspace, labels=labels,
                    multi_label=multi_label, template=template, scorer=scorer, dataset=dataset, summary=summary,
-                   cache=cache, audit_on=audit_on, audit_fraction=audit_fraction)
+                   cache=cache, audit_on=audit_on, audit_fraction=audit_fraction, audit_order_on=audit_order_on)
     label_counts: Counter = Counter()
     try:
         if adaptive:
@@ -223,6 +225,7 @@ class _State:
     cache: object
     audit_on: bool
     audit_fraction: float
+    audit_order_on: bool = True
     created: bool = False
 
     def ensure_dataset(self, vector_dim: int | None, agent: str):
@@ -313,7 +316,8 @@ def _push_streaming(state: _State, rows, seen, batch_size, threshold, total, pro
                     embeddings = embeddings.astype(np.float16).astype(np.float32)  # what the cache holds
                     if state.cache is not None:
                         _write_shard(state, ids, texts, sources, scores, embeddings)
-                extra = {AUDIT: audit_flags(ids, state.audit_fraction)} if state.audit_on else None
+                extra = (audit_metadata(ids, state.audit_fraction, state.audit_order_on) if state.audit_on
+                         else None)
                 records = build_records(ids, texts, scores, state.labels, state.multi_label, state.scorer.agent,
                                         threshold, vectors=embeddings, extra_metadata=extra)
                 t0 = time.perf_counter()
@@ -463,7 +467,7 @@ def record_metadata(zero_shot: np.ndarray, ids, state) -> dict:
     """Extra metadata of adapted records: the zero-shot scores as ``teacher_score_<i>``, and the audit flag."""
     extra = {teacher_key(i): [float(v) for v in zero_shot[:, i]] for i in range(zero_shot.shape[1])}
     if state.audit_on:
-        extra[AUDIT] = audit_flags(ids, state.audit_fraction)
+        extra.update(audit_metadata(ids, state.audit_fraction, state.audit_order_on))
     return extra
 
 

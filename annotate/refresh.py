@@ -42,11 +42,13 @@ import numpy as np
 from annotate import client as argilla_client
 from annotate.dataset import (
     AUDIT,
+    AUDIT_ORDER,
     QUESTION,
     VECTOR,
     audit_link,
     build_records,
     deep_link,
+    has_metadata,
     has_vectors,
     margin_link,
     question_labels,
@@ -74,6 +76,7 @@ class RefreshSummary:
     draft: int = 0
     pending: int = 0
     mode: str | None = None
+    decision: str = ""
     revision: str | None = None
     agent: str | None = None
     cv_accuracy: float | None = None
@@ -104,8 +107,11 @@ class RefreshSummary:
         agree = "-" if self.agreement_reviewed is None else f"{self.agreement_reviewed:.4f}"
         audit = self.audit or {}
         if audit.get("reviewed"):
+            others = audit.get("reviewed_all_revisions", audit["reviewed"]) - audit["reviewed"]
             estimate = (f"{audit['accuracy']:.4f} (95% Wilson CI {audit['ci_low']:.4f}-{audit['ci_high']:.4f}) on "
-                        f"{audit['reviewed']} reviewed audit records ({audit['correct']} correct)")
+                        f"{audit['reviewed']} reviewed audit records ({audit['correct']} correct) of the suggestions "
+                        f"of {audit['revision']}" + (f"; {others} audit reviews of {audit['revisions'] - 1} other "
+                                                     "revision(s) left out" if others else ""))
         else:
             estimate = f"- (no reviewed audit record yet; {audit.get('size', 0)} records in the audit sample)"
         return "\n".join([
@@ -113,6 +119,8 @@ class RefreshSummary:
             f"records            {self.records}: submitted {self.submitted}, discarded {self.discarded}, "
             f"draft {self.draft}, pending {self.pending}",
             f"head               {self.mode} (revision {self.revision}, pseudo-label weight {self.pseudo_weight})",
+            *([f"why                {self.decision}"] if self.decision else []),
+            *(f"warning            {w}" for w in self.warnings),
             f"agent              {self.agent}",
             f"cv accuracy        {cv} on the {self.submitted} reviewed records{cv0}",
             f"shown vs submitted {agree} (all reviewed records; biased by the review order)",
@@ -217,6 +225,45 @@ def read_vectors(dataset, ids: set[str], batch_size: int = 500) -> dict[str, np.
         return out
 
     return argilla_client.call(read, what="read of the vectors")
+
+
+def audit_estimate(records: dict, submitted: dict[str, object], pending_agents: list) -> dict:
+    """Accuracy of one head revision's suggestions, estimated on the reviewed records of the random audit sample.
+
+    Suggestions of different revisions (each refresh serves a new one) are different classifiers, so their audit
+    reviews are not pooled: the estimate is of the revision most pending records carry now (what reviewers see),
+    or, when none of its suggestions was audited yet, of the revision with the most audited reviews. A record's
+    agent (``...:<revision>``) names the revision whose suggestion it showed when it was reviewed (refresh never
+    rewrites submitted records). Wilson 95% interval (:func:`wilson`).
+
+    Args:
+        records: ``{id: record}`` with ``value`` (the suggestion shown), ``agent`` and ``metadata``.
+        submitted: ``{id: submitted label}``.
+        pending_agents: the current agent of each pending record.
+
+    Returns:
+        ``{"size", "reviewed" (on the chosen revision), "reviewed_all_revisions", "revision", "revisions", and with a
+        review "correct", "accuracy", "ci_low", "ci_high"}``.
+    """
+    from collections import Counter
+
+    by_agent: dict[str, list[bool]] = {}
+    for rid, value in submitted.items():
+        record = records.get(rid)
+        if record is not None and record.metadata.get(AUDIT) == 1:
+            by_agent.setdefault(record.agent or "-", []).append(record.value == value)
+    out = {"size": sum(1 for r in records.values() if r.metadata.get(AUDIT) == 1),
+           "reviewed_all_revisions": sum(len(v) for v in by_agent.values()), "revisions": len(by_agent),
+           "reviewed": 0, "revision": None}
+    if not by_agent:
+        return out
+    serving = [agent for agent, _ in Counter(a for a in pending_agents if a).most_common()]
+    chosen = next((a for a in serving if a in by_agent), None) or max(by_agent, key=lambda a: (len(by_agent[a]), a))
+    audited = by_agent[chosen]
+    low, high = wilson(sum(audited), len(audited))
+    out.update(revision=chosen, reviewed=len(audited), correct=int(sum(audited)),
+               accuracy=sum(audited) / len(audited), ci_low=low, ci_high=high)
+    return out
 
 
 def wilson(correct: int, total: int) -> tuple[float, float]:
@@ -346,7 +393,8 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     gone = [row_of[rid] for rid in discarded if rid in row_of]
     if reviewed and len(set(reviewed.values())) < 2:
         warning = (f"all {len(reviewed)} reviewed records have the label {labels[next(iter(reviewed.values()))]!r}: "
-                   "the head falls back to pseudo-labels until a second label is reviewed")
+                   "no head is fitted on the reviews until a second label is reviewed (the better of the zero-shot "
+                   "scores and the pool-adapted head on them serves)")
         summary.warnings.append(warning)
         logger.warning(warning)
 
@@ -358,6 +406,7 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     report = adapted.report
     summary.mode, summary.revision, summary.pseudo_weight = report.mode, report.revision, report.pseudo_weight
     summary.cv_accuracy, summary.cv_accuracy_zero_shot = report.cv_accuracy, report.cv_accuracy_zero_shot
+    summary.decision = report.note
     agent = suggestion_agent(adapted, meta)
     summary.agent = agent
 
@@ -390,11 +439,7 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     shown = [(records[rid].value == value, records[rid].metadata.get(AUDIT) == 1) for rid, value in submitted.items()]
     if shown:
         summary.agreement_reviewed = sum(ok for ok, _ in shown) / len(shown)
-    audited = [ok for ok, is_audit in shown if is_audit]
-    summary.audit = {"size": sum(1 for r in records.values() if r.metadata.get(AUDIT) == 1), "reviewed": len(audited)}
-    if audited:
-        low, high = wilson(sum(audited), len(audited))
-        summary.audit.update(correct=int(sum(audited)), accuracy=sum(audited) / len(audited), ci_low=low, ci_high=high)
+    summary.audit = audit_estimate(records, submitted, pending_agents=[records[ids[i]].agent for i in pending])
 
     t0 = time.perf_counter()
     if changed:
@@ -419,6 +464,8 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
                                  for j in range(k)}
                         if any(AUDIT in records[rid].metadata for rid in chunk_ids):
                             extra[AUDIT] = [records[rid].metadata.get(AUDIT, 0) for rid in chunk_ids]
+                        if any(AUDIT_ORDER in records[rid].metadata for rid in chunk_ids):
+                            extra[AUDIT_ORDER] = [records[rid].metadata.get(AUDIT_ORDER) for rid in chunk_ids]
                         upserter.submit(build_records(chunk_ids, [records[rid].text for rid in chunk_ids],
                                                       scores[rows], labels, False, by_agent, extra_metadata=extra))
             summary.updated = upserter.stats.written
@@ -441,7 +488,8 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
             summary.finetune["state"] = f"fine-tune {finetune.running} running in the background"
     summary.links = {"lowest score first": deep_link(api_url, dataset.id),
                      "smallest margin first": margin_link(api_url, dataset.id),
-                     "audit sample": audit_link(api_url, dataset.id)}
+                     "audit sample (random order)": audit_link(api_url, dataset.id,
+                                                               ordered=has_metadata(dataset, AUDIT_ORDER))}
     summary.read_seconds = round(summary.read_seconds, 3)
     summary.fit_seconds = round(summary.fit_seconds, 3)
     summary.update_seconds = round(summary.update_seconds, 3)
