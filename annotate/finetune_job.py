@@ -63,8 +63,8 @@ class FinetuneSettings:
             records comes after it).
         threads: torch threads of the child (the head's refits use one BLAS thread).
         margin: the fine-tuned model is swapped in only when its held-out accuracy also beats the head's by more
-            than this (negative: even when it does not, for trials; the paired test still applies unless
-            ``alpha`` is 1).
+            than this; negative: on the held-out accuracies alone, without the paired test, even when it does not
+            beat the head (for trials and tests).
         alpha: level of the paired test of the swap: McNemar's exact two-sided p-value must be below it (and the
             fine-tuned model right on more of the discordant reviews); 0.1 two-sided is a one-sided 5% test that
             the fine-tuned model is the more accurate.
@@ -140,12 +140,15 @@ class FinetuneResult:
     def wins(self, margin: float | None = None, alpha: float | None = None) -> bool:
         """True when the fine-tuned model beat the head on the held-out reviews: right on more of the reviews where
         they disagree, with McNemar's p-value below ``alpha``, and more accurate by more than ``margin`` (defaults:
-        the job's). Without paired held-out outcomes nothing can be shown, so False."""
+        the job's). Without paired held-out outcomes nothing can be shown, so False. A negative ``margin`` (trials)
+        compares the held-out accuracies alone."""
         margin = self.margin if margin is None else margin
         alpha = self.alpha if alpha is None else alpha
-        if self.accuracy is None or self.head_accuracy is None or not self.holdout or not self.paired:
+        if self.accuracy is None or self.head_accuracy is None or not self.holdout:
             return False
-        if self.paired["finetuned_only"] <= self.paired["head_only"]:
+        if margin < 0:  # trials and tests: swap on the held-out accuracies alone, whatever they say
+            return self.accuracy > self.head_accuracy + margin
+        if not self.paired or self.paired["finetuned_only"] <= self.paired["head_only"]:
             return False
         return self.p_value() < alpha and self.accuracy > self.head_accuracy + margin
 

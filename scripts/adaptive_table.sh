@@ -2,7 +2,7 @@
 # The adaptive-suggestions table of docs/adaptive.md: `python -m annotate simulate` on six single-label tasks, gold
 # labels standing in for reviewers, least-confidence order, at 0 / 100 / 300 / 1,000 reviews. Each pool is scored and
 # embedded once and cached (a cached and a fresh run give the same figures). Pools are capped (--pool-sample,
-# --eval-sample) so the whole table scores ~25k texts; the dev tasks have no split and are split here with
+# --eval-sample) so the whole table scores ~16k texts (the shared 2-core machine ran at load 15-30); the dev tasks have no split and are split here with
 # --holdout 0.3 --split-seed 0 (a seeded random permutation of the file: the first 30% evaluate, the rest is the pool).
 # Usage: bash scripts/adaptive_table.sh [DATA_DIR] [OUT_DIR] [TASK...]   (BUDGETS=0,100,300,1000 by default)
 set -euo pipefail
@@ -25,26 +25,27 @@ for task in ${TASKS[*]}; do
         --eval-sample 1500 "${COMMON[@]}" --report-json "$OUT/tweeteval_sentiment.json" ;;
     imdb)
       $PY -m annotate simulate "$DATA/dev_tasks/imdb/test_sample5k.jsonl" --label negative --label positive \
-        --hypothesis-template "$SENTIMENT" --holdout 0.3 --pool-sample 2000 --eval-sample 1000 \
+        --hypothesis-template "$SENTIMENT" --holdout 0.3 --pool-sample 1000 --eval-sample 500 \
         "${COMMON[@]}" --report-json "$OUT/imdb.json" ;;
     cr)
       $PY -m annotate simulate "$DATA/dev_tasks/cr/all.jsonl" --label negative --label positive \
-        --hypothesis-template "$SENTIMENT" --holdout 0.3 "${COMMON[@]}" --report-json "$OUT/cr.json" ;;
+        --hypothesis-template "$SENTIMENT" --holdout 0.3 --pool-sample 1500 --eval-sample 800 \
+        "${COMMON[@]}" --report-json "$OUT/cr.json" ;;
     ag_news)
       $PY -m annotate simulate "$DATA/ag_news/train_unlabeled_8k_description_only.jsonl" \
         --label "world news" --label sports --label business --label "science and technology" \
         --label-map '{"World": "world news", "Sports": "sports", "Business": "business", "Sci/Tech": "science and technology"}' \
-        --hypothesis-template "This news article is about {}." --pool-sample 3000 \
-        --eval "$DATA/ag_news/test.jsonl" --eval-text-field title --eval-text-field description --eval-sample 2000 \
+        --hypothesis-template "This news article is about {}." --pool-sample 1500 \
+        --eval "$DATA/ag_news/test.jsonl" --eval-text-field title --eval-text-field description --eval-sample 1000 \
         "${COMMON[@]}" --report-json "$OUT/ag_news.json" ;;
     emotion)
       $PY -m annotate simulate "$DATA/emotion/train.jsonl" \
         --label sadness --label joy --label love --label anger --label fear --label surprise \
-        --hypothesis-template "This person feels {}." --pool-sample 4000 --eval "$DATA/emotion/test.jsonl" \
+        --hypothesis-template "This person feels {}." --pool-sample 2000 --eval "$DATA/emotion/test.jsonl" --eval-sample 1000 \
         "${COMMON[@]}" --report-json "$OUT/emotion.json" ;;
     sst2)
       $PY -m annotate simulate "$DATA/sst2/train.jsonl" --label negative --label positive \
-        --hypothesis-template "$SENTIMENT" --pool-sample 3000 --eval "$DATA/sst2/validation.jsonl" \
+        --hypothesis-template "$SENTIMENT" --pool-sample 1500 --eval "$DATA/sst2/validation.jsonl" \
         "${COMMON[@]}" --report-json "$OUT/sst2.json" ;;
     *) echo "unknown task $task" >&2; exit 2 ;;
   esac

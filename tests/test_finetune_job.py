@@ -61,6 +61,9 @@ def test_job_measures_both_on_the_same_held_out_reviews_scores_pending_and_is_se
     assert result.revision == revision and result.labels == LABELS and result.reviewed == 48
     assert result.holdout == 10  # 20% of each class, stratified
     assert 0.0 <= result.accuracy <= 1.0 and 0.0 <= result.head_accuracy <= 1.0
+    assert sum(result.paired.values()) == 10  # each held-out review: right or wrong for each of the two
+    assert (result.paired["both"] + result.paired["finetuned_only"]) / 10 == pytest.approx(result.accuracy)
+    assert (result.paired["both"] + result.paired["head_only"]) / 10 == pytest.approx(result.head_accuracy)
     assert result.ids == [pool["ids"][i] for i in pending] and result.scores.shape == (len(pending), 2)
     np.testing.assert_allclose(result.scores.sum(axis=1), 1.0, atol=1e-6)
     accuracy = float((result.scores.argmax(1) == pool["y"][pending]).mean())
@@ -80,13 +83,65 @@ def test_job_measures_both_on_the_same_held_out_reviews_scores_pending_and_is_se
         f"packaged:all-MiniLM-L6-v2:encoder-finetune:{revision}")
 
 
-def test_swap_rule_needs_held_out_evidence_beyond_the_margin():
-    def result(accuracy, head, holdout=10, margin=0.0):
-        return FinetuneResult("r", LABELS, 50, holdout, accuracy, head, margin, [], np.zeros((0, 2)), "m")
+def test_swap_is_a_paired_mcnemar_test_not_one_held_out_accuracy():
+    from statsmodels.stats.contingency_tables import mcnemar
 
-    assert result(0.8, 0.7).wins() and not result(0.7, 0.7).wins() and not result(0.6, 0.7).wins()
-    assert not result(0.75, 0.7, margin=0.1).wins() and result(0.6, 0.7, margin=-1).wins()
-    assert not result(0.9, None).wins() and not result(0.9, 0.1, holdout=0).wins()
+    def result(both, tuned_only, head_only, neither, margin=0.0, alpha=0.1):
+        holdout = both + tuned_only + head_only + neither
+        paired = {"both": both, "finetuned_only": tuned_only, "head_only": head_only, "neither": neither}
+        return FinetuneResult("r", LABELS, 300, holdout, (both + tuned_only) / holdout, (both + head_only) / holdout,
+                              margin, [], np.zeros((0, 2)), "m", alpha=alpha, paired=paired)
+
+    # SST-2's case of docs/adaptive.md: 60 held-out reviews, the fine-tune one discordant review ahead. One
+    # held-out accuracy would swap (0.817 > 0.800); the paired test sees 3 against 2 discordant reviews.
+    close = result(46, 3, 2, 9)
+    assert close.accuracy > close.head_accuracy and not close.wins()
+    assert close.p_value() == pytest.approx(mcnemar([[46, 3], [2, 9]], exact=True).pvalue) and close.p_value() > 0.9
+    # emotion's: 59 reviews, the fine-tune right on 10 the head got wrong, the head on 2 the fine-tune got wrong
+    clear = result(27, 10, 2, 20)
+    assert clear.p_value() < 0.05 and clear.wins()
+    assert not clear.wins(alpha=0.01)  # p = 0.039: not below a stricter level
+    assert not clear.wins(margin=0.2)  # 0.627 - 0.492 is not more than 0.2
+    assert not result(27, 2, 10, 20).wins(alpha=1.0)  # the head ahead on the discordant reviews never swaps
+    legacy = FinetuneResult("r", LABELS, 50, 10, 0.9, 0.1, 0.0, [], np.zeros((0, 2)), "m")  # no paired outcomes
+    assert legacy.p_value() is None and not legacy.wins()
+    assert legacy.summary()["in_use"] is False
+    assert result(27, 2, 10, 20, margin=-1).wins()  # a negative margin (trials): the accuracies alone decide
+
+
+def test_a_finished_fine_tune_expires_once_the_reviews_grew_past_every():
+    done = FinetuneResult("r", LABELS, 300, 60, 0.9, 0.5, 0.0, [], np.zeros((0, 2)), "m",
+                          paired={"both": 28, "finetuned_only": 26, "head_only": 2, "neither": 4})
+    assert done.wins()
+    assert not done.expired(300, every=200) and not done.expired(500, every=200)
+    assert done.expired(501, every=200) and done.expired(1000, every=200)
+
+
+def test_refresh_serves_a_winning_fine_tune_until_it_expires(tmp_path):
+    """refresh's use of a finished job (annotate.refresh._apply_finetune) on a job directory as run_job writes it."""
+    from annotate.finetune_job import JOBS, MODEL, SCORES
+    from annotate.refresh import RefreshSummary, _apply_finetune
+
+    job = tmp_path / JOBS / "abc"
+    (job / MODEL).mkdir(parents=True)
+    np.savez(job / SCORES, ids=np.asarray(["p0", "p1"]), scores=np.array([[0.9, 0.1], [0.2, 0.8]]))
+    info = {"revision": "abc", "labels": LABELS, "reviewed": 300, "holdout": 60, "accuracy": 0.9,
+            "head_accuracy": 0.5, "margin": 0.0, "alpha": 0.1, "created": 1.0,
+            "paired": {"both": 28, "finetuned_only": 26, "head_only": 2, "neither": 4}}
+    (job / RESULT).write_text(json.dumps(info))
+    background = BackgroundFinetune(tmp_path, FinetuneSettings(every=200), start_jobs=False)
+    head = np.array([[0.5, 0.5], [0.5, 0.5], [0.6, 0.4]])
+    args = (LABELS, ["p0", "p1", "r"], {"p0": 0, "p1": 1, "r": 2}, [0, 1], head, ["head"] * 3, {"encoder": None})
+    served = RefreshSummary("d")
+    scores, agents = _apply_finetune(background, *args, served, 450)
+    assert served.finetune["in_use"] and served.finetune["applied"] == 2 and agents[:2] != ["head"] * 2
+    np.testing.assert_allclose(scores[:2], [[0.9, 0.1], [0.2, 0.8]])
+    assert "paired test" in served.render()
+    expired = RefreshSummary("d")
+    scores, agents = _apply_finetune(background, *args, expired, 501)
+    assert expired.finetune["expired"] and not expired.finetune["in_use"] and agents == ["head"] * 3
+    np.testing.assert_array_equal(scores, head)
+    assert "expired: 501 reviews now" in expired.render()
 
 
 def test_revision_depends_on_reviews_labels_and_settings():

@@ -51,6 +51,24 @@ def test_simulate_writes_the_report_and_learning_curve(slices):
         assert {"eval_accuracy", "eval_macro_f1", "pending_accuracy", "refit_seconds"} <= set(entry)
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert "zero-shot: accuracy" in result.stdout and "least-confidence" in result.stdout
+    for entry in report["curve"]:
+        assert 0.0 <= entry["eval_ece"] <= 1.0 and entry["eval_calibration"]["curve"]["count"]
+    assert out.with_suffix(".reliability.png").stat().st_size > 10_000
+    # the same run again, now from the cache: the same figures (the fresh run reports what the cache holds)
+    rerun = slices / "out" / "rerun.json"
+    result = _run(slices / "pool.jsonl", *LABEL_ARGS, "--label-map", LABEL_MAP, "--hypothesis-template",
+                  "This news article is about {}.", "--eval", slices / "eval.jsonl", "--eval-text-field", "title",
+                  "--eval-text-field", "description", "--budgets", "0,50,100", "--round-size", "25",
+                  "--strategy", "least-confidence,random", "--report-json", rerun, "--cache-dir", slices / "cache",
+                  "--log-level", "info")
+    assert result.returncode == 0 and "reusing the scored texts" in result.stderr
+
+    def figures(path):
+        data = json.loads(path.read_text())
+        return [[{k: v for k, v in e.items() if not k.endswith("_seconds")} for e in run["curve"]]
+                for run in data["runs"]], data["zero_shot"]
+
+    assert figures(rerun) == figures(out)
     # a second run reuses the scored texts (no model load needed for them)
     again = _run(slices / "pool.jsonl", *LABEL_ARGS, "--label-map", LABEL_MAP, "--hypothesis-template",
                  "This news article is about {}.", "--budgets", "0,25", "--cache-dir", slices / "cache",
@@ -87,3 +105,17 @@ def test_gold_indices_and_simulate_on_separable_data():
     curve = report["curve"]
     assert [e["reviewed"] for e in curve] == [0, 40, 80]
     assert curve[-1]["eval_accuracy"] >= report["zero_shot"]["eval_accuracy"] - 0.02
+
+
+def test_split_rows_is_seeded_disjoint_and_capped():
+    from annotate.simulate import split_rows
+
+    pool, evaluation = split_rows(100, holdout=0.3, pool_sample=50, eval_sample=20, seed=0)
+    assert len(pool) == 50 and len(evaluation) == 20 and not set(pool) & set(evaluation)
+    again = split_rows(100, holdout=0.3, pool_sample=50, eval_sample=20, seed=0)
+    assert pool.tolist() == again[0].tolist() and evaluation.tolist() == again[1].tolist()
+    assert split_rows(100, holdout=0.3, seed=1)[1].tolist() != split_rows(100, holdout=0.3, seed=0)[1].tolist()
+    full_pool, full_eval = split_rows(100, holdout=0.3, seed=0)
+    assert len(full_eval) == 30 and set(pool) <= set(full_pool)
+    with pytest.raises(ValueError, match="holdout"):
+        split_rows(10, holdout=1.0)

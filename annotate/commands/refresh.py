@@ -65,8 +65,9 @@ def refresh(
                                                         "records comes after).", min=1.0)] = 600.0,
     finetune_threads: Annotated[int, typer.Option(help="Torch threads of the background fine-tune.", min=1)] = 1,
     finetune_margin: Annotated[float, typer.Option(help="Swap the fine-tuned encoder in when its held-out accuracy "
-                                                   "beats the head's by more than this (negative: even when it does "
-                                                   "not, for trials).", min=-1.0, max=1.0)] = 0.0,
+                                                   "beats the head's by more than this, on top of the paired test "
+                                                   "(negative: the accuracies alone decide, even when it does not, "
+                                                   "for trials).", min=-1.0, max=1.0)] = 0.0,
     finetune_alpha: Annotated[float, typer.Option(help="Swap only when McNemar's exact test on the held-out reviews "
                                                   "(fine-tuned against head) gives a p-value below this, the "
                                                   "fine-tune right on more of the reviews they disagree on.",
