@@ -310,8 +310,8 @@ def refresh(
     head on held-out reviews, the pending records take its suggestions (agent ...:encoder-finetune:<revision>).
     """
     from annotate.cache import DatasetCache
-    from annotate.finetune_job import BackgroundFinetune, FinetuneSettings
     from annotate.client import ArgillaRefused, ArgillaUnavailable, connect, find_dataset
+    from annotate.finetune_job import BackgroundFinetune, FinetuneSettings
     from annotate.refresh import RefreshError, count_reviewed
     from annotate.refresh import refresh as run_refresh
     from annotate.refresh import watch as run_watch
@@ -554,6 +554,9 @@ def simulate(
     strategy: Annotated[str, typer.Option(help="Review order: least-confidence, margin or random; comma-separated "
                                           "for several runs side by side.")] = "least-confidence",
     seed: Annotated[int, typer.Option(help="Seeds the random order and the head's folds.")] = 0,
+    noise: Annotated[float, typer.Option(help="Share of the simulated reviews flipped to another label (uniformly, "
+                                         "seeded); > 0 also measures `suspects`' detection of them at each budget.",
+                                         min=0.0, max=0.5)] = 0.0,
     report_json: Annotated[Optional[Path], typer.Option(help="Write the report here (a PNG learning curve beside it).",
                                                         show_default=False)] = None,
     service_url: Annotated[Optional[str], typer.Option(help="Zero-shot service URL (env ANNOTATE_SERVICE_URL); unset: "
@@ -615,7 +618,7 @@ def simulate(
     reports = []
     for chosen in strategies:
         report = run_simulate(pool, labels, budget_list, strategy=chosen, round_size=round_size,
-                              evaluation=evaluation, seed=seed)
+                              evaluation=evaluation, seed=seed, noise=noise)
         report.update({"pool": str(pool_path), "eval": str(eval_path) if eval_path else None,
                        "hypothesis_template": hypothesis_template, "method": method, "seed": seed})
         reports.append(report)
@@ -648,7 +651,19 @@ def _render_simulation(report: dict) -> str:
         pending = f"{e['pending_accuracy']:.4f}" if e["pending_accuracy"] is not None else "-"
         lines.append(f"{e['reviewed']:>8}  {e['eval_accuracy']:>8.4f}  {e['eval_macro_f1']:>8.4f}  {pending:>8}  "
                      f"{only:>12}  {e['mode']}{_knob(e)}, refit {e['refit_seconds']:.2f} s")
+    lines += [_render_suspects(e) for e in report["curve"] if e.get("suspects")]
     return "\n".join(lines)
+
+
+def _render_suspects(entry: dict) -> str:
+    """One line: the suspect detection against the flipped reviews at one budget (``simulate --noise``)."""
+    s = entry["suspects"]
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    return (f"suspects at {entry['reviewed']:>5} reviews: {s['flipped']} flipped, {s['flagged']} flagged, precision "
+            f"{fmt(s['precision'])}, recall {fmt(s['recall'])}, AUROC {fmt(s['auroc'])}, out-of-fold accuracy "
+            f"{s['oof_accuracy']:.4f} ({s['seconds']:.1f} s)")
 
 
 
@@ -712,6 +727,61 @@ def adapt_command(
     typer.echo(f"head {report.revision} ({report.mode}): {report.pseudo_labels} pseudo-labels of {result.pool_size} "
                f"texts, changed {100 * (report.changed_share or 0):.1f}% of the zero-shot labels, temperature "
                f"{report.temperature:.3f}, prior {report.prior}; written to {result.directory}")
+
+
+@cli.command("suspects")
+def suspects_command(
+    dataset: DatasetName = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    workspace: Workspace = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute and print; write nothing to Argilla.")] = False,
+    top: Annotated[int, typer.Option(help="How many of the most suspect records to print.", min=0)] = 10,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Local cache (env ANNOTATE_CACHE_DIR; default "
+                                                      "~/.cache/zeroshot-preannotate/annotate).",
+                                                      show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Records per update request.", min=1, max=500)] = 256,
+    concurrency: Annotated[int, typer.Option(help="Update requests in flight.", min=1, max=16)] = 2,
+    summary_json: Annotated[Optional[Path], typer.Option(help="Also write the summary here as JSON.",
+                                                         show_default=False)] = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Flag the submitted labels that look wrong (cleanlab on the adapted head's out-of-fold probabilities).
+
+    Refits the head refresh fits once per fold of the submitted records, without that fold's reviews, and scores
+    each submitted label with confident learning (Northcutt et al. 2021), or CROWDLAB (Goh et al. 2022) when
+    records have responses from several annotators. Writes the float metadata `suspect` (0-1, higher = more
+    likely wrong; the property is added to the dataset if missing) on the submitted records, prints the summary
+    per label and per annotator, the most suspect records and a review link sorted by `suspect`, descending.
+    """
+    from annotate.cache import DatasetCache
+    from annotate.client import ArgillaRefused, ArgillaUnavailable, connect
+    from annotate.suspects import SuspectsError
+    from annotate.suspects import suspects as run_suspects
+    from annotate.upsert import UpsertFailed
+
+    settings = _settings(api_url=api_url, api_key=api_key, workspace=workspace, dataset=dataset, cache_dir=cache_dir)
+    try:
+        settings.require("api_url", "api_key", "dataset")
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    try:
+        client = connect(settings.api_url, settings.api_key)
+    except (ArgillaRefused, ArgillaUnavailable) as exc:
+        raise _fail(str(exc)) from None
+    _setup_logging(log_level)
+    cache = DatasetCache(settings.cache_dir, settings.api_url, settings.workspace, settings.dataset)
+    try:
+        summary = run_suspects(client, settings.dataset, settings.workspace, settings.api_url, cache,
+                               dry_run=dry_run, top=top, batch_size=batch_size, concurrency=concurrency)
+    except SuspectsError as exc:
+        raise _fail(str(exc), 2) from None
+    except (ArgillaRefused, ArgillaUnavailable) as exc:
+        raise _fail(str(exc)) from None
+    except UpsertFailed as exc:
+        raise _fail(f"suspects stopped: {exc} (run it again: it writes what is left)") from None
+    typer.echo(summary.render())
+    _write_json(summary_json, summary.to_dict())
 
 
 if __name__ == "__main__":

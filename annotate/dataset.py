@@ -192,3 +192,9 @@ def audit_link(api_url: str, dataset_id, question: str = QUESTION) -> str:
 def deep_link(api_url: str, dataset_id, question: str = QUESTION) -> str:
     """URL of the dataset in Argilla's UI, lowest suggestion score first (pending records by default)."""
     return f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?sort=suggestion.{question}.score.asc"
+
+
+def suspect_link(api_url: str, dataset_id, name: str = "suspect") -> str:
+    """URL of the dataset in Argilla's UI showing the submitted records, most suspect first (metadata ``suspect``
+    descending, written by ``python -m annotate suspects``): the labels to check again."""
+    return f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?status=submitted&sort=metadata.{name}.desc"

@@ -41,7 +41,7 @@ def _metrics(scores: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
 
 def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, round_size: int = 25,
              evaluation: LabelledSplit | None = None, config: HeadConfig | None = None, seed: int = 0,
-             progress: bool = True) -> dict:
+             progress: bool = True, noise: float = 0.0) -> dict:
     """Run the loop on ``pool`` and return the report (see ``python -m annotate simulate --help``).
 
     Args:
@@ -51,10 +51,12 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
         strategy: review order.
         round_size: records reviewed between two refits.
         evaluation: held-out split to measure on; ``None``: measure on the pending pool records only.
+        noise: share of the simulated reviews flipped to another label (:func:`annotate.suspects.flip_labels`);
+            when > 0, each curve entry also measures the suspect detection against the flips (``"suspects"``).
 
     Returns:
         ``{"zero_shot": {...}, "curve": [{"reviewed", "eval_accuracy", "eval_macro_f1", "pending_accuracy",
-        "reviews_only_eval_accuracy", "mode", "pseudo_weight", "refit_seconds"}, ...], ...}``.
+        "reviews_only_eval_accuracy", "mode", "pseudo_weight", "refit_seconds"[, "suspects"]}, ...], ...}``.
 
     Raises:
         ValueError: budgets not increasing, or larger than the pool.
@@ -76,6 +78,9 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
                                   "pool_accuracy": _metrics(pool.zero_shot, pool.gold)[0]},
                     "curve": []}
     reviewed: dict[int, int] = {}
+    answers, flipped = _reviewer_answers(pool.gold, k, noise, seed)
+    if noise > 0:
+        report["noise"] = noise
 
     began = time.perf_counter()
     pseudo = pool_adaptation(pool.embeddings, pool.zero_shot, labels, config)
@@ -87,7 +92,7 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
             current = adapted.scores if adapted is not None else pool.zero_shot
             pending = np.setdiff1d(np.arange(n), np.fromiter(reviewed, dtype=np.int64, count=len(reviewed)))
             take = strategy.select(current, pending, min(round_size, budget - len(reviewed)), rng)
-            reviewed.update({int(r): int(pool.gold[r]) for r in take})
+            reviewed.update({int(r): int(answers[r]) for r in take})
             bar.update(len(take))
             adapted = adapt(pool.embeddings, pool.zero_shot, labels, reviewed=reviewed, config=config, pseudo=pseudo)
         began = time.perf_counter()
@@ -109,6 +114,8 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
                  "pseudo_labels": adapted.report.pseudo_labels, "temperature": adapted.report.temperature,
                  "cv_accuracy": adapted.report.cv_accuracy, "refit_seconds": round(refit_seconds, 4),
                  "reviews_only_eval_accuracy": _reviews_only(pool, reviewed, k, config, evaluation, pending)}
+        if noise > 0:
+            entry["suspects"] = _suspects_entry(pool, labels, reviewed, flipped, config, pseudo)
         report["curve"].append(entry)
         logger.info("reviewed %d: accuracy %.4f (zero-shot %.4f, reviews only %s), %s, refit %.2f s",
                     entry["reviewed"], accuracy, zs_acc, entry["reviews_only_eval_accuracy"], entry["mode"],
@@ -116,6 +123,33 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
     bar.close()
     report["prior"] = adapted.report.prior if adapted is not None else None
     return report
+
+
+def _reviewer_answers(gold: np.ndarray, k: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """What the simulated reviewers submit for each pool row: the gold label, or with ``noise`` > 0 a label flipped
+    with that probability (:func:`annotate.suspects.flip_labels`); and which rows are flipped."""
+    if noise <= 0:
+        return np.asarray(gold), np.zeros(len(gold), dtype=bool)
+    from annotate.suspects import flip_labels
+
+    return flip_labels(gold, k, noise, seed)
+
+
+def _suspects_entry(pool: LabelledSplit, labels, reviewed: dict[int, int], flipped: np.ndarray, config: HeadConfig,
+                    pseudo: tuple) -> dict | None:
+    """The suspect detection (:func:`annotate.suspects.detect`) on the reviews so far, against the flipped ones
+    (:func:`annotate.suspects.detection_metrics`); ``None`` when there are too few reviews to run it."""
+    from annotate.suspects import SuspectsError, detect, detection_metrics
+
+    try:
+        report = detect(pool.embeddings, pool.zero_shot, labels, reviewed, config=config, pseudo=pseudo)
+    except SuspectsError as exc:
+        logger.info("no suspect detection at %d reviews: %s", len(reviewed), exc)
+        return None
+    metrics = detection_metrics(report, set(np.flatnonzero(flipped).tolist()))
+    logger.info("suspects at %d reviews: %d flipped, %d flagged, precision %s, recall %s (%.1f s)", len(reviewed),
+                metrics["flipped"], metrics["flagged"], metrics["precision"], metrics["recall"], metrics["seconds"])
+    return metrics
 
 
 def _reviews_only(pool: LabelledSplit, reviewed: dict[int, int], k: int, config: HeadConfig,
