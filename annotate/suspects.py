@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 SUSPECT = "suspect"
 #: Fewer reviewed records than this: no detection (each fold must still train a head on the others).
 MIN_REVIEWS = 20
+#: cleanlab's ``find_label_issues`` rule that decides which records are flagged (its default).
+FILTER_BY = "prune_by_noise_rate"
+#: The rules ``simulate --noise`` also measures, side by side, on the same out-of-fold probabilities.
+FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
 
 
 class SuspectsError(ValueError):
@@ -188,7 +192,8 @@ def out_of_fold_probabilities(embeddings: np.ndarray, zero_shot: np.ndarray, lab
 # cleanlab
 # ---------------------------------------------------------------------------------------------------------------
 def find_suspects(given: np.ndarray, probabilities: np.ndarray, labels, *, rows: np.ndarray | None = None,
-                  annotations: list[dict] | None = None, annotators: list | None = None) -> SuspectReport:
+                  annotations: list[dict] | None = None, annotators: list | None = None,
+                  filter_by: str = FILTER_BY) -> SuspectReport:
     """Label issues among reviewed records from their out-of-fold probabilities (cleanlab; see the module docstring).
 
     Args:
@@ -199,6 +204,7 @@ def find_suspects(given: np.ndarray, probabilities: np.ndarray, labels, *, rows:
         annotations: per record ``{annotator: label index}`` of every submitted response; when some record has
             responses from two or more annotators, CROWDLAB scores the records and the annotators.
         annotators: per record, who gave ``given`` (for the per-annotator summary).
+        filter_by: cleanlab's rule for the flags (:data:`FILTER_BY`; one of :data:`FILTERS`).
 
     Returns:
         :class:`SuspectReport` (``seconds`` covers cleanlab only; :func:`detect` adds the fits).
@@ -223,12 +229,12 @@ def find_suspects(given: np.ndarray, probabilities: np.ndarray, labels, *, rows:
     consensus = None
     stats: dict = {}
     if multi:
-        score, flagged, consensus, stats = _crowdlab(annotations, p, k)
+        score, flagged, consensus, stats = _crowdlab(annotations, p, k, filter_by)
         method = "crowdlab"
     else:
         quality = get_label_quality_scores(given, p, method="self_confidence")
         score = 1.0 - quality
-        flagged = find_label_issues(given, p, filter_by="prune_by_noise_rate")
+        flagged = find_label_issues(given, p, filter_by=filter_by)
         method = "confident-learning"
     return SuspectReport(labels=list(labels), rows=rows, given=given, score=np.clip(score, 0.0, 1.0),
                          flagged=np.asarray(flagged, dtype=bool), suggested=suggested, probabilities=p, method=method,
@@ -237,7 +243,7 @@ def find_suspects(given: np.ndarray, probabilities: np.ndarray, labels, *, rows:
                          seconds=time.perf_counter() - started)
 
 
-def _crowdlab(annotations: list[dict], p: np.ndarray, k: int):
+def _crowdlab(annotations: list[dict], p: np.ndarray, k: int, filter_by: str):
     """CROWDLAB through cleanlab: ``(suspect score, flagged, consensus, {annotator: stats})``."""
     import pandas as pd
     from cleanlab.filter import find_label_issues
@@ -249,7 +255,7 @@ def _crowdlab(annotations: list[dict], p: np.ndarray, k: int):
     quality = result["label_quality"]
     consensus = quality["consensus_label"].to_numpy().astype(np.int64)
     score = 1.0 - quality["consensus_quality_score"].to_numpy(dtype=np.float64)
-    flagged = find_label_issues(consensus, p, filter_by="prune_by_noise_rate") if len(np.unique(consensus)) > 1 \
+    flagged = find_label_issues(consensus, p, filter_by=filter_by) if len(np.unique(consensus)) > 1 \
         else np.zeros(len(consensus), dtype=bool)
     stats = {}
     for name, row in result["annotator_stats"].iterrows():
@@ -293,22 +299,34 @@ def detection_metrics(report: SuspectReport, flipped: set[int]) -> dict:
 
     Returns:
         ``{"reviewed", "flipped", "flagged", "true_positives", "precision", "recall", "auroc",
-        "precision_at_flipped", "oof_accuracy", "seconds"}``: precision = flipped share of the flagged records,
-        recall = flagged share of the flipped ones (``None`` when undefined); ``auroc``: of the suspect score
-        against the flips (scikit-learn); ``precision_at_flipped``: precision of the ``flipped`` top-scored
-        records (R-precision, independent of cleanlab's flag count).
+        "precision_at_flipped", "oof_accuracy", "seconds", "filter_by", "filters"}``: precision = flipped share of
+        the flagged records, recall = flagged share of the flipped ones (``None`` when undefined); ``auroc``: of the
+        suspect score against the flips (scikit-learn); ``precision_at_flipped``: precision of the ``flipped``
+        top-scored records (R-precision, independent of cleanlab's flag count); ``filters``: ``{rule: {"flagged",
+        "precision", "recall"}}`` of every rule of :data:`FILTERS` on the same probabilities (one label per record).
     """
+    from cleanlab.filter import find_label_issues
     from sklearn.metrics import roc_auc_score
 
     truth = np.array([int(r) in flipped for r in report.rows], dtype=bool)
-    tp = int((truth & report.flagged).sum())
-    n_flag, n_true = int(report.flagged.sum()), int(truth.sum())
+    n_true = int(truth.sum())
+
+    def counts(flags: np.ndarray) -> dict:
+        tp, n_flag = int((truth & flags).sum()), int(flags.sum())
+        return {"flagged": n_flag, "true_positives": tp, "precision": tp / n_flag if n_flag else None,
+                "recall": tp / n_true if n_true else None}
+
     top = report.order()[:n_true]
-    return {"reviewed": int(len(report.rows)), "flipped": n_true, "flagged": n_flag, "true_positives": tp,
-            "precision": tp / n_flag if n_flag else None, "recall": tp / n_true if n_true else None,
+    filters = {}
+    if report.method == "confident-learning":
+        for rule in FILTERS:
+            filters[rule] = counts(np.asarray(find_label_issues(report.given, report.probabilities, filter_by=rule),
+                                              dtype=bool))
+    return {"reviewed": int(len(report.rows)), "flipped": n_true, **counts(report.flagged),
             "auroc": float(roc_auc_score(truth, report.score)) if 0 < n_true < len(truth) else None,
             "precision_at_flipped": float(truth[top].mean()) if n_true else None,
-            "oof_accuracy": round(report.oof_accuracy, 4), "method": report.method, "seconds": round(report.seconds, 3)}
+            "oof_accuracy": round(report.oof_accuracy, 4), "method": report.method, "seconds": round(report.seconds, 3),
+            "filter_by": FILTER_BY, "filters": filters}
 
 
 def flip_labels(gold: np.ndarray, k: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
