@@ -63,7 +63,7 @@ def test_find_suspects_refuses_bad_shapes_and_too_few_reviews():
 def ag_pool(data_dir):
     """1,331 AG News pool texts (every 6th, all four labels): embeddings and zero-shot scores of the packaged
     MiniLM (embedding method), gold labels."""
-    from annotate.scoring import LocalScorer
+    from pool.scorers import LocalScorer
 
     rows = [json.loads(line) for line in (data_dir / "classification/ag_news/train_unlabeled_8k_description_only.jsonl")
             .open(encoding="utf-8")][::6]
@@ -173,10 +173,9 @@ def embedding_service(cache_dir):
 @pytest.fixture(scope="module")
 def reviewed_dataset(argilla_stack, embedding_service, data_dir, tmp_path_factory):
     """160 AG News test texts pushed with adaptation; 120 submitted by the owner, 12 of them with a wrong label."""
+    from annotate.dataset import record_id
     from tests.argilla_review import submit
     from tests.test_annotate_argilla import LABELS, ag_news_slice, client_for, dataset_of, label_args, write_jsonl
-
-    from annotate.dataset import record_id
 
     tmp = tmp_path_factory.mktemp("suspects")
     cache = tmp / "cache"
@@ -311,10 +310,16 @@ def test_several_annotators_use_crowdlab_and_rate_each_annotator(reviewed_datase
 
 @pytest.mark.argilla
 def test_bad_input_exits_2_with_one_line(argilla_stack, embedding_service, data_dir, tmp_path):
-    from tests.argilla_review import submit
-    from tests.test_annotate_argilla import ag_news_slice, client_for, dataset_of, label_args, one_error_line, write_jsonl
-
     from annotate.dataset import record_id
+    from tests.argilla_review import submit
+    from tests.test_annotate_argilla import (
+        ag_news_slice,
+        client_for,
+        dataset_of,
+        label_args,
+        one_error_line,
+        write_jsonl,
+    )
 
     cache = tmp_path / "cache"
     result = _run(argilla_stack, cache, "suspects", "--dataset", "nope")
