@@ -87,3 +87,27 @@ def test_gold_indices_and_simulate_on_separable_data():
     curve = report["curve"]
     assert [e["reviewed"] for e in curve] == [0, 40, 80]
     assert curve[-1]["eval_accuracy"] >= report["zero_shot"]["eval_accuracy"] - 0.02
+
+
+def test_noise_flips_reviews_and_measures_the_suspect_detection_at_each_budget():
+    """Separable clusters, 10% of the simulated reviews flipped: every budget with enough reviews reports the
+    detection against the flipped set; the flagged records are mostly flips (chance: 10%)."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 12))
+    y = rng.integers(0, 3, 600)
+    x = centers[y] + 0.9 * rng.normal(size=(600, 12))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    logits = 2 * x @ centers.T
+    p0 = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    report = simulate(LabelledSplit(x, p0, y), ["a", "b", "c"], [0, 10, 200], strategy=get_strategy("random"),
+                      round_size=50, progress=False, noise=0.1)
+    assert report["noise"] == 0.1
+    zero, few, enough = report["curve"]
+    assert zero["suspects"] is None and few["suspects"] is None  # 0 and 10 reviews: too few to detect
+    s = enough["suspects"]
+    assert s["reviewed"] == 200 and 5 <= s["flipped"] <= 40
+    assert s["precision"] > 0.5 and s["recall"] > 0.5 and s["auroc"] > 0.8
+    assert set(s["filters"]) >= {"prune_by_noise_rate", "both"} and s["filter_by"] == "prune_by_noise_rate"
+    clean = simulate(LabelledSplit(x, p0, y), ["a", "b", "c"], [0, 200], strategy=get_strategy("random"),
+                     round_size=50, progress=False)
+    assert "suspects" not in clean["curve"][-1] and "noise" not in clean
