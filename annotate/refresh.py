@@ -228,7 +228,7 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     Args:
         cache: the dataset's :class:`annotate.cache.DatasetCache`.
         labels: when given, must equal the dataset's labels (same order).
-        embed_scorer: a scorer (:mod:`annotate.scoring`) to embed records that have no cached embedding and no
+        embed_scorer: a scorer (:mod:`pool.scorers`) to embed records that have no cached embedding and no
             vector (``refresh --embed``); ``None``: such records are an error.
         head_output: where to save the head (default ``cache.head_dir``).
         batch_size, concurrency: of the bulk updates.
@@ -488,7 +488,7 @@ def _cache_rows(cache, ids, records, teacher, embeddings, labels, meta, dataset_
     """Add records read from Argilla (or embedded by --embed) to the cache, so the next round reads them locally."""
     import hashlib
 
-    from annotate.store import shard_table
+    from pool.store import shard_table
 
     store = cache.pool
     store.write_shard("argilla-" + hashlib.sha256("".join(ids).encode()).hexdigest()[:16],

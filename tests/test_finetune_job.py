@@ -27,7 +27,7 @@ SETTINGS = FinetuneSettings(min_reviews=40, every=20, time_budget=12, max_length
 
 @pytest.fixture(scope="module")
 def pool(data_dir):
-    from annotate.scoring import LocalScorer
+    from pool.scorers import LocalScorer
 
     path = data_dir / "classification" / "sst2" / "train.jsonl"
     if not path.is_file():
