@@ -143,12 +143,15 @@ class AcceptanceSettings:
             head's probabilities overstate precision (issue 22: 0.95 claimed, 0.91 real at 300 AG News reviews).
             Only the number of reviews spent depends on it. Chosen on the tune halves of the dev tasks
             (docs/adaptive.md, "Bulk acceptance").
+        first_test: the highest threshold tested holds this many times the zero-defect sample size
+            (:func:`annotate.acceptance.plan_certification`); chosen with ``planning_inflation``.
     """
 
     precision: float = 0.95
     confidence: float = 0.95
     scope: str = "label"
     planning_inflation: float = 2.0
+    first_test: float = 2.0
 
 
 @dataclass
@@ -196,7 +199,7 @@ def acceptance_entry(pool: LabelledSplit, labels, scores: np.ndarray, reviewed: 
     lot[list(reviewed)] = False
     expected = 1.0 - settings.planning_inflation * (1.0 - top)
     plan = plan_certification(top, suggested, lot, labels, expected, state.priority, target=settings.precision,
-                              confidence=settings.confidence, scope=settings.scope)
+                              confidence=settings.confidence, scope=settings.scope, first_test=settings.first_test)
     correct = np.full(n, np.nan)
     while True:
         rows = state.rows()
