@@ -310,7 +310,7 @@ def plot_acceptance(reports: list[dict], path, title: str = "") -> None:
     ax.set_xlabel("records reviewed in the loop")
     ax.set_ylabel("share of the pool")
     ax.set_ylim(0, 1.02)
-    ax.set_title(title or "Human share of a fully labelled pool")
+    ax.set_title(title or "Human share of a fully labelled pool", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
