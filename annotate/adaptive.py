@@ -229,14 +229,29 @@ class AdaptiveHead:
 
     # persistence --------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write ``head.json`` and ``weights.npz`` into ``directory`` (created); the directory
-        ``python -m service --classifier NAME=DIR`` serves on its sentence encoder."""
+        """Write ``head.json`` and ``weights.npz`` as the directory ``directory``, the directory
+        ``python -m service --classifier NAME=DIR`` serves on its sentence encoder.
+
+        The directory is written whole or not at all (:func:`service.atomic.atomic_dir`): a save killed midway
+        leaves the previous head (or none) in place, never a partial one.
+
+        Raises:
+            AdaptError: ``directory`` is a file, or a non-empty directory that holds no head (nothing is written).
+        """
+        from service.atomic import atomic_dir, check_target
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        np.savez(directory / WEIGHTS_FILE, coef=self.coef.astype(np.float32), intercept=self.intercept.astype(np.float32))
-        head = {"kind": "adaptive-head", "format_version": 1, "labels": self.labels, "temperature": self.temperature,
-                "encoder": self.encoder, "revision": self.revision, "agent": self.agent, **self.meta}
-        (directory / HEAD_FILE).write_text(json.dumps(head, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        try:
+            check_target(directory, is_head_dir)
+        except FileExistsError as exc:
+            raise AdaptError(f"cannot save the head: {exc}") from None
+        with atomic_dir(directory, replaceable=is_head_dir) as tmp:
+            np.savez(tmp / WEIGHTS_FILE, coef=self.coef.astype(np.float32),
+                     intercept=self.intercept.astype(np.float32))
+            head = {"kind": "adaptive-head", "format_version": 1, "labels": self.labels,
+                    "temperature": self.temperature, "encoder": self.encoder, "revision": self.revision,
+                    "agent": self.agent, **self.meta}
+            (tmp / HEAD_FILE).write_text(json.dumps(head, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return directory
 
     @classmethod
