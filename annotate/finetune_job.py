@@ -404,13 +404,12 @@ class BackgroundFinetune:
     def _remove_leftovers(self) -> None:
         """Snapshots, staging and half-written results of jobs that are no longer running (called with the job lock
         free, so no job runs on this cache)."""
-        from service.atomic import remove_stale
+        from service.atomic import remove_stale_in
 
         for entry in self.root.iterdir():
             if entry.name.startswith(".staging-") or (entry.name.startswith(".") and entry.name.endswith(".snapshot")):
                 shutil.rmtree(entry, ignore_errors=True)
-            elif not entry.name.startswith("."):
-                remove_stale(entry)
+        remove_stale_in(self.root)
 
     def finished(self) -> list[tuple[Path, dict]]:
         """``(directory, result.json)`` of every finished job, newest first (by the time each finished)."""

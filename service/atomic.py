@@ -86,14 +86,21 @@ def remove_stale(target: str | Path) -> list[Path]:
     """Delete what writers of ``target`` that died left behind (``.<name>.tmp-<pid>-*`` and ``.<name>.old-<pid>-*``
     siblings whose process is gone; processes are those of this machine). Returns the removed paths."""
     target = Path(target)
+    return remove_stale_in(target.parent, name=target.name)
+
+
+def remove_stale_in(folder: str | Path, *, name: str | None = None) -> list[Path]:
+    """Delete what dead writers of :func:`atomic_dir` left in ``folder`` (of any target, or of ``name``'s only).
+    Returns the removed paths."""
+    folder = Path(folder)
     removed = []
-    if not target.parent.is_dir():
+    if not folder.is_dir():
         return removed
-    for sibling in target.parent.iterdir():
-        match = _TMP.match(sibling.name)
-        if match and match["name"] == target.name and not _alive(int(match["pid"])):
-            shutil.rmtree(sibling, ignore_errors=True)
-            removed.append(sibling)
+    for entry in folder.iterdir():
+        match = _TMP.match(entry.name)
+        if match and (name is None or match["name"] == name) and not _alive(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
     return removed
 
 
