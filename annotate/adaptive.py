@@ -2,7 +2,7 @@
 
 The zero-shot scores of a pool are the teacher; this module turns them, and the labels people submit, into a
 better classifier for *this* pool without running the encoder again (the embeddings are computed once, by
-``push`` or ``python -m annotate score``, and kept in a :class:`annotate.store.PoolStore`).
+``push`` or ``python -m annotate score``, and kept in a :class:`pool.store.PoolStore`).
 
 Before any review (self-training, after Gera et al. 2022, "Zero-Shot Text Classification with Self-Training",
 EMNLP): the zero-shot probabilities are re-weighted to the pool's label prior, estimated by EM (Saerens,
@@ -31,21 +31,15 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from service.calibration import softmax
+from service.head import AdaptError, AdaptiveHead
 
 logger = logging.getLogger(__name__)
 
-HEAD_FILE = "head.json"
-WEIGHTS_FILE = "weights.npz"
 _EPS = 1e-12
-
-
-class AdaptError(ValueError):
-    """The inputs cannot train a head (shapes disagree, labels unknown, nothing to learn from)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,100 +176,6 @@ class FitReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class AdaptiveHead:
-    """Multinomial logistic regression on sentence embeddings, with a temperature.
-
-    ``predict_proba(X)`` = ``softmax((X @ coef.T + intercept) / temperature)``.
-
-    Attributes:
-        labels: class names, column order of every score matrix.
-        coef: ``(K, d)``; intercept: ``(K,)``; temperature: > 0.
-        encoder: ``{"model_id", "fingerprint", "dim"}`` of the sentence encoder whose embeddings it reads.
-        revision: content hash of what it was trained on (pool ids, reviews, config).
-        meta: training counts, mode, prior, hypothesis template.
-    """
-
-    def __init__(self, labels, coef: np.ndarray, intercept: np.ndarray, temperature: float = 1.0,
-                 encoder: dict | None = None, revision: str = "", meta: dict | None = None) -> None:
-        self.labels = list(labels)
-        self.coef = np.asarray(coef, dtype=np.float64)
-        self.intercept = np.asarray(intercept, dtype=np.float64)
-        self.temperature = float(temperature)
-        self.encoder = dict(encoder or {})
-        self.revision = revision
-        self.meta = dict(meta or {})
-
-    @property
-    def agent(self) -> str:
-        """The suggestion agent Argilla shows: ``adaptive-head:<revision>``."""
-        return f"adaptive-head:{self.revision[:12]}"
-
-    def logits(self, embeddings: np.ndarray) -> np.ndarray:
-        """``(n, K)`` untempered logits of ``(n, d)`` embeddings.
-
-        Raises:
-            AdaptError: ``d`` differs from the head's.
-        """
-        x = np.asarray(embeddings, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.coef.shape[1]:
-            raise AdaptError(f"embeddings of shape {x.shape} do not fit a head of dimension {self.coef.shape[1]}")
-        return x @ self.coef.T + self.intercept
-
-    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
-        """``(n, K)`` calibrated probabilities, rows summing to 1."""
-        return softmax(self.logits(embeddings) / self.temperature, axis=-1)
-
-    # persistence --------------------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        """Write ``head.json`` and ``weights.npz`` as the directory ``directory``, the directory
-        ``python -m service --classifier NAME=DIR`` serves on its sentence encoder.
-
-        The directory is written whole or not at all (:func:`service.atomic.atomic_dir`): a save killed midway
-        leaves the previous head (or none) in place, never a partial one.
-
-        Raises:
-            AdaptError: ``directory`` is a file, or a non-empty directory that holds no head (nothing is written).
-        """
-        from service.atomic import atomic_dir, check_target
-
-        directory = Path(directory)
-        try:
-            check_target(directory, is_head_dir)
-        except FileExistsError as exc:
-            raise AdaptError(f"cannot save the head: {exc}") from None
-        with atomic_dir(directory, replaceable=is_head_dir) as tmp:
-            np.savez(tmp / WEIGHTS_FILE, coef=self.coef.astype(np.float32),
-                     intercept=self.intercept.astype(np.float32))
-            head = {"kind": "adaptive-head", "format_version": 1, "labels": self.labels,
-                    "temperature": self.temperature, "encoder": self.encoder, "revision": self.revision,
-                    "agent": self.agent, **self.meta}
-            (tmp / HEAD_FILE).write_text(json.dumps(head, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "AdaptiveHead":
-        """Read a head directory written by :meth:`save`.
-
-        Raises:
-            AdaptError: not a head directory.
-        """
-        directory = Path(directory)
-        try:
-            head = json.loads((directory / HEAD_FILE).read_text(encoding="utf-8"))
-            weights = np.load(directory / WEIGHTS_FILE)
-        except FileNotFoundError:
-            raise AdaptError(f"{directory} is not a head directory ({HEAD_FILE} and {WEIGHTS_FILE} expected)") from None
-        meta = {k: v for k, v in head.items() if k not in ("kind", "format_version", "labels", "temperature",
-                                                           "encoder", "revision", "agent")}
-        return cls(head["labels"], weights["coef"], weights["intercept"], head.get("temperature", 1.0),
-                   head.get("encoder"), head.get("revision", ""), meta)
-
-
-def is_head_dir(directory: str | Path) -> bool:
-    """Whether ``directory`` holds an :class:`AdaptiveHead` (``head.json``)."""
-    return (Path(directory) / HEAD_FILE).is_file()
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray, k: int, c: float, warm=None):

@@ -5,7 +5,7 @@ Layout under ``AnnotateSettings.cache_dir`` (env ``ANNOTATE_CACHE_DIR``, default
 
     <server host_port>/<workspace>/<dataset>/
         dataset.json     {"dataset_id": ...}: the Argilla dataset the cache belongs to (written once it exists)
-        pool/            an annotate.store.PoolStore: meta.json + part-*.parquet
+        pool/            an pool.store.PoolStore: meta.json + part-*.parquet
         head/            the adapted head (annotate.adaptive.AdaptiveHead.save), what `python -m service
                          --classifier NAME=DIR` serves
         finetune/        background encoder fine-tunes of `refresh --watch` (annotate.finetune_job)
@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from annotate.store import Pool, PoolStore, StoreError
+from pool.store import Pool, PoolStore, StoreError
 
 logger = logging.getLogger(__name__)
 BINDING = "dataset.json"

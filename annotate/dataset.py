@@ -5,7 +5,7 @@ Layout of a pre-annotation dataset:
 * field ``text`` (``TextField``); question ``label`` (``LabelQuestion``, or ``MultiLabelQuestion`` with
   multi-label) whose options are the candidate labels, in the order given at creation;
 * float metadata ``confidence`` (top score), ``margin`` (top minus second) and ``entropy`` (normalised, see
-  :mod:`annotate.uncertainty`), visible to everyone so reviewers can filter and sort on them;
+  :mod:`pool.uncertainty`), visible to everyone so reviewers can filter and sort on them;
 * float metadata ``teacher_score_<i>`` per label ``i`` of the question (titled ``P(<label>)``), hidden from
   annotators: the teacher's full score vector. Per-label float metadata is typed, range-filterable in the UI,
   and round-trips exactly through the SDK; a JSON string would need a ``TermsMetadataProperty`` (an indexed
@@ -138,7 +138,7 @@ def build_records(ids: Sequence[str], texts: Sequence[str], scores: np.ndarray, 
     more metadata values by name, one per text (the dataset must define them)."""
     import argilla as rg
 
-    from annotate.uncertainty import summarize
+    from pool.uncertainty import summarize
 
     stats = summarize(scores, multi_label)
     records = []

@@ -16,8 +16,8 @@ one job per dataset cache, even when the watcher that started it was killed and 
    ``time_budget`` seconds, and measures it on the same held-out records;
 4. scores every record that was pending at the snapshot, and saves the model as a directory that
    ``python -m service --classifier NAME=DIR`` serves at ``POST /classify``;
-5. writes its results as one directory (:func:`service.atomic.atomic_dir`: a temporary sibling renamed into place
-   last), so a job killed at any point leaves nothing a refresh would read.
+5. writes its results as one directory (:func:`service.atomic.atomic_directory`: a staging sibling swapped into
+   place last), so a job killed at any point leaves nothing a refresh would read.
 
 Each refresh round then reads the newest finished job (:meth:`BackgroundFinetune.latest`): when the fine-tuned
 model is more accurate than the head on the held-out reviews (:meth:`FinetuneResult.wins`, by more than
@@ -26,8 +26,8 @@ records it did not score (pushed later) keep the head's. A later job, ``every`` 
 head takes over again if the reviews come to favour it.
 
 Layout under ``<cache root>/finetune/``: ``<revision>/`` (finished: ``result.json``, ``scores.npz``, ``model/``,
-``job.log``), ``.<revision>.snapshot/`` (inputs of a job, removed when it finishes), ``.<revision>.tmp-<pid>-*/``
-(results being written), ``.staging-*/`` (a snapshot being written). Finished jobs are pruned to the ``keep`` newest,
+``job.log``), ``.<revision>.snapshot/`` (inputs of a job, removed when it finishes), ``.<revision>.staging-<pid>-*/``
+(results being written), ``.writing-*.snapshot/`` (a snapshot being written). Finished jobs are pruned to the ``keep`` newest,
 but never the newest one that beat the head (whose model a summary told people to serve) nor the newest one.
 """
 
@@ -235,11 +235,11 @@ def run_job(snapshot: str | Path, output: str | Path) -> FinetuneResult:
     logger.info("scored %d pending records in %.1f s (%.1f texts/s)", len(pending), score_seconds,
                 len(pending) / max(score_seconds, 1e-9))
 
-    from service.atomic import atomic_dir
+    from service.atomic import atomic_directory
 
     # the last step, whole or not at all: a refresh reads only complete jobs (a previous run of the same snapshot
     # is replaced in one step)
-    with atomic_dir(output, replaceable=lambda d: (d / RESULT).is_file()) as work:
+    with atomic_directory(output, replaceable=lambda d: (d / RESULT).is_file()) as work:
         tuned.save(work / MODEL)
         np.savez(work / SCORES, ids=np.asarray([ids[i] for i in pending], dtype=str), scores=scores)
         info = {"revision": job["revision"], "labels": labels, "reviewed": int(len(rows)),
@@ -347,7 +347,7 @@ class BackgroundFinetune:
         self._waiting_for = None
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", suffix=".snapshot", dir=self.root))
+        staging = Path(tempfile.mkdtemp(prefix=".writing-", suffix=".snapshot", dir=self.root))
         try:
             revision = write(staging)
         except BaseException:
@@ -397,19 +397,19 @@ class BackgroundFinetune:
 
     def _remove_stale(self, revision: str) -> None:
         """What a job that ended (killed or failed) left half-written: its results' temporary folder."""
-        from service.atomic import remove_stale
+        from service.atomic import remove_stale_staging
 
-        remove_stale(self.root / revision)
+        remove_stale_staging(self.root, name=revision)
 
     def _remove_leftovers(self) -> None:
         """Snapshots, staging and half-written results of jobs that are no longer running (called with the job lock
         free, so no job runs on this cache)."""
-        from service.atomic import remove_stale_in
+        from service.atomic import remove_stale_staging
 
         for entry in self.root.iterdir():
-            if entry.name.startswith(".staging-") or (entry.name.startswith(".") and entry.name.endswith(".snapshot")):
+            if entry.name.startswith(".") and entry.name.endswith(".snapshot"):  # .<revision>. or .writing-*.
                 shutil.rmtree(entry, ignore_errors=True)
-        remove_stale_in(self.root)
+        remove_stale_staging(self.root)
 
     def finished(self) -> list[tuple[Path, dict]]:
         """``(directory, result.json)`` of every finished job, newest first (by the time each finished)."""

@@ -38,9 +38,9 @@ from annotate.dataset import (
     record_id,
     teacher_key,
 )
-from annotate.readers import InputRow
-from annotate.store import StoreError
 from annotate.upsert import UpsertFailed
+from pool.readers import InputRow
+from pool.store import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def push(rows: Iterable[InputRow] | None, *, client, api_url: str, dataset_name:
     ``adaptive`` (single-label): all new texts are scored into the cache first, then the adapted head
     (:func:`annotate.adaptive.adapt`) is fitted on the whole cached pool and the records are upserted with its
     suggestions (agent ``<encoder>:adaptive-head:<revision>``; ``teacher_score_<i>`` keeps the zero-shot scores);
-    the head is saved in ``cache.head_dir``. ``from_scores``: a :class:`annotate.store.PoolStore` written by
+    the head is saved in ``cache.head_dir``. ``from_scores``: a :class:`pool.store.PoolStore` written by
     ``python -m annotate score`` (checked by the caller) whose records are pushed instead of ``rows``, unscored.
 
     Raises:
@@ -162,7 +162,7 @@ def push(rows: Iterable[InputRow] | None, *, client, api_url: str, dataset_name:
 
     from annotate.adaptive import AdaptError
     from annotate.client import ArgillaRefused, ArgillaUnavailable
-    from annotate.scoring import ScoringError
+    from pool.scorers import ScoringError
 
     started = time.perf_counter()
     summary = PushSummary(dataset=dataset_name, workspace=workspace)
@@ -267,7 +267,7 @@ def _store_meta(state: _State) -> dict:
 
 def _write_shard(state: _State, ids, texts, sources, scores, embeddings) -> None:
     """Keep scored texts in the cache (a shard named by a hash of its ids); the meta is written with the first."""
-    from annotate.store import shard_table
+    from pool.store import shard_table
 
     store = state.cache.pool
     meta = _store_meta(state)
@@ -283,7 +283,7 @@ def _push_streaming(state: _State, rows, seen, batch_size, threshold, total, pro
     """Zero-shot suggestions, batch by batch: score (+ embed), cache, upsert."""
     from tqdm import tqdm
 
-    from annotate.scoring import ScoringError
+    from pool.scorers import ScoringError
 
     summary = state.summary
     present = set(seen)

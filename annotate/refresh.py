@@ -234,7 +234,7 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     Args:
         cache: the dataset's :class:`annotate.cache.DatasetCache`.
         labels: when given, must equal the dataset's labels (same order).
-        embed_scorer: a scorer (:mod:`annotate.scoring`) to embed records that have no cached embedding and no
+        embed_scorer: a scorer (:mod:`pool.scorers`) to embed records that have no cached embedding and no
             vector (``refresh --embed``); ``None``: such records are an error.
         head_output: where to save the head (default ``cache.head_dir``).
         batch_size, concurrency: of the bulk updates.
@@ -275,8 +275,8 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     labels = dataset_labels
     k = len(labels)
     if head_output is not None:  # before anything is written: the save replaces only a previous head
-        from annotate.adaptive import is_head_dir
         from service.atomic import check_target
+        from service.head import is_head_dir
 
         try:
             check_target(head_output, is_head_dir)
@@ -502,7 +502,7 @@ def _cache_rows(cache, ids, records, teacher, embeddings, labels, meta, dataset_
     """Add records read from Argilla (or embedded by --embed) to the cache, so the next round reads them locally."""
     import hashlib
 
-    from annotate.store import shard_table
+    from pool.store import shard_table
 
     store = cache.pool
     store.write_shard("argilla-" + hashlib.sha256("".join(ids).encode()).hexdigest()[:16],

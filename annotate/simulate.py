@@ -169,13 +169,13 @@ def read_labelled(path, text_fields, gold_column: str) -> tuple[list[str], list[
     """Texts (the ``text_fields`` joined by a space) and gold values of a ``.jsonl``, ``.csv`` or ``.parquet`` file.
 
     Raises:
-        annotate.readers.InputError: missing file, unknown format or column, no rows, a row without text or gold.
+        pool.readers.InputError: missing file, unknown format or column, no rows, a row without text or gold.
     """
     from pathlib import Path
 
     import pandas as pd
 
-    from annotate.readers import InputError
+    from pool.readers import InputError
 
     path = Path(path)
     if not path.is_file():
@@ -226,13 +226,13 @@ def gold_indices(gold: list[str], labels: list[str], label_map: dict[str, str] |
 def scored_split(texts: list[str], scorer, cache_root, key_parts: dict) -> tuple[np.ndarray, np.ndarray]:
     """``(embeddings, zero-shot scores)`` of ``texts``, from the cache folder when an identical run made them
     (key: the texts and ``key_parts``: labels, template, method, model), else from ``scorer`` (then cached as a
-    :class:`annotate.store.PoolStore`)."""
+    :class:`pool.store.PoolStore`)."""
     import hashlib
     import json
     from pathlib import Path
 
     from annotate.dataset import record_id
-    from annotate.store import PoolStore, StoreError, shard_table
+    from pool.store import PoolStore, StoreError, shard_table
 
     digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode())
     for text in texts:

@@ -1,7 +1,7 @@
 """How long a refit of the adapted head takes: fit + re-scoring every pending record of a scored pool.
 
 Times :func:`annotate.adaptive.adapt` (what ``refresh`` and ``simulate`` run after each round) on a stored pool
-(a :class:`annotate.store.PoolStore`, as ``push``, ``score`` and ``simulate`` write them) for several review
+(a :class:`pool.store.PoolStore`, as ``push``, ``score`` and ``simulate`` write them) for several review
 counts. The reviews are random records labelled with their zero-shot top label flipped at random for a third of
 them (timing does not depend on which labels they are). Prints the CPU model, flags and load average beside the
 figures: on a shared machine the load changes them several-fold.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -21,18 +22,9 @@ from typing import Annotated
 import numpy as np
 import typer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def cpu_facts() -> dict:
-    """CPU model, the SIMD flags that matter for inference, core count and load average (Linux /proc/cpuinfo)."""
-    model, flags = "unknown", []
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
-        flags = sorted({f for line in info if line.startswith("flags") for f in line.split(":", 1)[1].split()
-                        if f.startswith(("avx", "amx")) or "vnni" in f})
-    except OSError:
-        pass
-    return {"cpu": model, "flags": flags, "cores": os.cpu_count(), "load_average": os.getloadavg()}
+from benchmarks.machine import cpu_facts  # noqa: E402
 
 
 def main(store: Annotated[Path, typer.Argument(help="A scored pool folder (meta.json + part-*.parquet).")],
@@ -41,7 +33,7 @@ def main(store: Annotated[Path, typer.Argument(help="A scored pool folder (meta.
          output: Annotated[Path | None, typer.Option(help="Also write the figures here as JSON.")] = None) -> None:
     """Time adapt() on STORE for each review count."""
     from annotate.adaptive import adapt
-    from annotate.store import PoolStore
+    from pool.store import PoolStore
 
     pool = PoolStore(store).load(with_texts=False)
     labels, k = pool.labels, len(pool.labels)

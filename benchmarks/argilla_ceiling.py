@@ -28,7 +28,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -37,18 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import cpu_facts
+
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 DIM = 384
 POOL = Path("classification") / "ag_news" / "train_unlabeled_8k_description_only.jsonl"
-
-
-def cpu_line() -> dict:
-    from service.engines.selection import cpu_facts
-
-    facts = cpu_facts()
-    keep = [f for f in facts["flags"] if f.startswith(("avx", "amx", "sse4", "fma", "f16c"))]
-    return {"model": facts["model"], "cores": facts["cores"], "flags": keep, "python": platform.python_version()}
 
 
 def texts_from(data_dir: Path, count: int) -> list[str]:
@@ -168,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
         stack = ArgillaStack.start(REPO / "runs" / "argilla_ceiling_stack")
         args.api_url, args.api_key, args.workspace = stack.url, stack.api_key, stack.workspace
-    cpu = cpu_line()
-    print(f"CPU {cpu['model']} ({cpu['cores']} cores) flags {' '.join(cpu['flags'])}; load average "
+    cpu = cpu_facts()
+    print(f"CPU {cpu['cpu']} ({cpu['cores']} cores) flags {cpu['flags']}; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; Argilla at {args.api_url}"
           f"{' (local stack: argilla-server 2.8.0, osmem, Redis, SQLite)' if stack else ''}")
     cells = []
@@ -245,7 +238,7 @@ def plot(cells: list[dict], path: Path, cpu: dict) -> None:
         ax.set_xlabel("requests in flight")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("records/s")
-    fig.suptitle(f"Argilla 2.8 local stack on {cpu['model']} ({cpu['cores']} cores, shared)", fontsize=9)
+    fig.suptitle(f"Argilla 2.8 local stack on {cpu['cpu']} ({cpu['cores']} cores, shared)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -37,7 +37,7 @@ import typer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.sparse_speed import cpu_facts  # noqa: E402
+from benchmarks.machine import cpu_facts  # noqa: E402
 
 logger = logging.getLogger("benchmarks.background_finetune")
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], pretty_exceptions_enable=False)
@@ -66,8 +66,8 @@ def main(
 ) -> None:
     """Run one background fine-tune on a real pool and report it against the head (see the module docstring)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from annotate.__main__ import _settings, _zero_shot_scorer
     from annotate.adaptive import HeadConfig, adapt
+    from annotate.cli import settings_from_env, zero_shot_scorer
     from annotate.dataset import record_id
     from annotate.finetune_job import BackgroundFinetune, FinetuneSettings, write_snapshot
     from annotate.simulate import gold_indices, read_labelled, scored_split
@@ -75,7 +75,7 @@ def main(
     labels = list(label)
     texts, gold = read_labelled(pool_path, [text_column], gold_column)
     y = gold_indices(gold, labels, json.loads(label_map) if label_map else None, pool_path)
-    scorer = _zero_shot_scorer(_settings(), labels, hypothesis_template, "embedding")
+    scorer = zero_shot_scorer(settings_from_env(), labels, hypothesis_template, "embedding")
     root = cache_dir or Path.home() / ".cache" / "zeroshot-preannotate" / "annotate" / "simulate"
     key = {"labels": labels, "hypothesis_template": hypothesis_template, "method": "embedding",
            "model": scorer.model_id}

@@ -34,8 +34,8 @@ import typer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import cpu_facts  # noqa: E402
 from benchmarks.service_process import ServiceProcess  # noqa: E402
-from benchmarks.sparse_speed import cpu_facts  # noqa: E402
 
 logger = logging.getLogger("benchmarks.load")
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])

@@ -37,7 +37,7 @@ import typer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.sparse_speed import cpu_facts  # noqa: E402
+from benchmarks.machine import cpu_facts  # noqa: E402
 
 logger = logging.getLogger("benchmarks.long_text")
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])

@@ -35,7 +35,8 @@ import typer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.sparse_speed import cpu_facts, load_tasks  # noqa: E402
+from benchmarks.machine import cpu_facts  # noqa: E402
+from benchmarks.sparse_speed import load_tasks  # noqa: E402
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 

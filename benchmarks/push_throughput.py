@@ -36,7 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.argilla_ceiling import POOL, cpu_line, make_records, new_dataset, run_raw, texts_from  # noqa: E402
+from benchmarks.argilla_ceiling import POOL, make_records, new_dataset, run_raw, texts_from  # noqa: E402
+from benchmarks.machine import cpu_facts  # noqa: E402
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 
@@ -92,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.service_process import ServiceProcess
     from tests.argilla_stack import ArgillaStack
 
-    cpu = cpu_line()
+    cpu = cpu_facts()
     meta = {"date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(), "cpu": cpu,
             "pool": str(pool), "pool_rows": count_rows(pool), "engine": args.engine,
             "command": "python -m benchmarks.push_throughput " + " ".join(argv or sys.argv[1:])}
-    print(f"CPU {cpu['model']} ({cpu['cores']} cores) flags {' '.join(cpu['flags'])}; load average "
+    print(f"CPU {cpu['cpu']} ({cpu['cores']} cores) flags {cpu['flags']}; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="zsc-push-"))
     steps = []
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {"push_over_ceiling": round(by["push"]["records_per_s"] / by["ceiling"]["records_per_s"], 3)}
     if "baseline" in by:
         ratios["push_over_baseline"] = round(by["push"]["records_per_s"] / by["baseline"]["records_per_s"], 2)
-    lines = [f"CPU: {cpu['model']} ({cpu['cores']} cores; flags {' '.join(cpu['flags'])}); {meta['date']}; pool "
+    lines = [f"CPU: {cpu['cpu']} ({cpu['cores']} cores; flags {cpu['flags']}); {meta['date']}; pool "
              f"{meta['pool_rows']} rows; service engine {args.engine}", "",
              "| step | records | wall s | records/s | scoring s | Argilla s | head fit s | load 1m before -> after |",
              "|---|---|---|---|---|---|---|---|"]

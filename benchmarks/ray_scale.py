@@ -169,15 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "ray_scale")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "ray_scale.json")
     args = parser.parse_args(argv)
-    from service.engines.selection import cpu_facts
+    from benchmarks.machine import cpu_facts
 
     if not (args.data_dir / "classification" / "emotion" / "train.jsonl").is_file():
         print(f"error: shared data not found under {args.data_dir} (set --data-dir or ZSC_SHARED_DATA)",
               file=sys.stderr)
         return 2
     cpu = cpu_facts()
-    flags = [f for f in cpu["flags"] if f.startswith(("avx", "amx", "fma", "f16c"))]
-    print(f"CPU {cpu['model']} ({cpu['cores']} cores) flags {' '.join(flags)}; load average "
+    flags = cpu["flags"]
+    print(f"CPU {cpu['cpu']} ({cpu['cores']} cores) flags {flags}; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     inputs = write_input(args.data_dir, args.rows, args.work / "input")
     runs = {}

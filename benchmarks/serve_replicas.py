@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "serve_replicas.json")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
+    from benchmarks.machine import cpu_facts
     from benchmarks.service_process import ServiceProcess
-    from service.engines.selection import cpu_facts
 
     pool = args.data_dir / "classification" / "ag_news" / "train_unlabeled_8k_description_only.jsonl"
     if not pool.is_file():
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     texts = [json.loads(line)["text"] for line in pool.open(encoding="utf-8")][:4000]
     cpu = cpu_facts()
-    flags = [f for f in cpu["flags"] if f.startswith(("avx", "amx", "fma"))]
-    print(f"CPU {cpu['model']} ({cpu['cores']} cores) flags {' '.join(flags)}; load average "
+    flags = cpu["flags"]
+    print(f"CPU {cpu['cpu']} ({cpu['cores']} cores) flags {flags}; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     settings = {"ZSC_MODEL": "none", "ZSC_METHOD": "embedding"}
     results = {}

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -44,6 +43,8 @@ import typer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.machine import cpu_facts  # noqa: E402
 
 logger = logging.getLogger("benchmarks.sparse_speed")
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
@@ -286,22 +287,6 @@ def plot(results: list[dict], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-def cpu_facts() -> dict:
-    flags = set()
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return {"cpu": model, "cores": os.cpu_count(), "flags": ", ".join(wanted) or "none"}
 
 
 @app.command()

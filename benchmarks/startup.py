@@ -38,6 +38,7 @@ import typer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import cpu_facts  # noqa: E402
 from benchmarks.service_process import ServiceProcess  # noqa: E402
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
@@ -58,15 +59,6 @@ def proc_status_mb(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = round(int(value.split()[0]) / 1024, 1)
     return out
-
-
-def cpu_facts() -> dict:
-    """CPU model, the instruction-set flags that matter for int8 inference, and every flag, from /proc/cpuinfo."""
-    from service.engines.selection import cpu_facts as facts
-
-    cpu = facts()
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in cpu["flags"]]
-    return {"cpu": cpu["model"], "cores": cpu["cores"], "flags": ", ".join(wanted) or "none", "all_flags": cpu["flags"]}
 
 
 def drive(url: str, requests: int, clients: int) -> dict:

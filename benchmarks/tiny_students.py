@@ -2,7 +2,7 @@
 
 Three steps (``scripts/tiny_students.sh`` runs them all, with the training commands in between):
 
-``prepare TASK``: from a scored pool and its evaluation split (:class:`annotate.store.PoolStore` folders with a
+``prepare TASK``: from a scored pool and its evaluation split (:class:`pool.store.PoolStore` folders with a
 ``gold.json``, e.g. ``runs/issue11/pools/ag_news/{pool,eval}``), fit the pool-adapted head with no review and with
 1,000 gold-labelled records (:func:`annotate.adaptive.adapt`, the gold labels standing in for reviewers), save
 both heads, and write the files ``train/finetune.py`` reads: the pool texts, an export of the 1,000 reviewed
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +33,8 @@ if __package__ in (None, ""):
 
 import numpy as np
 import typer
+
+from benchmarks.machine import cpu_facts  # noqa: E402
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
@@ -52,23 +53,6 @@ TASKS = {
 }
 
 
-def cpu_facts() -> dict:
-    """CPU model, the SIMD flags that matter to ONNX Runtime, cores and the load average, measured now."""
-    model, flags = platform.processor() or "?", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma", "vnni"))
-                         or f in ("avx512_vnni", "avx_vnni")]
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "flags": " ".join(sorted(set(flags))), "cores": os.cpu_count(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
-
-
 @app.command()
 def pools(task: str, data: Annotated[Path, typer.Option(help="The shared data folder (holds classification/).")]
           = Path("../shared/data"), out: Annotated[Path, typer.Option(help="Writes <out>/<task>/{pool,eval}.")]
@@ -76,16 +60,16 @@ def pools(task: str, data: Annotated[Path, typer.Option(help="The shared data fo
           cache_dir: Annotated[Path, typer.Option(help="simulate's scored-text cache, reused when it has the texts.")]
           = Path.home() / ".cache" / "zeroshot-preannotate" / "annotate" / "simulate") -> None:
     """The scored pool and evaluation split of TASK (embeddings and zero-shot embedding scores of the packaged
-    encoder, gold values in ``gold.json``) that ``prepare`` and ``benchmarks/encoder_finetune.py`` read."""
-    from annotate.__main__ import _settings, _zero_shot_scorer
+    encoder, gold values in ``gold.json``) that ``prepare`` and ``benchmarks/encoder_finetune_vs_head.py`` read."""
+    from annotate.cli import settings_from_env, zero_shot_scorer
     from annotate.dataset import record_id
     from annotate.simulate import read_labelled, scored_split
-    from annotate.store import PoolStore, shard_table
+    from pool.store import PoolStore, shard_table
 
     if task not in TASKS:
         raise typer.BadParameter(f"unknown task {task!r}; one of {', '.join(TASKS)}")
     spec = TASKS[task]
-    scorer = _zero_shot_scorer(_settings(), spec["labels"], spec["template"], "embedding")
+    scorer = zero_shot_scorer(settings_from_env(), spec["labels"], spec["template"], "embedding")
     key = {"labels": spec["labels"], "hypothesis_template": spec["template"], "method": "embedding",
            "model": scorer.model_id}
     try:
@@ -109,7 +93,7 @@ def prepare(task: str, pools: Annotated[Path, typer.Option(help="Folder with poo
             reviews: int = 1000, seed: int = 0) -> None:
     """Heads (0 and ``reviews`` reviews) and the input files of one task."""
     from annotate.adaptive import adapt
-    from annotate.store import PoolStore
+    from pool.store import PoolStore
 
     out.mkdir(parents=True, exist_ok=True)
     mapping = TASKS[task]["map"]
@@ -161,10 +145,10 @@ def speed(student_dirs: list[Path], eval_file: Annotated[Path, typer.Option("--e
     """Students, embedding teacher, head and NLI teacher timed side by side on the same texts."""
     import torch
 
-    from annotate.adaptive import AdaptiveHead
-    from annotate.scoring import LocalScorer
+    from pool.scorers import LocalScorer
     from service.classify import load_classifier
     from service.config import Settings
+    from service.head import AdaptiveHead
     from service.sources import default_cache_dir
 
     torch.set_num_threads(os.cpu_count() or 1)

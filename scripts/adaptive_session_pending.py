@@ -12,7 +12,7 @@ import numpy as np
 from annotate.adaptive import adapt
 from annotate.cache import sort_pool
 from annotate.dataset import record_id
-from annotate.store import PoolStore
+from pool.store import PoolStore
 
 out = Path(sys.argv[1]); size = int(sys.argv[2])
 pool = sort_pool(PoolStore(next(out.glob("cache/*/*/*/pool"))).load())

@@ -1,24 +1,27 @@
-"""Directories written whole or not at all: :func:`atomic_dir`.
+"""Writing files and folders so that a reader, or a process killed mid-write, never sees half of one.
 
-A model or head directory holds several files (``head.json`` + ``weights.npz``; ``result.json`` + ``scores.npz`` +
-``model/``). Written in place, a process killed between two files leaves a directory that a reader takes for
-complete. :func:`atomic_dir` has the writer fill a temporary sibling (``.<name>.tmp-<pid>-<random>``, same file
-system) and put it in place only once it returned:
+One helper for every writer of the project. A file (:func:`atomic_write_text`) is written under a temporary name in
+the same folder and renamed over the target with :func:`os.replace`, which POSIX makes atomic within one file
+system. A folder (:func:`atomic_directory`: a head's ``head.json`` + ``weights.npz``, a fine-tune's ``result.json``
++ ``scores.npz`` + ``model/``) is filled as a staging sibling (``.<name>.staging-<pid>-<random>``) and put in place
+only once the writer's block returned:
 
-* no directory at the target yet: ``rename(2)``, atomic;
+* no folder at the target yet: ``rename(2)``, atomic;
 * a previous version there: Linux ``renameat2(2)`` with ``RENAME_EXCHANGE`` swaps the two in one step (Linux >= 3.15,
   on ext4, xfs, btrfs, tmpfs, ...), then the old version is removed; where the call or the file system lacks it,
-  the old version is renamed aside first and the new one renamed into place (a reader can then, for the time
-  between two renames, find no directory at all, never a partial one).
+  the old version is renamed aside (``.<name>.old-<pid>-<random>``) and the new one renamed in, so a reader can,
+  for the microseconds between the two renames, find no folder at all, never a partial one.
 
-A writer killed at any point leaves at most its temporary sibling, which the next :func:`atomic_dir` on the same
-target (or :func:`remove_stale`) deletes once its process is gone. A reader that reads a directory's files one by
-one by path can still straddle a swap (first file of the old version, second of the new); readers that must
-rule that out compare a revision written into every file.
+A writer killed at any point leaves at most its staging (or set-aside) folder, under a dot-name no reader opens;
+the next :func:`atomic_directory` of the same target, or :func:`remove_stale_staging`, deletes those whose process
+is gone. A reader that opens a folder's files one by one by path can still straddle a swap (one file of the old
+version, the next of the new, or a file missing because the old version was just deleted); readers that must rule
+that out compare a revision written into every file, or read again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -26,14 +29,36 @@ import os
 import re
 import secrets
 import shutil
-from contextlib import contextmanager
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 #: ``RENAME_EXCHANGE`` of ``<linux/fs.h>`` (renameat2(2)).
 _RENAME_EXCHANGE = 1 << 1
 _AT_FDCWD = -100
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]+$")
+#: ``.<name>.staging-<pid>-<hex>`` / ``.<name>.old-<pid>-<hex>``; older writers' names carry no pid.
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?:staging|old)-(?:(?P<pid>\d+)-)?[0-9A-Za-z_]+$")
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and :func:`os.replace`.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding) as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def _libc_renameat2():
@@ -54,7 +79,7 @@ _renameat2 = _libc_renameat2()
 
 
 def exchange(a: str | Path, b: str | Path) -> bool:
-    """Swap two existing paths in one atomic step (``renameat2(RENAME_EXCHANGE)``).
+    """Swap two existing paths in one atomic step (``renameat2(RENAME_EXCHANGE)``, renameat2(2)).
 
     Returns:
         True when swapped; False when this system or file system cannot (nothing was changed).
@@ -82,30 +107,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale(target: str | Path) -> list[Path]:
-    """Delete what writers of ``target`` that died left behind (``.<name>.tmp-<pid>-*`` and ``.<name>.old-<pid>-*``
-    siblings whose process is gone; processes are those of this machine). Returns the removed paths."""
-    target = Path(target)
-    return remove_stale_in(target.parent, name=target.name)
+def remove_stale_staging(parent: str | Path, *, name: str | None = None) -> int:
+    """Remove staging and set-aside folders that killed :func:`atomic_directory` writers left in ``parent`` (of
+    every target, or of ``name`` only). A folder whose name carries the pid of a running process (of this machine)
+    is a writer at work and stays; one without a pid (older writers) is removed, so call it where no such writer
+    runs (under the folder's lock).
 
-
-def remove_stale_in(folder: str | Path, *, name: str | None = None) -> list[Path]:
-    """Delete what dead writers of :func:`atomic_dir` left in ``folder`` (of any target, or of ``name``'s only).
-    Returns the removed paths."""
-    folder = Path(folder)
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for entry in folder.iterdir():
-        match = _TMP.match(entry.name)
-        if match and (name is None or match["name"] == name) and not _alive(int(match["pid"])):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+    Returns:
+        The number removed.
+    """
+    removed = 0
+    parent = Path(parent)
+    if not parent.is_dir():
+        return 0
+    for entry in parent.iterdir():
+        match = _STAGING.match(entry.name)
+        if not match or not entry.is_dir() or (name is not None and match["name"] != name):
+            continue
+        if match["pid"] is not None and _alive(int(match["pid"])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
     return removed
 
 
 def check_target(target: str | Path, replaceable: Callable[[Path], bool] | None = None) -> None:
-    """Raise what :func:`atomic_dir` would for ``target`` before it writes anything (to check early).
+    """Raise what :func:`atomic_directory` would for ``target``, before anything is written (to check early).
 
     Raises:
         FileExistsError: ``target`` exists and is not a directory, or is a non-empty directory that
@@ -120,50 +147,51 @@ def check_target(target: str | Path, replaceable: Callable[[Path], bool] | None 
         raise FileExistsError(f"{target} is a non-empty directory of other files: choose a new or empty folder")
 
 
-@contextmanager
-def atomic_dir(target: str | Path, *, replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
-    """Yield an empty temporary directory to fill; on a normal exit it becomes ``target`` in one step (see the
-    module docstring), on an exception it is deleted and ``target`` stays as it was.
+@contextlib.contextmanager
+def atomic_directory(target: str | Path, *, replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``target``; on a clean exit it replaces ``target`` in one step (see the
+    module docstring). When the block raises, or the process dies, ``target`` is untouched and the staging folder
+    is removed (or left, under a dot-name, for the next writer or :func:`remove_stale_staging`).
 
     Args:
-        target: the directory to write (its parent is created).
+        target: the folder to write (its parent is created).
         replaceable: ``replaceable(target)`` says whether an existing, non-empty ``target`` is a previous version
-            that may be replaced (e.g. it holds ``head.json``); default: any existing directory. A guard against
+            that may be replaced (e.g. it holds ``head.json``); default: any existing folder. A guard against
             ``--head-output ~``.
 
     Raises:
         FileExistsError: ``target`` exists and is not a directory, or is a non-empty directory ``replaceable``
             refuses (checked before anything is written).
-        OSError: the file system failed.
+        OSError: the parent folder cannot be written.
     """
     target = Path(target)
     check_target(target, replaceable)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(target)
+    remove_stale_staging(target.parent, name=target.name)
     tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmp = target.parent / f".{target.name}.tmp-{tag}"
-    tmp.mkdir()
+    staging = target.parent / f".{target.name}.staging-{tag}"
+    staging.mkdir()
     try:
-        yield tmp
-        _put_in_place(tmp, target, tag)
+        yield staging
+        _put_in_place(staging, target, tag)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def _put_in_place(tmp: Path, target: Path, tag: str) -> None:
+def _put_in_place(staging: Path, target: Path, tag: str) -> None:
     try:
-        os.rename(tmp, target)  # no target, or an empty one: atomic
+        os.rename(staging, target)  # no target, or an empty one: atomic
         return
     except OSError as exc:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):  # ENOTDIR: a symlink there
             raise
-    if exchange(tmp, target):  # tmp now holds the previous version
-        _remove(tmp)
+    if exchange(staging, target):  # staging now holds the previous version
+        _remove(staging)
         return
     old = target.parent / f".{target.name}.old-{tag}"
     os.rename(target, old)
-    os.rename(tmp, target)
+    os.rename(staging, target)
     _remove(old)
 
 

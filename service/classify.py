@@ -118,7 +118,7 @@ def _measure_rate(classifier: TextClassifier, n: int = 64) -> float:
 
 
 class HeadClassifier:
-    """An adapted head (:class:`annotate.adaptive.AdaptiveHead`, saved by ``annotate push``/``refresh``) on the
+    """An adapted head (:class:`service.head.AdaptiveHead`, saved by ``annotate push``/``refresh``) on the
     service's own sentence encoder: one encoder pass a text, then ``softmax((x @ W.T + b) / T)``.
 
     It shares the embedding model's :class:`~service.embedding.SentenceEncoder` (engine and micro-batcher): no
@@ -165,7 +165,7 @@ def load_head_classifier(name: str, directory: str | Path, embedding_model) -> H
         ValueError: no sentence encoder is loaded, or the head was fitted on embeddings of another encoder (its
             ``encoder.fingerprint`` differs from the loaded model's), or the dimensions differ.
     """
-    from annotate.adaptive import AdaptiveHead
+    from service.head import AdaptiveHead
 
     head = AdaptiveHead.load(directory)
     if embedding_model is None:

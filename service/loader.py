@@ -192,8 +192,8 @@ def load_methods(settings: Settings) -> ServedMethods:
     Raises:
         the errors of :func:`load_model`; models already loaded are closed first.
     """
-    from annotate.adaptive import is_head_dir
     from service.classify import load_classifier, load_head_classifier
+    from service.head import is_head_dir
 
     models: dict[str, LoadedModel] = {}
     classifiers: dict = {}

@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 
 from annotate.adaptive import (
-    AdaptError,
-    AdaptiveHead,
     HeadConfig,
     adapt,
     em_prior,
-    is_head_dir,
     pool_pseudo_labels,
     select_pseudo_labels,
 )
+from service.head import AdaptError, AdaptiveHead, is_head_dir
 
 AG_LABELS = ["world news", "sports", "business", "science and technology"]
 AG_GOLD = {"World": 0, "Sports": 1, "Business": 2, "Sci/Tech": 3}
@@ -61,7 +59,7 @@ def test_adapt_refuses_mismatched_inputs():
 @pytest.fixture(scope="module")
 def ag_slice(data_dir):
     """1,331 pool texts and 400 test texts of AG News: embeddings, zero-shot scores (embedding method), gold."""
-    from annotate.scoring import LocalScorer
+    from pool.scorers import LocalScorer
 
     rows = [json.loads(line) for line in (data_dir / "classification/ag_news/train_unlabeled_8k_description_only.jsonl")
             .open(encoding="utf-8")][::6]  # the file is sorted by label: every 6th row spans all four

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from annotate.dataset import record_id, teacher_key
-from annotate.uncertainty import entropy
+from pool.uncertainty import entropy
 
 from .conftest import REPO
 

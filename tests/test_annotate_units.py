@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from annotate import readers
-from annotate.__main__ import read_labels
+from annotate.cli import read_labels
 from annotate.dataset import record_id, suggestion_value
 from annotate.export import agreement, save_confusion_png
-from annotate.uncertainty import confidence, entropy, margin, summarize
+from pool import readers
+from pool.uncertainty import confidence, entropy, margin, summarize
 
 TEXTS = ["Stocks rallied.", "The match ended 2-1.", "A probe reached Europa."]
 

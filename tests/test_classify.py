@@ -105,7 +105,7 @@ def test_adapted_head_is_served_on_the_shared_encoder(embedding_service, cache_d
 
     from sklearn.linear_model import LogisticRegression
 
-    from annotate.adaptive import AdaptiveHead
+    from service.head import AdaptiveHead
 
     texts = [t for group in HEAD_TEXTS.values() for t in group]
     gold = [i for i, group in enumerate(HEAD_TEXTS.values()) for _ in group]

@@ -20,7 +20,7 @@ REPO_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 def ag_news_export(data_dir, tmp_path_factory):
     """200 real AG News pool texts in the export format: gold labels as the human ones, the packaged embedding
     teacher's real scores as teacher_scores."""
-    from annotate.scoring import LocalScorer
+    from pool.scorers import LocalScorer
 
     rows = [json.loads(line) for line in (data_dir / "classification" / "ag_news" /
                                           "train_unlabeled_8k_description_only.jsonl").read_text().splitlines()]
@@ -156,8 +156,8 @@ def test_bad_input_stops_before_training(case, message, tmp_path):
 def head_taught_pool(data_dir, tmp_path_factory):
     """400 real AG News pool texts, the pool-adapted head fitted on them (python -m annotate adapt's code, packaged
     embedding teacher in-process), and its soft labels for the first 300 (from the stored embeddings)."""
-    from annotate.adapt_cmd import adapt_pool
-    from annotate.scoring import LocalScorer
+    from annotate.adapt_pool import adapt_pool
+    from pool.scorers import LocalScorer
     from train.head_teacher import HeadTeacher
 
     labels = ["world news", "sports", "business", "science and technology"]

@@ -35,7 +35,7 @@ SETTINGS = FinetuneSettings(min_reviews=40, every=20, time_budget=12, max_length
 
 @pytest.fixture(scope="module")
 def pool(data_dir):
-    from annotate.scoring import LocalScorer
+    from pool.scorers import LocalScorer
 
     path = data_dir / "classification" / "sst2" / "train.jsonl"
     if not path.is_file():
@@ -200,7 +200,7 @@ def test_a_job_killed_mid_save_leaves_nothing_read_and_a_second_watcher_never_ru
         assert second.returncode == BUSY_EXIT and not (tmp_path / "elsewhere").exists()
         assert len(second.stderr.strip().splitlines()) == 1 and f"pid {pid}" in second.stderr, second.stderr
 
-        writing = _until(lambda: [p for p in jobs.iterdir() if p.name.startswith(f".{revision}.tmp-")], 600,
+        writing = _until(lambda: [p for p in jobs.iterdir() if p.name.startswith(f".{revision}.staging-")], 600,
                          "the job's results being written")
         os.killpg(pid, signal.SIGKILL)  # mid-save: its results folder is half-written
     finally:

@@ -4,7 +4,7 @@ encoder, reuses stored embeddings, reorders its columns to the student's labels,
 import numpy as np
 import pytest
 
-from annotate.adaptive import AdaptiveHead
+from service.head import AdaptiveHead
 from train.head_teacher import HeadTeacher, HeadTeacherError
 
 LABELS = ["world news", "sports", "business", "science and technology"]
@@ -15,7 +15,7 @@ TEXTS = ["Oil prices rose after saboteurs blew up a pipeline in Iraq.", "The str
 
 @pytest.fixture(scope="module")
 def encoder():
-    from annotate.scoring import LocalScorer
+    from pool.scorers import LocalScorer
 
     scorer = LocalScorer(LABELS, "This news article is about {}.", method="embedding", engine="onnxruntime")
     vectors = scorer.embed(TEXTS)
@@ -48,7 +48,7 @@ def test_scores_are_the_head_on_its_encoder_in_the_students_label_order(encoder,
 
 
 def test_stored_embeddings_are_reused_and_checked(encoder, tmp_path):
-    from annotate.store import PoolStore, shard_table
+    from pool.store import PoolStore, shard_table
 
     scorer, vectors = encoder
     store = PoolStore(tmp_path / "store")

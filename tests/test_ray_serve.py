@@ -79,7 +79,7 @@ def test_two_replicas_serve_the_same_app(served):
 
 
 def test_answers_equal_the_in_process_engine(served):
-    from annotate.scoring import LocalScorer
+    from pool.scorers import LocalScorer
 
     scorer = LocalScorer(LABELS, "This text is about {}.", method="embedding", embeddings=False)
     try:

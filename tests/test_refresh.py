@@ -157,7 +157,7 @@ def test_refresh_updates_only_pending_resumes_after_a_kill_and_is_idempotent(ada
             assert meta["confidence"] == pytest.approx(score, abs=1e-5)
             assert [meta[teacher_key(i)] for i in range(4)] == [before[rid][5][teacher_key(i)] for i in range(4)]
             assert meta[AUDIT] == before[rid][5][AUDIT]
-    from annotate.adaptive import AdaptiveHead, is_head_dir
+    from service.head import AdaptiveHead, is_head_dir
 
     assert is_head_dir(first["head_dir"]) and AdaptiveHead.load(first["head_dir"]).revision == first["revision"]
 
@@ -245,7 +245,7 @@ def test_push_from_scores_runs_no_model(argilla_stack, embedding_service, annota
     with another template is refused before anything is written."""
     import httpx
 
-    from annotate.store import PoolStore, shard_table
+    from pool.store import PoolStore, shard_table
 
     rows = ag_news_slice(data_dir, 5000, 24)
     texts = [r["text"] for r in rows]

@@ -1,4 +1,4 @@
-"""annotate.store: scored pools on disk (real Parquet files through pyarrow)."""
+"""pool.store: scored pools on disk (real Parquet files through pyarrow)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from annotate.store import COLUMNS, PoolStore, StoreError, shard_table
+from pool.store import COLUMNS, PoolStore, StoreError, shard_table
 
 LABELS = ["sports", "business", "science"]
 

@@ -247,21 +247,6 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def teacher_scores(texts: list[str], labels: list[str], *, template: str, multi_label: bool, url: str | None,
-                   model: str, method: str | None, engine: str) -> tuple[np.ndarray, str, float]:
-    """Scores of the zero-shot teacher for ``texts`` (label order of ``labels``), its agent string, and the seconds
-    it spent scoring (:mod:`annotate.scoring`: a running service over HTTP, or in-process)."""
-    from annotate.scoring import HttpScorer, LocalScorer
-
-    scorer = (HttpScorer(url, labels, template, multi_label, method=method) if url else
-              LocalScorer(labels, template, multi_label, model=model, engine=engine, method=method))
-    try:
-        scores = scorer.score(texts)
-        return scores, scorer.agent, scorer.seconds
-    finally:
-        scorer.close()
-
-
 @app.command()
 def main(
     train: Annotated[Optional[list[Path]], typer.Option("--train", help="Export file(s) of python -m annotate export "
@@ -368,7 +353,7 @@ def main(
         except ValueError as exc:
             _fail(str(exc))
     if unlabeled is not None:
-        from annotate.readers import InputError, iter_rows
+        from pool.readers import InputError, iter_rows
 
         try:
             texts = [row.text for row in iter_rows(unlabeled, text_column) if row.text][:unlabeled_limit]
@@ -383,6 +368,8 @@ def main(
                     example.soft = None
             teacher_info = {"unlabeled_texts": len(texts), "added": added}
         else:
+            from pool.scorers import teacher_scores
+
             logger.info("teacher scoring %d unlabeled texts", len(texts))
             scores, agent, seconds = teacher_scores(texts, data.labels, template=hypothesis_template,
                                                     multi_label=data.multi_label, url=teacher_url, model=teacher_model,
@@ -490,7 +477,7 @@ def _head_teacher(directory: Path | None, stores, url, model, engine):
 
 def _score_with_head(head, examples, labels) -> dict:
     """Give every example the head's probabilities as its soft label (human labels untouched)."""
-    from annotate.scoring import ScoringError
+    from pool.scorers import ScoringError
     from train.head_teacher import HeadTeacherError
 
     if not examples:
@@ -511,6 +498,7 @@ def _score_with_head(head, examples, labels) -> dict:
 def _augment(train_split: StudentData, base: Path, copies: int, seed: int, head, teacher: dict) -> dict:
     """Add ``copies`` augmented versions of each training text (validation untouched), labelled by the teacher
     (the head, else the zero-shot teacher); returns counts and seconds."""
+    from pool.scorers import teacher_scores
     from train.augment import Augmenter, augment_examples
 
     began = time.perf_counter()

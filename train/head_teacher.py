@@ -1,10 +1,10 @@
 """An adapted head as the soft-label teacher of a student: one sentence-encoder pass a text, no N x K pairs.
 
 The head is a directory written by ``python -m annotate adapt`` or ``annotate refresh``/``push``
-(:class:`annotate.adaptive.AdaptiveHead`): a logistic regression on the embeddings of one sentence encoder (its
-``encoder.fingerprint``). :class:`HeadTeacher` embeds texts with that encoder (:mod:`annotate.scoring`: a running
+(:class:`service.head.AdaptiveHead`): a logistic regression on the embeddings of one sentence encoder (its
+``encoder.fingerprint``). :class:`HeadTeacher` embeds texts with that encoder (:mod:`pool.scorers`: a running
 service's ``POST /embed``, or in-process) and returns ``head.predict_proba``. Texts whose embeddings are already
-stored in scored pools (:class:`annotate.store.PoolStore`, e.g. the cache of ``adapt``/``simulate``) are not
+stored in scored pools (:class:`pool.store.PoolStore`, e.g. the cache of ``adapt``/``simulate``) are not
 embedded again.
 """
 
@@ -44,7 +44,7 @@ class HeadTeacher:
 
     def __init__(self, directory: str | Path, *, url: str | None = None, model: str = "default",
                  engine: str = "onnxruntime", embedding_stores: Sequence[str | Path] = ()) -> None:
-        from annotate.adaptive import AdaptError, AdaptiveHead
+        from service.head import AdaptError, AdaptiveHead
 
         try:
             self.head = AdaptiveHead.load(directory)
@@ -70,7 +70,7 @@ class HeadTeacher:
         return f"{self.head.agent}@{(self.head.encoder or {}).get('model_id', '?')}"
 
     def _add_store(self, store_dir) -> None:
-        from annotate.store import PoolStore, StoreError
+        from pool.store import PoolStore, StoreError
 
         store = PoolStore(store_dir)
         try:
@@ -88,7 +88,7 @@ class HeadTeacher:
             self._cache.setdefault(text, vector)
 
     def _encoder(self):
-        from annotate.scoring import HttpScorer, LocalScorer
+        from pool.scorers import HttpScorer, LocalScorer
 
         if self._scorer is None:
             template = self.head.meta.get("hypothesis_template", "This text is about {}.")
@@ -102,7 +102,7 @@ class HeadTeacher:
 
         Raises:
             HeadTeacherError: the encoder that ran is not the head's (fingerprints differ).
-            annotate.scoring.ScoringError: the encoder failed.
+            pool.scorers.ScoringError: the encoder failed.
         """
         texts = list(texts)
         began = time.perf_counter()

@@ -110,10 +110,10 @@ def speed_against_teacher(model_dir: Path, texts: list[str], labels: list[str], 
     else in-process) and each method of ``teacher["compare_methods"]``. Both get 64 texts a call (as
     ``annotate`` sends them) and the service's forward-pass size (``Settings().batch_size`` rows: texts for the
     student, (text, label) pairs for the NLI teacher), so neither pays padding the service would not."""
+    from pool.scorers import teacher_scores
     from service.classify import load_classifier
     from service.config import Settings
     from service.sources import default_cache_dir
-    from train.finetune import teacher_scores
 
     out = {"texts": len(texts)}
     for quantization in ("auto", "none"):

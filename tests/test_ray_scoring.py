@@ -1,7 +1,7 @@
-"""``python -m annotate score`` (annotate/score.py): a real Ray Data job on a local Ray instance, the real embedded
+"""``python -m annotate score`` (annotate/ray_scoring.py): a real Ray Data job on a local Ray instance, the real embedded
 models in the actors, the real service over HTTP as the reference, 500 real AG News texts. Nothing is mocked.
 
-* the job writes a scored pool of exactly ``annotate.store.COLUMNS`` whose ids are push's content hashes and whose
+* the job writes a scored pool of exactly ``pool.store.COLUMNS`` whose ids are push's content hashes and whose
   scores equal ``POST /zero-shot`` (same method) to 1e-4, embeddings ``POST /embed`` to float16 precision;
 * a rerun after a shard is lost scores only that shard's rows and leaves the finished shards untouched;
 * bad input: exit 2, one line on stderr, nothing written.
@@ -25,7 +25,7 @@ pytest.importorskip("ray", reason="Ray is not installed (pip install 'zeroshot-p
                                   "bash scripts/setup.sh installs it)")
 
 from annotate.dataset import record_id  # noqa: E402
-from annotate.store import COLUMNS, PoolStore, _schema  # noqa: E402
+from pool.store import COLUMNS, PoolStore, _schema  # noqa: E402
 
 from .conftest import REPO, LiveServer  # noqa: E402
 

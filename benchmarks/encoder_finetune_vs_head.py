@@ -8,13 +8,13 @@ the least-confidence order of ``python -m annotate simulate``, replayed here rou
 fine-tune, scoring the evaluation texts, and scoring ``--pool-score-limit`` pool texts (the rate times the pool
 size gives the full re-score, reported as an extrapolation).
 
-Inputs are the scored pools of ``runs/issue11/pools/<task>/{pool,eval}`` (:class:`annotate.store.PoolStore` with
+Inputs are the scored pools of ``runs/issue11/pools/<task>/{pool,eval}`` (:class:`pool.store.PoolStore` with
 ``gold.json``: texts, frozen embeddings, zero-shot scores; made from ``../shared/data/classification``: AG News
 test with title and description joined by a space, emotion test, SST-2 validation).
 
 Example::
 
-    python benchmarks/encoder_finetune.py --tasks sst2,emotion,ag_news --budgets 300,1000 \\
+    python benchmarks/encoder_finetune_vs_head.py --tasks sst2,emotion,ag_news --budgets 300,1000 \\
         --time-budget 240 --output-dir runs/encoder_finetune
 """
 
@@ -34,7 +34,7 @@ import typer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.sparse_speed import cpu_facts  # noqa: E402
+from benchmarks.machine import cpu_facts  # noqa: E402
 
 logger = logging.getLogger("benchmarks.encoder_finetune")
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], pretty_exceptions_enable=False)
@@ -46,7 +46,7 @@ LABEL_MAPS = {"ag_news": {"World": "world news", "Sports": "sports", "Business":
 
 def load_split(root: Path, task: str, split: str):
     """``(pool, gold indices)`` of ``<root>/<task>/<split>``."""
-    from annotate.store import PoolStore
+    from pool.store import PoolStore
 
     pool = PoolStore(root / task / split).load()
     gold = json.loads((root / task / split / "gold.json").read_text(encoding="utf-8"))
@@ -143,7 +143,7 @@ def main(
                 "holdout_fraction": holdout_fraction, "pool_soft": pool_soft, "time_budget": time_budget,
                 "eval_limit": eval_limit, "seed": seed}
     output_dir.mkdir(parents=True, exist_ok=True)
-    report = {"command": "python benchmarks/encoder_finetune.py " + " ".join(sys.argv[1:]), "machine": facts,
+    report = {"command": "python benchmarks/encoder_finetune_vs_head.py " + " ".join(sys.argv[1:]), "machine": facts,
               "settings": settings, "results": []}
     for task in [t.strip() for t in tasks.split(",") if t.strip()]:
         pool, pool_gold = load_split(pools_root, task, "pool")

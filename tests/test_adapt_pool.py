@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotate.adaptive import AdaptiveHead, is_head_dir
+from service.head import AdaptiveHead, is_head_dir
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_adapt_writes_a_head_fitted_on_the_pool(head_dir, pool_file):
     assert head.encoder["fingerprint"] and head.encoder["dim"] == 384
     assert head.meta["mode"] == "pseudo-labels" and head.meta["hypothesis_template"] == TEMPLATE
     # its suggestions beat chance on the pool's gold labels (the cached embeddings are what it was fitted on)
-    from annotate.store import PoolStore
+    from pool.store import PoolStore
 
     store = next(p for p in (head_dir.parent / "cache").iterdir() if p.is_dir())
     pool = PoolStore(store).load()

@@ -6,11 +6,11 @@ The job is one Ray Data pipeline (https://docs.ray.io/en/latest/data/batch_infer
    ``read_csv``, ``read_text`` for ``.txt``; a path may be a file, a folder of such files, or any URI Ray Data
    reads, e.g. ``s3://bucket/prefix/``), keeping only the text (and id) column;
 2. ``map_batches`` with :class:`ScoreActor`, a callable class that holds the project's own engine code in
-   process (:class:`annotate.scoring.LocalScorer` with ``embeddings=True``: the service's model loading, engines,
+   process (:class:`pool.scorers.LocalScorer` with ``embeddings=True``: the service's model loading, engines,
    calibration and methods; no HTTP hop), on an actor pool sized by ``concurrency`` (``n`` or ``(min, max)``),
    each actor reserving ``num_cpus`` CPUs and running its engine on as many threads;
-3. the driver streams the actors' output and writes it to a :class:`annotate.store.PoolStore` folder: ``meta.json``
-   plus ``part-<hash>.parquet`` shards of exactly :data:`annotate.store.COLUMNS`, each put in place atomically.
+3. the driver streams the actors' output and writes it to a :class:`pool.store.PoolStore` folder: ``meta.json``
+   plus ``part-<hash>.parquet`` shards of exactly :data:`pool.store.COLUMNS`, each put in place atomically.
 
 Record ids are :func:`annotate.dataset.record_id` of the stripped text and the id column's value, the ids
 ``push`` gives Argilla records, so ``push --from-scores`` and ``refresh`` load the folder without a model.
@@ -55,7 +55,7 @@ class ScoreConfig:
         hypothesis_template: NLI / embedding hypothesis with one ``{}``.
         multi_label: independent per-label scores.
         method: ``nli``, ``embedding``, ``ensemble`` or ``None`` (the service's ``auto`` policy).
-        model, engine: as :class:`annotate.scoring.LocalScorer` (``ZSC_MODEL`` / ``ZSC_ENGINE`` semantics).
+        model, engine: as :class:`pool.scorers.LocalScorer` (``ZSC_MODEL`` / ``ZSC_ENGINE`` semantics).
         batch_size: rows per actor call (Ray Data batch) and per engine call.
         num_cpus: CPUs each actor reserves; its engine runs this many intra-op threads.
         text_column, id_column: input columns (``.txt`` input has only ``text``).
@@ -310,7 +310,7 @@ def _encode_texts_once(scorer) -> None:
     """Let ``scorer.embed(chunk)`` reuse the text embeddings ``scorer.score(chunk)`` just computed.
 
     With the embedding (or ensemble) method, scoring a chunk already runs the sentence encoder over its texts, and
-    :meth:`~annotate.scoring.LocalScorer.embed` runs it again over the same chunk (both split texts by
+    :meth:`~pool.scorers.LocalScorer.embed` runs it again over the same chunk (both split texts by
     ``batch_size``). A one-entry memo on the encoder (keyed by the chunk's texts) serves the second call: the same
     function of the same input, computed once, so the pool's scores and embeddings are unchanged and the work per
     text halves. No-op when no sentence encoder is loaded (the nli method)."""
@@ -331,10 +331,10 @@ def _encode_texts_once(scorer) -> None:
 
 
 class ScoreActor:
-    """The ``map_batches`` callable class: one :class:`~annotate.scoring.LocalScorer` per actor, loaded once.
+    """The ``map_batches`` callable class: one :class:`~pool.scorers.LocalScorer` per actor, loaded once.
 
     ``__call__`` takes a pyarrow batch of the input's text (and id) column and returns one row per input row:
-    the :data:`annotate.store.COLUMNS` (scores, embedding etc. for scored rows, nulls for the others) plus
+    the :data:`pool.store.COLUMNS` (scores, embedding etc. for scored rows, nulls for the others) plus
     ``_status`` (:data:`SCORED`, :data:`DONE`, :data:`EMPTY`, :data:`DUPLICATE`) and ``_meta`` (a JSON string on the
     first row: agent, method, encoder, actor and node ids), which the driver drops before writing.
 
@@ -344,7 +344,7 @@ class ScoreActor:
             reference, not the set, to the constructor).
 
     Raises:
-        annotate.scoring.ScoringError: the model cannot be loaded (the job fails).
+        pool.scorers.ScoringError: the model cannot be loaded (the job fails).
     """
 
     def __init__(self, config: dict, done: list) -> None:
@@ -357,7 +357,7 @@ class ScoreActor:
         os.environ["ZSC_NUM_THREADS"] = threads
         os.environ["RAYON_NUM_THREADS"] = threads
         os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
-        from annotate.scoring import LocalScorer
+        from pool.scorers import LocalScorer
 
         c = self.config
         self.scorer = LocalScorer(list(c.labels), c.hypothesis_template, c.multi_label, model=c.model,
@@ -372,7 +372,7 @@ class ScoreActor:
         import pyarrow as pa
 
         from annotate.dataset import record_id
-        from annotate.store import _schema, shard_table
+        from pool.store import _schema, shard_table
 
         c = self.config
         texts_in = batch.column(c.text_column).to_pylist()
@@ -468,7 +468,7 @@ def score(inputs: list[str], output: str | Path, config: ScoreConfig, *, concurr
 
     Args:
         inputs: files, folders of shards or URIs of one format.
-        output: the :class:`~annotate.store.PoolStore` folder (created with the first shard).
+        output: the :class:`~pool.store.PoolStore` folder (created with the first shard).
         concurrency: ``(min, max)`` actors of the pool.
         ray_address: ``None`` starts a local instance; ``auto`` or ``HOST:PORT`` joins a cluster.
         shard_rows: rows per written shard (the last one of a run is smaller).
@@ -484,7 +484,7 @@ def score(inputs: list[str], output: str | Path, config: ScoreConfig, *, concurr
     import ray
     import ray.data
 
-    from annotate.store import COLUMNS, PoolStore, StoreError
+    from pool.store import COLUMNS, PoolStore, StoreError
 
     started = time.perf_counter()
     kind, paths = resolve_inputs(list(inputs))

@@ -1,4 +1,4 @@
-"""annotate.scoring against the real service over real HTTP (embedded default teacher, ONNX Runtime) and the
+"""pool.scorers against the real service over real HTTP (embedded default teacher, ONNX Runtime) and the
 same model in-process: label order, agreement of both paths, retries while the service is not up yet, and a
 refused request."""
 
@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from annotate.scoring import HttpScorer, LocalScorer, ScoringError
+from pool.scorers import HttpScorer, LocalScorer, ScoringError
 
 from .conftest import LiveServer
 

@@ -253,3 +253,16 @@ class LocalScorer(_Scorer):
 
     def close(self) -> None:
         self._served.close()
+
+
+def teacher_scores(texts: list[str], labels: list[str], *, template: str, multi_label: bool, url: str | None,
+                   model: str, method: str | None, engine: str) -> tuple[np.ndarray, str, float]:
+    """Scores of the zero-shot teacher for ``texts`` (label order of ``labels``), its agent string, and the seconds
+    it spent scoring (this module: a running service over HTTP, or in-process)."""
+    scorer = (HttpScorer(url, labels, template, multi_label, method=method) if url else
+              LocalScorer(labels, template, multi_label, model=model, engine=engine, method=method))
+    try:
+        scores = scorer.score(texts)
+        return scores, scorer.agent, scorer.seconds
+    finally:
+        scorer.close()

@@ -1,7 +1,7 @@
 """``adapt``: fit the pool-adapted head on a file of unlabeled texts, without Argilla, and save it.
 
 The same code as ``push`` and ``simulate``: the pool is scored (zero-shot) and embedded once by a scorer
-(:mod:`annotate.scoring`, a running service or in-process) and cached as a :class:`annotate.store.PoolStore`
+(:mod:`pool.scorers`, a running service or in-process) and cached as a :class:`pool.store.PoolStore`
 (:func:`annotate.simulate.scored_split`), then :func:`annotate.adaptive.adapt` fits the head with no review
 (self-training, Gera et al. 2022; prior by EM, Saerens et al. 2002) and :meth:`AdaptiveHead.save` writes the head
 directory that ``python -m service --classifier NAME=DIR`` serves and ``train/finetune.py --teacher-head DIR``
@@ -53,7 +53,7 @@ def adapt_pool(texts: list[str], labels: list[str], hypothesis_template: str, sc
     Args:
         texts: the pool, ``n`` texts.
         labels: the ``K`` candidate labels (score column order).
-        scorer: an :class:`annotate.scoring.HttpScorer` or :class:`~annotate.scoring.LocalScorer` built for
+        scorer: an :class:`pool.scorers.HttpScorer` or :class:`~pool.scorers.LocalScorer` built for
             ``labels`` and ``hypothesis_template``.
         cache_root: folder of cached scored pools (one sub-folder per texts + key).
         meta: extra fields stored in ``head.json``.
@@ -63,7 +63,7 @@ def adapt_pool(texts: list[str], labels: list[str], hypothesis_template: str, sc
 
     Raises:
         KeptZeroShot: the guard kept the zero-shot scores (``adapted.head is None``); nothing is written.
-        annotate.scoring.ScoringError: the scorer failed.
+        pool.scorers.ScoringError: the scorer failed.
         annotate.adaptive.AdaptError: the scores and embeddings do not fit together.
     """
     from annotate.simulate import scored_split

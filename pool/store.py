@@ -96,7 +96,7 @@ def shard_table(ids, texts, scores: np.ndarray, embeddings: np.ndarray, labels, 
     """
     import pyarrow as pa
 
-    from annotate.uncertainty import summarize
+    from pool.uncertainty import summarize
 
     scores = np.asarray(scores, dtype=np.float32)
     embeddings = np.asarray(embeddings, dtype=np.float16)

@@ -1,0 +1,118 @@
+"""The ``python -m annotate`` command line: the Typer app, the options every command shares, and their helpers.
+
+Each command lives in its own module of :mod:`annotate.commands` and registers itself on :data:`cli`; this module
+defines once what they share: the Argilla connection options, the dataset name, the logging level, the one-line
+error exit, settings from the environment, and the scorers.
+
+Argilla: --api-url / ARGILLA_API_URL, --api-key / ARGILLA_API_KEY, --workspace / ARGILLA_WORKSPACE.
+Scoring: --service-url / ANNOTATE_SERVICE_URL (a running `python -m service`), or in-process when unset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+HELP = """Push zero-shot suggestions into Argilla, keep them improving as people review, export what they curated.
+
+Argilla: --api-url / ARGILLA_API_URL, --api-key / ARGILLA_API_KEY, --workspace / ARGILLA_WORKSPACE.
+Scoring: --service-url / ANNOTATE_SERVICE_URL (a running `python -m service`), or in-process when unset.
+"""
+
+cli = typer.Typer(add_completion=False, help=HELP, no_args_is_help=True, rich_markup_mode=None)
+logger = logging.getLogger("annotate")
+ApiUrl = Annotated[Optional[str], typer.Option(help="Argilla URL (env ARGILLA_API_URL).", show_default=False)]
+ApiKey = Annotated[Optional[str], typer.Option(help="Argilla API key (env ARGILLA_API_KEY).", show_default=False)]
+Workspace = Annotated[Optional[str], typer.Option(help="Argilla workspace (env ARGILLA_WORKSPACE; default argilla).",
+                                                  show_default=False)]
+DatasetName = Annotated[Optional[str], typer.Option("--dataset", help="Argilla dataset name (env ANNOTATE_DATASET).",
+                                                    show_default=False)]
+LogLevel = Annotated[str, typer.Option(help="Logging level once the input is validated: debug, info, warning.")]
+
+
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """One line on stderr, then exit with ``code``."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    return typer.Exit(code)
+
+
+def settings_from_env(**overrides):
+    from pydantic import ValidationError
+
+    from annotate.config import AnnotateSettings
+
+    try:
+        settings = AnnotateSettings()
+    except ValidationError as exc:
+        raise fail(f"bad environment: {exc.errors()[0]['msg']}", 2) from None
+    return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("argilla.sdk", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def read_labels(label: list[str] | None, labels_file: Path | None) -> list[str]:
+    """Candidate labels from repeated ``--label`` options or a file with one label a line (not both).
+
+    Raises:
+        ValueError: none given, both given, unreadable file, blank or repeated labels.
+    """
+    if label and labels_file:
+        raise ValueError("give labels either with --label or with --labels-file, not both")
+    if labels_file:
+        try:
+            label = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as exc:
+            raise ValueError(f"cannot read --labels-file {labels_file}: {exc.strerror}") from None
+    label = [x.strip() for x in (label or [])]
+    if not label:
+        raise ValueError("no candidate labels: pass --label (repeatable) or --labels-file")
+    if any(not x for x in label):
+        raise ValueError("a candidate label is empty")
+    repeated = sorted({x for x in label if label.count(x) > 1})
+    if repeated:
+        raise ValueError(f"candidate labels must be unique; repeated: {', '.join(map(repr, repeated))}")
+    return label
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def zero_shot_scorer(settings, labels: list[str], hypothesis_template: str, method: str | None):
+    """The scorer of ``simulate`` and ``adapt``: the service at ``service_url``, else in-process (exit 1 if neither
+    can be had)."""
+    from pool.scorers import HttpScorer, LocalScorer, ScoringError
+
+    try:
+        if settings.service_url:
+            return HttpScorer(settings.service_url, labels, hypothesis_template, method=method)
+        return LocalScorer(labels, hypothesis_template, model=settings.model, engine=settings.engine, method=method,
+                           batch_size=128)
+    except ScoringError as exc:
+        raise fail(str(exc)) from None
+
+
+def embedding_scorer(settings):
+    """A scorer whose ``embed`` serves ``refresh --embed`` (the service at ``service_url``, else in-process)."""
+    from pool.scorers import HttpScorer, LocalScorer, ScoringError
+
+    try:
+        if settings.service_url:
+            return HttpScorer(settings.service_url, ["a", "b"], "This text is about {}.")
+        return LocalScorer(["a", "b"], "This text is about {}.", model=settings.model, engine=settings.engine,
+                           method="embedding")
+    except ScoringError as exc:
+        raise fail(str(exc)) from None

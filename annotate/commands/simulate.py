@@ -1,0 +1,143 @@
+"""``python -m annotate simulate``: its options and what it does with them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from annotate.cli import (
+    LogLevel,
+    cli,
+    fail,
+    read_labels,
+    settings_from_env,
+    setup_logging,
+    write_json,
+    zero_shot_scorer,
+)
+
+
+@cli.command()
+def simulate(
+    pool_path: Annotated[Path, typer.Argument(metavar="POOL", help="Labelled pool: .jsonl, .csv or .parquet; its gold "
+                                              "labels stand in for reviewers.", show_default=False)],
+    label: Annotated[Optional[list[str]], typer.Option("--label", "-l", help="A candidate label; repeat for each.",
+                                                       show_default=False)] = None,
+    labels_file: Annotated[Optional[Path], typer.Option(help="File with one candidate label a line.",
+                                                        show_default=False)] = None,
+    text_column: Annotated[str, typer.Option(help="Text column of POOL.")] = "text",
+    gold_column: Annotated[str, typer.Option(help="Gold label column of POOL (and of --eval).")] = "label",
+    label_map: Annotated[Optional[str], typer.Option(help="JSON object mapping gold values to candidate labels, e.g. "
+                                                     "'{\"Sci/Tech\": \"science and technology\"}'.",
+                                                     show_default=False)] = None,
+    hypothesis_template: Annotated[str, typer.Option(help="Hypothesis, exactly one {} for the label.")]
+    = "This text is about {}.",
+    eval_path: Annotated[Optional[Path], typer.Option("--eval", help="Held-out labelled file to measure on; unset: "
+                                                      "the pending pool records.", show_default=False)] = None,
+    eval_text_field: Annotated[Optional[list[str]], typer.Option(help="Text field(s) of --eval, joined by a space "
+                                                                 "(default: --text-column).", show_default=False)]
+    = None,
+    budgets: Annotated[str, typer.Option(help="Comma-separated review counts to measure at (0 = no review).")]
+    = "0,50,100,300,1000",
+    round_size: Annotated[int, typer.Option(help="Reviews between two refits.", min=1)] = 25,
+    strategy: Annotated[str, typer.Option(help="Review order: least-confidence, margin or random; comma-separated "
+                                          "for several runs side by side.")] = "least-confidence",
+    seed: Annotated[int, typer.Option(help="Seeds the random order and the head's folds.")] = 0,
+    report_json: Annotated[Optional[Path], typer.Option(help="Write the report here (a PNG learning curve beside it).",
+                                                        show_default=False)] = None,
+    service_url: Annotated[Optional[str], typer.Option(help="Zero-shot service URL (env ANNOTATE_SERVICE_URL); unset: "
+                                                       "in-process.", show_default=False)] = None,
+    method: Annotated[str, typer.Option(help="Zero-shot method of the teacher scores.")] = "embedding",
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Where scored texts are kept between runs (default "
+                                                      "~/.cache/zeroshot-preannotate/annotate/simulate).",
+                                                      show_default=False)] = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Simulate a review with gold labels as reviewers: how accurate the suggestions get after N reviews.
+
+    Scores and embeds POOL (and --eval) once (cached), then at each budget reviews records in --strategy order in
+    rounds of --round-size, refits the adapted head after each round, and reports accuracy and macro-F1 next to
+    the plain zero-shot scores and to a classifier trained on the reviews alone.
+    """
+    from annotate.simulate import LabelledSplit, gold_indices, plot_curve, read_labelled, scored_split
+    from annotate.simulate import simulate as run_simulate
+    from annotate.strategies import get_strategy
+    from pool import readers
+    from pool.scorers import ScoringError
+
+    settings = settings_from_env(service_url=service_url)
+    try:
+        labels = read_labels(label, labels_file)
+        from service.zeroshot import validate_template
+
+        validate_template(hypothesis_template)
+        mapping = json.loads(label_map) if label_map else None
+        if mapping is not None and (not isinstance(mapping, dict)
+                                    or not all(isinstance(v, str) for v in mapping.values())):
+            raise ValueError("--label-map must be a JSON object of strings")
+        strategies = [get_strategy(name.strip()) for name in strategy.split(",") if name.strip()]
+        budget_list = sorted({int(b) for b in budgets.split(",") if b.strip()})
+        if not budget_list or budget_list[0] < 0:
+            raise ValueError(f"--budgets {budgets!r}: give non-negative integers, e.g. 0,50,100,300,1000")
+        pool_texts, pool_gold = read_labelled(pool_path, [text_column], gold_column)
+        pool_y = gold_indices(pool_gold, labels, mapping, pool_path)
+        if budget_list[-1] > len(pool_texts):
+            raise ValueError(f"--budgets goes up to {budget_list[-1]} but {pool_path} has {len(pool_texts)} records")
+        if eval_path is not None:
+            eval_texts, eval_gold = read_labelled(eval_path, eval_text_field or [text_column], gold_column)
+            eval_y = gold_indices(eval_gold, labels, mapping, eval_path)
+    except json.JSONDecodeError as exc:
+        raise fail(f"--label-map is not valid JSON: {exc.msg}", 2) from None
+    except (ValueError, readers.InputError) as exc:
+        raise fail(str(exc), 2) from None
+    setup_logging(log_level)
+    scorer = zero_shot_scorer(settings, labels, hypothesis_template, method)
+    root = cache_dir or Path.home() / ".cache" / "zeroshot-preannotate" / "annotate" / "simulate"
+    key = {"labels": labels, "hypothesis_template": hypothesis_template, "method": method, "model": scorer.model_id}
+    try:
+        pool = LabelledSplit(*scored_split(pool_texts, scorer, root, key), pool_y)
+        evaluation = LabelledSplit(*scored_split(eval_texts, scorer, root, key), eval_y) if eval_path else None
+    except ScoringError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        scorer.close()
+    reports = []
+    for chosen in strategies:
+        report = run_simulate(pool, labels, budget_list, strategy=chosen, round_size=round_size,
+                              evaluation=evaluation, seed=seed)
+        report.update({"pool": str(pool_path), "eval": str(eval_path) if eval_path else None,
+                       "hypothesis_template": hypothesis_template, "method": method, "seed": seed})
+        reports.append(report)
+        typer.echo(_render_simulation(report))
+    if report_json is not None:
+        payload = reports[0] if len(reports) == 1 else {**reports[0], "runs": reports}
+        write_json(report_json, payload)
+        png = report_json.with_suffix(".png")
+        plot_curve(reports, png, title=f"{pool_path.parent.name}/{pool_path.name}: suggestion accuracy as reviews arrive")
+        typer.echo(f"report: {report_json}; learning curve: {png}")
+
+
+def _knob(entry: dict) -> str:
+    """What the cross-validation chose, for one simulate row."""
+    if entry.get("correction_c"):
+        return f" (correction C {entry['correction_c']:g})"
+    if entry["mode"] == "reviews+pseudo-labels" and entry.get("reviewed"):
+        return f" (pseudo-label weight {entry['pseudo_weight']:g})"
+    return ""
+
+
+def _render_simulation(report: dict) -> str:
+    zero = report["zero_shot"]
+    lines = [f"strategy {report['strategy']}, rounds of {report['round_size']}, measured on {report['evaluated_on']} "
+             f"({report['eval_size']})",
+             f"zero-shot: accuracy {zero['eval_accuracy']:.4f}, macro-F1 {zero['eval_macro_f1']:.4f}",
+             f"{'reviewed':>8}  {'accuracy':>8}  {'macro-F1':>8}  {'pending':>8}  {'reviews only':>12}  mode"]
+    for e in report["curve"]:
+        only = f"{e['reviews_only_eval_accuracy']:.4f}" if e["reviews_only_eval_accuracy"] is not None else "-"
+        pending = f"{e['pending_accuracy']:.4f}" if e["pending_accuracy"] is not None else "-"
+        lines.append(f"{e['reviewed']:>8}  {e['eval_accuracy']:>8.4f}  {e['eval_macro_f1']:>8.4f}  {pending:>8}  "
+                     f"{only:>12}  {e['mode']}{_knob(e)}, refit {e['refit_seconds']:.2f} s")
+    return "\n".join(lines)
