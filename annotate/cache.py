@@ -5,7 +5,7 @@ Layout under ``AnnotateSettings.cache_dir`` (env ``ANNOTATE_CACHE_DIR``, default
 
     <server host_port>/<workspace>/<dataset>/
         dataset.json     {"dataset_id": ...}: the Argilla dataset the cache belongs to (written once it exists)
-        pool/            an pool.store.PoolStore: meta.json + part-*.parquet
+        pool/            a pool.store.PoolStore: meta.json + part-*.parquet
         head/            the adapted head (service.head.AdaptiveHead.save), what `python -m service
                          --classifier NAME=DIR` serves
         finetune/        background encoder fine-tunes of `refresh --watch` (annotate.finetune_job)
