@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from service.config import Settings
 
-cli = typer.Typer(add_completion=False, help=__doc__)
+cli = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
 
 @cli.command()
