@@ -19,10 +19,10 @@ records out of the head's training), otherwise the sample is an optimistic train
 
 1. :func:`plan_certification`: in each group (the records whose suggestion is that label, among the ``lot`` of
    records that may be accepted or were sampled from it), candidate regions are the ``k`` highest-scoring records.
-   The region size ``k*`` and sample size ``n`` maximise the expected number of accepted records ``k - n`` where
-   ``n`` is the smallest sample that passes with probability ``power`` if the region's precision is the planning
-   estimate (the operating characteristic of an attributes plan, ISO 2859-1 / Schilling & Neubauer, "Acceptance
-   Sampling in Quality Control"). The planning estimate comes from the caller (the head's calibrated
+   The region size ``k*`` and sample size ``n`` maximise the expected number of accepted records,
+   ``P(pass) * (k - n)``, where ``P(pass)`` is the probability that a sample of ``n`` passes if the region's
+   precision is the planning estimate (the operating characteristic of the attributes plan ``(n, Ac)``, ISO 2859-1;
+   Schilling & Neubauer, "Acceptance Sampling in Quality Control"). The planning estimate comes from the caller (the head's calibrated
    probabilities, with an error inflation); it decides only how many reviews are spent, never what is certified,
    so an optimistic estimate costs acceptance share, not validity. The sample is the first ``n`` records of the
    region in a seeded random ``priority`` order: a uniform random sample without replacement, which is reused by
@@ -173,22 +173,33 @@ def plan_sample_size(expected_precision: float, target: float = 0.95, confidence
     return int(hits[0]) if len(hits) else None
 
 
-def _plan_sizes(expected: np.ndarray, target: float, confidence: float, power: float, method: str,
-                max_n: int) -> np.ndarray:
-    """:func:`plan_sample_size` for many expected precisions at once (``max_n + 1`` where none reaches power)."""
+def _efficient_sizes(target: float, confidence: float, method: str, max_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sample sizes worth planning: for each acceptance number ``d``, the smallest ``n`` with ``Ac(n) = d`` (a
+    larger ``n`` with the same ``Ac`` costs more reviews and passes less often). Returns ``(ns, acs)``."""
+    ac = _acceptance_numbers(target, confidence, method, int(max_n))
+    ok = np.flatnonzero(ac >= 0)
+    first = ok[np.r_[True, np.diff(ac[ok]) > 0]]
+    return first, ac[first]
+
+
+def _best_plan(expected: np.ndarray, ks: np.ndarray, target: float, confidence: float,
+               method: str, max_n: int, max_fraction: float) -> tuple[int, int, float] | None:
+    """The region size ``k`` (among ``ks``) and sample size ``n`` maximising the expected number of records
+    accepted, ``P(pass | n, expected[k]) * (k - n)`` (``P(pass)`` from the binomial operating characteristic,
+    ISO 2859-1), with ``n <= max_fraction * k``. Returns ``(k, n, expected gain)`` or ``None``."""
     from scipy.stats import binom
 
-    ac = _acceptance_numbers(target, confidence, method, int(max_n))
-    ns = np.arange(len(ac))
-    ok = np.flatnonzero(ac >= 0)
-    out = np.full(len(expected), max_n + 1, dtype=np.int64)
+    ns, acs = _efficient_sizes(target, confidence, method, max_n)
     live = np.flatnonzero(expected > target)
-    if len(live) and len(ok):
-        reach = binom.cdf(ac[ok][None, :], ns[ok][None, :], 1 - expected[live][:, None])  # (m, n's)
-        hit = reach >= power
-        first = hit.argmax(axis=1)
-        out[live] = np.where(hit.any(axis=1), ns[ok][first], max_n + 1)
-    return out
+    if not len(live) or not len(ns):
+        return None
+    reach = binom.cdf(acs[None, :], ns[None, :], 1 - expected[live][:, None])  # (k's, n's)
+    k = ks[live][:, None]
+    gain = np.where(ns[None, :] <= max_fraction * k, reach * (k - ns[None, :]), -1.0)
+    i, j = np.unravel_index(int(np.argmax(gain)), gain.shape)
+    if gain[i, j] <= 0:
+        return None
+    return int(ks[live][i]), int(ns[j]), float(gain[i, j])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -263,7 +274,7 @@ def _validate(scores, suggested, lot, labels, target, confidence, scope):
 
 
 def plan_certification(scores, suggested, lot, labels, expected_correct, priority, *, reviewed=None,
-                       target: float = 0.95, confidence: float = 0.95, power: float = 0.8, scope: str = "label",
+                       target: float = 0.95, confidence: float = 0.95, scope: str = "label",
                        method: str = "beta", grid=DEFAULT_GRID, max_sample_fraction: float = 0.5,
                        max_n: int = 4000) -> SamplePlan:
     """Plan, per group, which region to try to certify and which of its records to review (module docstring, 1.).
@@ -279,7 +290,6 @@ def plan_certification(scores, suggested, lot, labels, expected_correct, priorit
         priority: ``(n,)`` random rank per row (:func:`sample_priority`), fixed for the whole session.
         reviewed: ``(n,)`` bool, rows already reviewed (their reviews are reused, so drawing them costs nothing).
         target, confidence: the precision to certify and the confidence of the one-sided bound, in (0, 1).
-        power: planned probability that the region passes if the planning estimate is right.
         scope: ``"label"`` (one threshold per label, the default) or ``"pooled"`` (one for all).
         grid: region sizes tested by :func:`certify`, as increasing fractions of the planned region, ending at 1.
         max_sample_fraction: never plan a sample larger than this share of its region.
@@ -288,10 +298,9 @@ def plan_certification(scores, suggested, lot, labels, expected_correct, priorit
         :class:`SamplePlan`; its ``requests`` are the rows to review before :func:`certify`.
 
     Raises:
-        ValueError: shapes disagree, target / confidence / power outside (0, 1), an unknown scope, a bad grid.
+        ValueError: shapes disagree, target / confidence outside (0, 1), an unknown scope, a bad grid.
     """
     scores, suggested, lot, target, confidence = _validate(scores, suggested, lot, labels, target, confidence, scope)
-    power = _check_level("power", power)
     grid = np.asarray(sorted(float(g) for g in grid))
     if not len(grid) or grid[0] <= 0 or grid[-1] != 1.0:
         raise ValueError(f"grid must be increasing fractions in (0, 1] ending at 1; got {list(grid)}")
@@ -309,13 +318,10 @@ def plan_certification(scores, suggested, lot, labels, expected_correct, priorit
         rows = rows[np.argsort(-scores[rows], kind="stable")]  # the group's lot, most confident first
         running = np.cumsum(expected[rows]) / np.arange(1, len(rows) + 1)  # expected precision of the top k
         ks = np.unique(np.linspace(1, len(rows), min(len(rows), 200)).round().astype(np.int64))
-        sizes = _plan_sizes(running[ks - 1], target, confidence, power, method, max_n)
-        feasible = sizes <= np.floor(max_sample_fraction * ks)
-        if not feasible.any():
+        best = _best_plan(running[ks - 1], ks, target, confidence, method, max_n, max_sample_fraction)
+        if best is None:
             continue
-        gain = np.where(feasible, ks - sizes, -1)
-        best = int(np.argmax(gain))
-        k, size = int(ks[best]), int(sizes[best])
+        k, size, _ = best
         region = rows[:k]
         sample = region[np.argsort(priority[region], kind="stable")][:size]
         positions = np.unique(np.ceil(grid * k).astype(np.int64).clip(1, k))

@@ -143,14 +143,12 @@ class AcceptanceSettings:
             head's probabilities overstate precision (issue 22: 0.95 claimed, 0.91 real at 300 AG News reviews).
             Only the number of reviews spent depends on it. Chosen on the tune halves of the dev tasks
             (docs/adaptive.md, "Bulk acceptance").
-        power: planned probability that a planned region passes.
     """
 
     precision: float = 0.95
     confidence: float = 0.95
     scope: str = "label"
     planning_inflation: float = 2.0
-    power: float = 0.8
 
 
 @dataclass
@@ -200,7 +198,7 @@ def acceptance_entry(pool: LabelledSplit, labels, scores: np.ndarray, reviewed: 
     audited_mask = np.zeros(n, dtype=bool)
     audited_mask[state.rows()] = True
     plan = plan_certification(top, suggested, lot, labels, expected, state.priority, reviewed=audited_mask,
-                              target=settings.precision, confidence=settings.confidence, power=settings.power,
+                              target=settings.precision, confidence=settings.confidence,
                               scope=settings.scope)
     state.audited.update({int(r): int(pool.gold[r]) for r in plan.requests})
     correct = np.full(n, np.nan)
