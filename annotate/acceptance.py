@@ -19,23 +19,24 @@ records out of the head's training), otherwise the sample is an optimistic train
 
 1. :func:`plan_certification`: in each group (the records whose suggestion is that label, among the ``lot`` of
    records that may be accepted or were sampled from it), candidate regions are the ``k`` highest-scoring records.
-   The region size ``k*`` and sample size ``n`` maximise the expected number of accepted records,
-   ``P(pass) * (k - n)``, where ``P(pass)`` is the probability that a sample of ``n`` passes if the region's
-   precision is the planning estimate (the operating characteristic of the attributes plan ``(n, Ac)``, ISO 2859-1;
-   Schilling & Neubauer, "Acceptance Sampling in Quality Control"). The planning estimate comes from the caller (the head's calibrated
-   probabilities, with an error inflation); it decides only how many reviews are spent, never what is certified,
-   so an optimistic estimate costs acceptance share, not validity. The sample is the first ``n`` records of the
-   region in a seeded random ``priority`` order: a uniform random sample without replacement, which is reused by
-   later calls (records already sampled stay sampled; only new ones are requested).
-2. :func:`certify`: thresholds fixed before the sample is looked at (the scores of the region's records at
-   ``grid`` fractions of ``k*``) are tested from the highest down, each at level ``1 - confidence``: the region
-   above a threshold passes when the one-sided Clopper-Pearson lower bound (Clopper & Pearson 1934; statsmodels
-   ``proportion_confint(method="beta")``, or Wilson 1927) of the sampled records in it reaches ``target``.
-   Testing stops at the first failure; the lowest passing threshold is chosen. Fixed-sequence testing (Bauer
-   1991, "Multiple testing in clinical trials", Stat. Med. 10; used for threshold selection by Angelopoulos,
-   Bates, Candes, Jordan & Lei 2021, "Learn then Test") controls the family-wise error at ``1 - confidence``:
-   the chosen region's precision is below ``target`` with probability at most ``1 - confidence``, per group
-   (per label, not simultaneously over labels).
+   A sampling rate is planned: ``n / k`` for the region size ``k`` and sample size ``n`` that maximise the expected
+   number of accepted records, ``P(pass) * (k - n)``, where ``P(pass)`` is the probability that a sample of ``n``
+   passes if the region's precision is the planning estimate (the operating characteristic of the attributes plan
+   ``(n, Ac)``, ISO 2859-1; Schilling & Neubauer, "Acceptance Sampling in Quality Control"). The planning estimate
+   comes from the caller (the head's probabilities, inflated); it decides only how many reviews are spent, never
+   what is certified, so an optimistic estimate costs acceptance share, not validity. The sample is the group's
+   lot records whose seeded uniform random number (``priority``) is below the rate: a uniform random sample of
+   every region, reused by later calls (records already sampled stay sampled).
+2. :func:`certify`: thresholds fixed before any sampled label is seen (the group's scores at every ``1/steps`` of
+   its lot, from the highest one whose region holds enough sample) are tested from the highest down, each at
+   level ``1 - confidence``: the region above a threshold passes when the one-sided Clopper-Pearson lower bound
+   (Clopper & Pearson 1934; statsmodels ``proportion_confint(method="beta")``, or Wilson 1927) of its sampled
+   records reaches ``target``. Testing stops at the first failure; the lowest passing threshold is chosen.
+   Fixed-sequence testing (Bauer 1991, "Multiple testing in clinical trials", Stat. Med. 10; used for threshold
+   selection by Angelopoulos, Bates, Candes, Jordan & Lei 2021, "Learn then Test") controls the family-wise error
+   at ``1 - confidence``: the chosen region's precision is below ``target`` with probability at most
+   ``1 - confidence``, per group (per label, not simultaneously over labels). Sampled records are reviewed lazily,
+   region by region, as the tests go down: none is spent below the first failure.
 
 The guarantee is on the precision of the whole region above the chosen threshold (sampled and accepted records);
 the accepted records are the region minus the sample, which people reviewed. The bound is binomial, for a sample
@@ -57,8 +58,6 @@ import numpy as np
 POOLED = "*"
 """The group name of a pooled certification (one threshold for every label)."""
 
-DEFAULT_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-"""Region sizes tested, as fractions of the planned region, from the smallest (highest threshold) up."""
 
 
 def _check_level(name: str, value: float) -> float:
@@ -206,14 +205,11 @@ def _best_plan(expected: np.ndarray, ks: np.ndarray, target: float, confidence: 
 # Planning the certification sample
 # ---------------------------------------------------------------------------------------------------------------
 def sample_priority(n: int, seed: int = 0) -> np.ndarray:
-    """A seeded uniform random order of ``n`` rows: ``priority[i]`` is row ``i``'s rank (0 = drawn first).
-
-    Sampling a region = taking its rows in ascending priority; so a sample of any region is uniform without
-    replacement, and the samples of later calls reuse the rows already drawn."""
-    order = np.random.default_rng(seed).permutation(n)
-    priority = np.empty(n, dtype=np.int64)
-    priority[order] = np.arange(n)
-    return priority
+    """A seeded uniform random number in [0, 1) per row, fixed for a session: a row belongs to a group's sample
+    when its number is below the group's sampling rate (Bernoulli sampling), so the sample of any region is a
+    uniform random sample of it, samples of nested regions are nested, and later calls reuse the rows already
+    drawn."""
+    return np.random.default_rng(seed).random(n)
 
 
 @dataclass
@@ -222,31 +218,36 @@ class GroupPlan:
 
     Attributes:
         group: label name, or ``"*"`` for the pooled plan.
-        region_size: ``k*``, the planned region (the group's ``k*`` highest-scoring lot records).
+        rate: sampling rate: the group's lot rows whose priority is below it form the sample.
+        thresholds: the scores tested, highest first (fixed before any sampled label is seen): region ``j`` is
+            the group's lot rows scoring at least ``thresholds[j]``.
+        planned_region: region size the rate was planned for (``k*``).
         expected_precision: the planning estimate of that region's precision.
-        sample: row indices of the sample (the region's first ``n`` rows in priority order), ``(n,)``.
-        thresholds: the scores tested, highest first (fixed before the sample's labels are seen).
     """
 
     group: str
-    region_size: int
-    expected_precision: float
-    sample: np.ndarray
+    rate: float
     thresholds: np.ndarray
+    planned_region: int
+    expected_precision: float
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "rate": round(self.rate, 4), "planned_region": self.planned_region,
+                "expected_precision": round(self.expected_precision, 4), "tests": len(self.thresholds)}
 
 
 @dataclass
 class SamplePlan:
-    """What :func:`plan_certification` returns: per-group plans and the rows still to review.
+    """What :func:`plan_certification` returns; :func:`certify` says which sampled rows to review.
 
     Attributes:
         groups: ``{group: GroupPlan}`` (groups with nothing worth certifying are absent).
-        requests: rows of the samples that are not reviewed yet: review them, then call :func:`certify`.
+        priority: ``(n,)`` the session's random numbers (:func:`sample_priority`).
         target, confidence, method, scope: the settings planned for.
     """
 
     groups: dict[str, GroupPlan]
-    requests: np.ndarray
+    priority: np.ndarray
     target: float
     confidence: float
     method: str
@@ -273,11 +274,10 @@ def _validate(scores, suggested, lot, labels, target, confidence, scope):
     return scores, suggested, lot, _check_level("target", target), _check_level("confidence", confidence)
 
 
-def plan_certification(scores, suggested, lot, labels, expected_correct, priority, *, reviewed=None,
-                       target: float = 0.95, confidence: float = 0.95, scope: str = "label",
-                       method: str = "beta", grid=DEFAULT_GRID, max_sample_fraction: float = 0.5,
-                       max_n: int = 4000) -> SamplePlan:
-    """Plan, per group, which region to try to certify and which of its records to review (module docstring, 1.).
+def plan_certification(scores, suggested, lot, labels, expected_correct, priority, *, target: float = 0.95,
+                       confidence: float = 0.95, scope: str = "label", method: str = "beta", steps: int = 20,
+                       first_test: float = 2.0, max_rate: float = 0.5, max_n: int = 4000) -> SamplePlan:
+    """Plan each group's sampling rate and the thresholds to test (module docstring, 1.).
 
     Args:
         scores: ``(n,)`` score of each row's suggestion (its probability), higher = more confident.
@@ -286,31 +286,32 @@ def plan_certification(scores, suggested, lot, labels, expected_correct, priorit
             suggestions were not fitted on their reviews (rows reviewed in the loop and fitted on are excluded).
         labels: the ``K`` label names.
         expected_correct: ``(n,)`` planning estimate of each suggestion being right (e.g. the head's calibrated
-            probability); only the sample size depends on it, never the certification.
-        priority: ``(n,)`` random rank per row (:func:`sample_priority`), fixed for the whole session.
-        reviewed: ``(n,)`` bool, rows already reviewed (their reviews are reused, so drawing them costs nothing).
+            probability); only the sampling rate depends on it, never what is certified.
+        priority: ``(n,)`` the session's random numbers (:func:`sample_priority`).
         target, confidence: the precision to certify and the confidence of the one-sided bound, in (0, 1).
         scope: ``"label"`` (one threshold per label, the default) or ``"pooled"`` (one for all).
-        grid: region sizes tested by :func:`certify`, as increasing fractions of the planned region, ending at 1.
-        max_sample_fraction: never plan a sample larger than this share of its region.
+        steps: thresholds are tested every ``1 / steps`` of the group's lot, from the first test down to its
+            lowest score.
+        first_test: the first (highest) threshold is the one whose region holds ``first_test`` times the
+            zero-defect sample size in expectation (:func:`zero_defect_sample_size`; 2: 118 records at 0.95 / 0.95,
+            which pass with up to 2 wrong).
+        max_rate: never sample more than this share of a region.
 
     Returns:
-        :class:`SamplePlan`; its ``requests`` are the rows to review before :func:`certify`.
+        :class:`SamplePlan`; :func:`certify` with it says which rows to review.
 
     Raises:
-        ValueError: shapes disagree, target / confidence outside (0, 1), an unknown scope, a bad grid.
+        ValueError: shapes disagree, target / confidence outside (0, 1), an unknown scope, ``steps < 1``.
     """
     scores, suggested, lot, target, confidence = _validate(scores, suggested, lot, labels, target, confidence, scope)
-    grid = np.asarray(sorted(float(g) for g in grid))
-    if not len(grid) or grid[0] <= 0 or grid[-1] != 1.0:
-        raise ValueError(f"grid must be increasing fractions in (0, 1] ending at 1; got {list(grid)}")
+    if steps < 1 or first_test <= 0 or not 0 < max_rate <= 1:
+        raise ValueError("steps must be >= 1, first_test > 0 and max_rate in (0, 1]")
     expected = np.clip(np.asarray(expected_correct, dtype=np.float64), 0.0, 1.0)
-    priority = np.asarray(priority)
-    reviewed = np.zeros(len(scores), dtype=bool) if reviewed is None else np.asarray(reviewed, dtype=bool)
-    if expected.shape != scores.shape or priority.shape != scores.shape or reviewed.shape != scores.shape:
-        raise ValueError("expected_correct, priority and reviewed must have one entry per pool row")
+    priority = np.asarray(priority, dtype=np.float64)
+    if expected.shape != scores.shape or priority.shape != scores.shape:
+        raise ValueError("expected_correct and priority must have one entry per pool row")
+    first_n = first_test * zero_defect_sample_size(target, confidence)
     groups: dict[str, GroupPlan] = {}
-    requests = []
     for name, member in _group_keys(suggested, list(labels), scope):
         rows = np.flatnonzero(member & lot)
         if not len(rows):
@@ -318,17 +319,18 @@ def plan_certification(scores, suggested, lot, labels, expected_correct, priorit
         rows = rows[np.argsort(-scores[rows], kind="stable")]  # the group's lot, most confident first
         running = np.cumsum(expected[rows]) / np.arange(1, len(rows) + 1)  # expected precision of the top k
         ks = np.unique(np.linspace(1, len(rows), min(len(rows), 200)).round().astype(np.int64))
-        best = _best_plan(running[ks - 1], ks, target, confidence, method, max_n, max_sample_fraction)
+        best = _best_plan(running[ks - 1], ks, target, confidence, method, max_n, max_rate)
         if best is None:
             continue
         k, size, _ = best
-        region = rows[:k]
-        sample = region[np.argsort(priority[region], kind="stable")][:size]
-        positions = np.unique(np.ceil(grid * k).astype(np.int64).clip(1, k))
-        groups[name] = GroupPlan(name, k, float(running[k - 1]), np.sort(sample), scores[region[positions - 1]])
-        requests.append(sample[~reviewed[sample]])
-    requests_arr = np.sort(np.concatenate(requests)) if requests else np.empty(0, dtype=np.int64)
-    return SamplePlan(groups, requests_arr, target, confidence, method, scope)
+        rate = min(max_rate, size / k)
+        start = int(math.ceil(first_n / rate))
+        if start > len(rows):
+            continue
+        step = max(1, len(rows) // steps)
+        positions = np.unique(np.r_[np.arange(start, len(rows) + 1, step), len(rows)])
+        groups[name] = GroupPlan(name, rate, scores[rows[positions - 1]], k, float(running[k - 1]))
+    return SamplePlan(groups, priority, target, confidence, method, scope)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,19 +346,23 @@ class GroupCertification:
             ``None`` when no region passed.
         region_size: lot records at or above the threshold (0 when none passed).
         accepted: of which without a review (accepted without looking).
+        rate: the sampling rate.
         tests: every test run, highest threshold first: ``{"threshold", "region", "sampled", "correct",
             "estimate", "lower_bound", "passed"}``.
+        waiting: the test stopped for reviews (``requests``) rather than on a failure or the lot's end.
     """
 
     group: str
     threshold: float | None
     region_size: int
     accepted: int
+    rate: float
     tests: list[dict] = field(default_factory=list)
+    waiting: bool = False
 
     def to_dict(self) -> dict:
         return {"group": self.group, "threshold": self.threshold, "region_size": self.region_size,
-                "accepted": self.accepted, "tests": self.tests}
+                "accepted": self.accepted, "rate": round(self.rate, 4), "tests": self.tests}
 
 
 @dataclass
@@ -366,11 +372,13 @@ class Certification:
     Attributes:
         accepted: ``(n,)`` bool, rows accepted without review (certified regions minus every reviewed row).
         groups: ``{group: GroupCertification}``.
+        requests: rows to review before the next threshold can be tested (empty: certification is final).
         target, confidence, method, scope: the settings certified at.
     """
 
     accepted: np.ndarray
     groups: dict[str, GroupCertification]
+    requests: np.ndarray
     target: float
     confidence: float
     method: str
@@ -384,25 +392,29 @@ class Certification:
     def to_dict(self) -> dict:
         return {"target": self.target, "confidence": self.confidence, "method": self.method, "scope": self.scope,
                 "accepted": int(self.accepted.sum()), "thresholds": self.thresholds,
-                "groups": {name: g.to_dict() for name, g in self.groups.items()}}
+                "requests": len(self.requests), "groups": {name: g.to_dict() for name, g in self.groups.items()}}
 
 
 def certify(scores, suggested, lot, labels, plan: SamplePlan, correct) -> Certification:
-    """Test the planned thresholds on the reviewed sample, highest first, stopping at the first failure (module
-    docstring, 2.), and accept the lot records of each passing region that have no review.
+    """Test each group's thresholds, highest first, on its sample, stopping at the first failure (module docstring,
+    2.); accept the lot records of the lowest passing region that have no review.
+
+    Sampling is lazy: the sample of the next region is requested only when every test above it passed, so
+    reviews are spent only where they can still certify something. The sample itself is fixed in advance (the
+    rows whose priority is below the rate), so this is exactly fixed-sequence testing on that sample. Call again
+    after reviewing ``requests`` until they are empty.
 
     Args:
         scores, suggested, lot, labels: as given to :func:`plan_certification` (the same suggestions).
-        plan: its result; every row of its samples must have been reviewed since.
+        plan: its result.
         correct: ``(n,)`` float: 1 where the row's suggestion equals its reviewer's label, 0 where it does not, NaN
-            where the row has no review (only sample rows are read; every reviewed row is kept out of the
-            accepted ones).
+            where the row has no review. Reviewed rows are never accepted.
 
     Returns:
         :class:`Certification`.
 
     Raises:
-        ValueError: shapes disagree, or a sample row has no review (NaN in ``correct``).
+        ValueError: shapes disagree.
     """
     scores, suggested, lot, target, confidence = _validate(scores, suggested, lot, labels, plan.target,
                                                            plan.confidence, plan.scope)
@@ -411,34 +423,38 @@ def certify(scores, suggested, lot, labels, plan: SamplePlan, correct) -> Certif
         raise ValueError("correct must have one entry per pool row (NaN where there is no review)")
     accepted = np.zeros(len(scores), dtype=bool)
     groups: dict[str, GroupCertification] = {}
+    requests = []
     members = dict(_group_keys(suggested, list(labels), plan.scope))
     for name, group in plan.groups.items():
-        sample = group.sample
-        if np.isnan(correct[sample]).any():
-            missing = int(np.isnan(correct[sample]).sum())
-            raise ValueError(f"{missing} sampled records of {name!r} have no review: review plan.requests first")
-        region_rows = np.flatnonzero(members[name] & lot)
-        chosen, tests = None, []
+        rows = np.flatnonzero(members[name] & lot)
+        in_sample = plan.priority[rows] < group.rate
+        chosen, tests, waiting = None, [], False
         for threshold in group.thresholds:  # highest first
-            inside = sample[scores[sample] >= threshold]
-            m, x = len(inside), int(correct[inside].sum())
+            inside = scores[rows] >= threshold
+            sample = rows[inside & in_sample]
+            missing = sample[np.isnan(correct[sample])]
+            if len(missing):
+                requests.append(missing)
+                waiting = True
+                break
+            m, x = len(sample), int(correct[sample].sum())
             bound = float(lower_bound(x, m, confidence, plan.method))
             passed = m > 0 and bound >= target
-            tests.append({"threshold": round(float(threshold), 6),
-                          "region": int((scores[region_rows] >= threshold).sum()), "sampled": m, "correct": x,
-                          "estimate": round(x / m, 4) if m else None, "lower_bound": round(bound, 4),
+            tests.append({"threshold": round(float(threshold), 6), "region": int(inside.sum()), "sampled": m,
+                          "correct": x, "estimate": round(x / m, 4) if m else None, "lower_bound": round(bound, 4),
                           "passed": bool(passed)})
             if not passed:
                 break  # fixed-sequence testing: stop at the first failure (Bauer 1991)
             chosen = float(threshold)
         if chosen is None:
-            groups[name] = GroupCertification(name, None, 0, 0, tests)
+            groups[name] = GroupCertification(name, None, 0, 0, group.rate, tests, waiting)
             continue
-        region = region_rows[scores[region_rows] >= chosen]
+        region = rows[scores[rows] >= chosen]
         take = region[np.isnan(correct[region])]  # rows with a review (this sample or an earlier one) are not pending
         accepted[take] = True
-        groups[name] = GroupCertification(name, chosen, len(region), len(take), tests)
-    return Certification(accepted, groups, target, confidence, plan.method, plan.scope)
+        groups[name] = GroupCertification(name, chosen, len(region), len(take), group.rate, tests, waiting)
+    requests_arr = np.unique(np.concatenate(requests)) if requests else np.empty(0, dtype=np.int64)
+    return Certification(accepted, groups, requests_arr, target, confidence, plan.method, plan.scope)
 
 
 def precision_above(scores, correct, thresholds, confidence: float = 0.95, method: str = "beta") -> list[dict]:

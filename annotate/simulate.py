@@ -162,7 +162,7 @@ class AcceptanceState:
 
     @classmethod
     def start(cls, n: int, settings: AcceptanceSettings, seed: int) -> "AcceptanceState":
-        return cls(settings, sample_priority(n, seed + 7919), {})
+        return cls(settings, sample_priority(n, seed + 7919), {})  # its own stream, apart from the review order
 
     def rows(self) -> np.ndarray:
         return np.fromiter(self.audited, dtype=np.int64, count=len(self.audited))
@@ -195,16 +195,16 @@ def acceptance_entry(pool: LabelledSplit, labels, scores: np.ndarray, reviewed: 
     lot = np.ones(n, dtype=bool)
     lot[list(reviewed)] = False
     expected = 1.0 - settings.planning_inflation * (1.0 - top)
-    audited_mask = np.zeros(n, dtype=bool)
-    audited_mask[state.rows()] = True
-    plan = plan_certification(top, suggested, lot, labels, expected, state.priority, reviewed=audited_mask,
-                              target=settings.precision, confidence=settings.confidence,
-                              scope=settings.scope)
-    state.audited.update({int(r): int(pool.gold[r]) for r in plan.requests})
+    plan = plan_certification(top, suggested, lot, labels, expected, state.priority, target=settings.precision,
+                              confidence=settings.confidence, scope=settings.scope)
     correct = np.full(n, np.nan)
-    rows = state.rows()
-    correct[rows] = (suggested[rows] == pool.gold[rows]).astype(np.float64)
-    result = certify(top, suggested, lot, labels, plan, correct)
+    while True:
+        rows = state.rows()
+        correct[rows] = (suggested[rows] == pool.gold[rows]).astype(np.float64)
+        result = certify(top, suggested, lot, labels, plan, correct)
+        if not len(result.requests):
+            break
+        state.audited.update({int(r): int(pool.gold[r]) for r in result.requests})  # the sample's reviews
     accepted = result.accepted
     pending = lot & np.isnan(correct)
     right = suggested == pool.gold
@@ -216,6 +216,7 @@ def acceptance_entry(pool: LabelledSplit, labels, scores: np.ndarray, reviewed: 
                        "oracle_share": _oracle_share(top[lot], right[lot], settings.precision),
                        "naive": _naive(top[lot], right[lot], settings.precision),
                        "scope": settings.scope, "target": settings.precision, "confidence": settings.confidence,
+                       "plan": {g: p.to_dict() for g, p in plan.groups.items()},
                        "certification": {g: c.to_dict() for g, c in result.groups.items()}},
             "human_share": float((len(reviewed) + len(state.audited) + int((pending & ~accepted).sum())) / n)}
 

@@ -53,7 +53,7 @@ def test_sample_sizes():
     lambda: zero_defect_sample_size(0.0),
     lambda: lower_bound(1, 2, confidence=1.5),
     lambda: plan_sample_size(0.99, target=1.2),
-    lambda: plan_certification([0.9], [0], [True], ["a"], [0.9], [0], target=0.0),
+    lambda: plan_certification([0.9], [0], [True], ["a"], [0.9], [0.5], target=0.0),
     lambda: precision_above([], [], [0.5]),
     lambda: lower_bound(3, 2),
 ])
@@ -72,6 +72,16 @@ def _pool(rng, n=3000, k=2, floor=0.80):
     return scores, suggested, right, p_right
 
 
+def _certify(scores, suggested, lot, labels, plan, right, correct=None):
+    """certify, reviewing what it requests (the reviewer's label is the gold one), until it requests nothing."""
+    correct = np.full(len(scores), np.nan) if correct is None else correct
+    while True:
+        result = certify(scores, suggested, lot, labels, plan, correct)
+        if not len(result.requests):
+            return result, correct
+        correct[result.requests] = right[result.requests]
+
+
 def _run(seed, *, scope="label", optimism=0.0, floor=0.80, rule="bound"):
     rng = np.random.default_rng(seed)
     scores, suggested, right, p_right = _pool(rng, floor=floor)
@@ -79,12 +89,10 @@ def _run(seed, *, scope="label", optimism=0.0, floor=0.80, rule="bound"):
     labels = ["a", "b"]
     lot = np.ones(n, dtype=bool)
     plan = plan_certification(scores, suggested, lot, labels, np.clip(p_right + optimism, 0, 1),
-                              sample_priority(n, seed), target=TARGET, confidence=CONFIDENCE, scope=scope, max_n=1500)
-    correct = np.full(n, np.nan)
-    correct[plan.requests] = right[plan.requests]
+                              sample_priority(n, seed + 10_000), target=TARGET, confidence=CONFIDENCE, scope=scope, max_n=1500)
     if rule == "estimate":  # the point estimate instead of the bound: what the module must not do
         plan.confidence = 0.5 + 1e-9
-    result = certify(scores, suggested, lot, labels, plan, correct)
+    result, _ = _certify(scores, suggested, lot, labels, plan, right)
     broken = {}
     for name, group in result.groups.items():
         if group.threshold is None:
@@ -145,15 +153,14 @@ def test_nothing_is_accepted_when_every_region_is_below_the_target():
     scores, suggested = rng.uniform(size=n), rng.integers(0, 2, n)
     right = rng.uniform(size=n) < 0.9
     lot = np.ones(n, dtype=bool)
-    # an over-optimistic planning estimate (0.99) makes it sample; the bound still refuses
-    plan = plan_certification(scores, suggested, lot, ["a", "b"], np.full(n, 0.99), sample_priority(n, 3))
-    assert len(plan.requests) > 0
-    correct = np.full(n, np.nan)
-    correct[plan.requests] = right[plan.requests]
-    result = certify(scores, suggested, lot, ["a", "b"], plan, correct)
+    # an over-optimistic planning estimate (0.99) makes it sample; the bound still refuses, after one failed test
+    plan = plan_certification(scores, suggested, lot, ["a", "b"], np.full(n, 0.99), sample_priority(n, 10_003))
+    result, correct = _certify(scores, suggested, lot, ["a", "b"], plan, right)
     assert not result.accepted.any() and result.thresholds == {}
+    assert all(len(g.tests) == 1 and not g.tests[0]["passed"] for g in result.groups.values())
+    assert 100 < (~np.isnan(correct)).sum() < 400  # only the first region's sample was reviewed
     # an honest estimate (0.9) plans no sample at all
-    assert len(plan_certification(scores, suggested, lot, ["a", "b"], np.full(n, 0.9), sample_priority(n)).requests) == 0
+    assert plan_certification(scores, suggested, lot, ["a", "b"], np.full(n, 0.9), sample_priority(n)).groups == {}
 
 
 def test_samples_are_reused_and_reviewed_rows_never_accepted():
@@ -161,23 +168,24 @@ def test_samples_are_reused_and_reviewed_rows_never_accepted():
     scores, suggested, right, p_right = _pool(rng, floor=0.9)
     n = len(scores)
     lot = np.ones(n, dtype=bool)
-    priority = sample_priority(n, 5)
-    first = plan_certification(scores, suggested, lot, ["a", "b"], p_right, priority)
-    reviewed = np.zeros(n, dtype=bool)
-    reviewed[first.requests] = True
-    again = plan_certification(scores, suggested, lot, ["a", "b"], p_right, priority, reviewed=reviewed)
-    assert len(again.requests) == 0  # same plan, the sample is reviewed already
-    correct = np.full(n, np.nan)
-    correct[first.requests] = right[first.requests]
-    result = certify(scores, suggested, lot, ["a", "b"], first, correct)
+    priority = sample_priority(n, 10_005)
+    plan = plan_certification(scores, suggested, lot, ["a", "b"], p_right, priority)
+    first = certify(scores, suggested, lot, ["a", "b"], plan, np.full(n, np.nan))
+    assert len(first.requests) and not first.accepted.any()  # nothing is certified before the sample is reviewed
+    result, correct = _certify(scores, suggested, lot, ["a", "b"], plan, right)
+    reviewed = ~np.isnan(correct)
     assert result.accepted.any() and not (result.accepted & reviewed).any()
+    # every reviewed row is a sampled row (priority below its group's rate)
+    rates = np.array([plan.groups[name].rate for name in ("a", "b")])[suggested]
+    assert (priority[reviewed] < rates[reviewed]).all()
+    # a second session with the same priority and reviews requests nothing new
+    again = certify(scores, suggested, lot, ["a", "b"], plan, correct)
+    assert len(again.requests) == 0 and (again.accepted == result.accepted).all()
     as_dict = result.to_dict()
     assert set(as_dict["thresholds"]) <= {"a", "b"} and as_dict["accepted"] == int(result.accepted.sum())
     tests = as_dict["groups"]["a"]["tests"]
     assert [t["threshold"] for t in tests] == sorted((t["threshold"] for t in tests), reverse=True)
-    # certifying before the sample is reviewed is refused
-    with pytest.raises(ValueError, match="have no review"):
-        certify(scores, suggested, lot, ["a", "b"], first, np.full(n, np.nan))
+    assert all(t["passed"] for t in tests[:-1])
 
 
 def test_precision_above():

@@ -171,12 +171,14 @@ def _render_simulation(report: dict) -> str:
         lines.append(f"{e['reviewed']:>8}  {e['eval_accuracy']:>8.4f}  {e['eval_macro_f1']:>8.4f}  {pending:>8}  "
                      f"{only:>12}  {e['mode']}{_knob(e)}, refit {e['refit_seconds']:.2f} s")
     if "accept" in zero:
-        lines.append(f"bulk acceptance at precision >= {zero['accept']['accept']['target']:g} "
-                     f"(confidence {zero['accept']['accept']['confidence']:g}, {zero['accept']['accept']['scope']}):")
-        lines.append(f"{'reviewed':>8}  {'cert.':>6}  {'share':>6}  {'precision':>9}  {'oracle':>6}  {'human':>6}")
+        settings = zero["accept"]["accept"]
+        lines.append(f"bulk acceptance at precision >= {settings['target']:g} (confidence {settings['confidence']:g}, "
+                     f"{settings['scope']}): share of the records not reviewed in the loop, certification reviews so "
+                     "far, real precision, best possible share, human share of the pool")
+        lines.append(f"{'reviewed':>9}  {'cert.':>6}  {'share':>6}  {'precision':>9}  {'oracle':>6}  {'human':>6}")
         for name, e in [("zero-shot", zero["accept"]), *((str(e["reviewed"]), e) for e in report["curve"])]:
             a = e["accept"]
             precision = f"{a['precision']:.4f}" if a["precision"] is not None else "-"
-            lines.append(f"{name:>8}  {a['certification_reviews']:>6}  {a['share']:>6.3f}  {precision:>9}  "
+            lines.append(f"{name:>9}  {a['certification_reviews']:>6}  {a['share']:>6.3f}  {precision:>9}  "
                          f"{a['oracle_share']:>6.3f}  {e['human_share']:>6.3f}")
     return "\n".join(lines)
