@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from annotate import client as argilla_client
-from annotate.acceptance import POOLED, SamplePlan, certify, lower_bound, plan_certification
+from annotate.acceptance import POOLED, certify, lower_bound, plan_certification
 from annotate.dataset import (
     ACCEPT_METADATA,
     ACCEPT_REVISION,
@@ -99,7 +99,7 @@ class RecordState:
             ``None`` when no person answered.
         human_value: the label of the first submitted human response (``None`` otherwise).
         auto_response: id of the auto-accept user's response, ``None`` when there is none.
-        auto_value: its label.
+        auto_value: its label; ``auto_user``: the auto-accept user's id.
     """
 
     uuid: str
@@ -112,6 +112,7 @@ class RecordState:
     human_value: str | None = None
     auto_response: str | None = None
     auto_value: str | None = None
+    auto_user: str | None = None
 
     @property
     def accepted(self) -> bool:
@@ -119,13 +120,16 @@ class RecordState:
         return self.auto_response is not None and self.human_status is None
 
 
-def _request(client, method: str, url: str, what: str, attempts: int = 6, **kwargs):
+def _request(client, method: str, url: str, what: str, attempts: int = 6, missing_ok: bool = False, **kwargs):
     """One HTTP request through the SDK's authenticated client, retried on connection errors and 5xx
-    (:func:`annotate.client.call`); returns the decoded JSON (``None`` for an empty body)."""
+    (:func:`annotate.client.call`); returns the decoded JSON (``None`` for an empty body, and for a 404 when
+    ``missing_ok``: a deletion retried after the server did it)."""
     from argilla._exceptions import ArgillaAPIError
 
     def send():
         response = client.api.http_client.request(method, url, **kwargs)
+        if response.status_code == 404 and missing_ok:
+            return None
         if response.status_code >= 400:
             raise ArgillaAPIError(f"HTTP {response.status_code}: {response.text[:300]}", status_code=response.status_code)
         return response.json() if response.content else None
@@ -181,6 +185,7 @@ def read_state(client, dataset, auto_user_id: str | None) -> list[RecordState]:
                 value = ((response.get("values") or {}).get(QUESTION) or {}).get("value")
                 if auto_user_id is not None and str(response["user_id"]) == str(auto_user_id):
                     state.auto_response, state.auto_value = response["id"], value
+                    state.auto_user = str(auto_user_id)
                 else:
                     statuses.setdefault(response["status"], value)
             for status in ("submitted", "discarded", "draft"):
@@ -206,14 +211,13 @@ def suggestion_basis(states: Sequence[RecordState]) -> str:
 
 
 def certify_priority(ids: Sequence[str]) -> np.ndarray:
-    """``(n,)`` rank of each record in a fixed random order (SHA-256 of ``certify:<id>``, as
-    :func:`annotate.dataset.audit_flags` draws the audit sample): the same records come first on every run, whatever
-    else the dataset holds, so a sample drawn again keeps the records already reviewed."""
-    keys = [hashlib.sha256(f"certify:{rid}".encode()).hexdigest() for rid in ids]
-    order = np.argsort(np.asarray(keys), kind="stable")
-    priority = np.empty(len(ids), dtype=np.int64)
-    priority[order] = np.arange(len(ids))
-    return priority
+    """``(n,)`` a fixed uniform random number in [0, 1) per record: the first 52 bits of SHA-256 of
+    ``certify:<id>`` (as :func:`annotate.dataset.audit_flags` draws the audit sample). A record is in a label's
+    certification sample when its number is below the label's sampling rate
+    (:func:`annotate.acceptance.plan_certification`), so every run draws the same records whatever else the dataset
+    holds, and a higher rate keeps the records already reviewed."""
+    return np.array([int(hashlib.sha256(f"certify:{rid}".encode()).hexdigest()[:13], 16) / 16 ** 13 for rid in ids],
+                    dtype=np.float64)
 
 
 def revision_of(agent: str | None) -> str:
@@ -232,20 +236,25 @@ class LabelRow:
 
     Attributes:
         label: the label, or ``"*"`` (pooled) / ``"overall"``.
-        region: lot records the plan tries to certify (its candidate region); 0 when there is no plan.
-        sample: records of its certification sample; ``to_review``: of which not reviewed yet.
-        threshold: the lowest certified score threshold, ``None`` when nothing is certified.
-        accepted: records the threshold accepts (pending or auto-accepted already), ``None`` when not certified.
-        reviews: reviewed sample records behind the estimate (at the threshold once certified).
+        lot: its lot records (pending, accepted earlier, reviewed for certification).
+        rate: the planned sampling rate (share of the lot in the certification sample); ``planned``: the region size
+            it was planned for.
+        sample: lot records in the certification sample; ``to_review``: of which to review before the next
+            threshold can be tested (the sample is reviewed lazily, highest scores first).
+        threshold: the lowest certified score threshold, ``None`` when nothing is certified (yet).
+        accepted: records that threshold accepts (pending, or auto-accepted earlier), ``None`` when not certified.
+        reviews: sampled records behind the estimate (of the certified region; else of the last region tested).
         correct: of which the suggestion was right.
         estimate: ``correct / reviews``; ``lower``: its one-sided lower confidence bound (Clopper-Pearson).
-        status: ``certified``, ``review`` (sample incomplete), ``failed`` (reviewed, no threshold passed), or
-            ``no plan`` (no region can reach the precision by the planning estimate).
-        tests: each threshold tested (from :func:`annotate.acceptance.certify`).
+        status: ``certified``, ``review`` (waiting for reviews before the first test can run), ``failed`` (the
+            first test failed), ``no plan`` (no region can reach the precision by the planning estimate).
+        tests: each threshold tested, highest first (:func:`annotate.acceptance.certify`).
     """
 
     label: str
-    region: int = 0
+    lot: int = 0
+    rate: float | None = None
+    planned: int = 0
     sample: int = 0
     to_review: int = 0
     threshold: float | None = None
@@ -264,12 +273,13 @@ class Assessment:
 
     Attributes:
         rows: per label (or pooled), then ``overall``.
-        flag: external ids of pending records to mark ``certify`` = 1 (the sample's unreviewed pending records).
-        unflag: external ids of pending records flagged under an older plan, no longer in the sample.
-        accept: ``{external id: label threshold}`` of pending records to accept.
+        flag: external ids of pending records to mark ``certify`` = 1 (sample records to review next).
+        unflag: external ids of pending records flagged earlier that are not to review now.
+        accept: ``{external id: its label's threshold}`` of pending records to accept.
         already: records auto-accepted earlier that the certified regions still cover.
         outside: records auto-accepted earlier that no certified region covers now (left as they are).
-        blocked: sample records that were auto-accepted earlier and so cannot be reviewed (``--undo`` frees them).
+        blocked: sample records to review that were auto-accepted earlier (``--undo`` frees them).
+        drafts: sample records to review that hold a draft response (waiting for its author to submit).
         basis: :func:`suggestion_basis` of the dataset.
     """
 
@@ -280,6 +290,7 @@ class Assessment:
     already: int
     outside: int
     blocked: int
+    drafts: int
     basis: str
     target: float
     confidence: float
@@ -290,9 +301,10 @@ def assess(states: Sequence[RecordState], labels: Sequence[str], *, target: floa
            scope: str = "label") -> Assessment:
     """Map records onto :func:`annotate.acceptance.plan_certification` and :func:`annotate.acceptance.certify`.
 
-    Per group (label, or pooled): the plan (region, sample) on the lot; certification once every sample record is
-    reviewed (only then is the sample a complete uniform draw), from the lowest threshold whose one-sided lower bound
-    reaches ``target`` (fixed-sequence tests). Groups whose sample is incomplete show the reviews so far.
+    The lot: records with a suggestion that are pending, auto-accepted earlier (so that a rerun reproduces the same
+    plan and an interrupted ``--apply`` resumes it), or reviewed for certification on the current suggestions
+    (metadata ``certify`` = 1 with the current :func:`suggestion_basis`); never audit-sample records. A review is
+    right when the submitted label equals the suggestion, wrong when it differs or the record was discarded.
 
     Args:
         states: every record (:func:`read_state`).
@@ -311,95 +323,81 @@ def assess(states: Sequence[RecordState], labels: Sequence[str], *, target: floa
     n = len(states)
     basis = suggestion_basis(states)
     ids = [s.id for s in states]
-    scores = np.array([float(s.score) if s.score is not None and s.value in index else 0.0 for s in states])
-    suggested = np.array([index.get(s.value, 0) if s.value is not None else 0 for s in states], dtype=np.int64)
     valid = np.array([s.value in index and s.score is not None and math.isfinite(float(s.score)) for s in states],
                      dtype=bool)
+    scores = np.array([float(s.score) if ok else 0.0 for s, ok in zip(states, valid)])
+    suggested = np.array([index[s.value] if ok else 0 for s, ok in zip(states, valid)], dtype=np.int64)
     audit = np.array([s.metadata.get(AUDIT) == 1 for s in states], dtype=bool)
     pending = np.array([s.human_status is None and s.auto_response is None for s in states], dtype=bool)
     auto = np.array([s.accepted for s in states], dtype=bool)
-    sampled = np.array([s.metadata.get(CERTIFY) == 1 and s.metadata.get(CERTIFY_BASIS) == basis for s in states],
-                       dtype=bool)
     human = np.array([s.human_status is not None for s in states], dtype=bool)
-    lot = valid & ~audit & (pending | auto | (human & sampled))
+    flagged = np.array([s.metadata.get(CERTIFY) == 1 and s.metadata.get(CERTIFY_BASIS) == basis for s in states],
+                       dtype=bool)
+    lot = valid & ~audit & (pending | auto | (human & flagged))
     correct = np.full(n, np.nan)
     for i, s in enumerate(states):
         if lot[i] and s.human_status == "submitted":
             correct[i] = float(s.human_value == s.value)
         elif lot[i] and s.human_status == "discarded":
             correct[i] = 0.0  # no label fits: the suggestion is wrong
-    reviewed = lot & ~np.isnan(correct)
     expected = 1.0 - PLANNING_INFLATION * (1.0 - scores)
-    plan = plan_certification(scores, suggested, lot, labels, expected, certify_priority(ids), reviewed=reviewed,
-                              target=target, confidence=confidence, scope=scope)
-    in_sample = np.zeros(n, dtype=bool)
-    for group in plan.groups.values():
-        in_sample[group.sample] = True
-    complete = {name: bool(reviewed[g.sample].all()) for name, g in plan.groups.items()}
-    certified = None
-    if any(complete.values()):
-        sub = SamplePlan({name: g for name, g in plan.groups.items() if complete[name]}, np.empty(0, dtype=np.int64),
-                         plan.target, plan.confidence, plan.method, plan.scope)
-        certified = certify(scores, suggested, lot, labels, sub, correct)
-    accepted = certified.accepted if certified is not None else np.zeros(n, dtype=bool)
+    priority = certify_priority(ids)
+    plan = plan_certification(scores, suggested, lot, labels, expected, priority, target=target,
+                              confidence=confidence, scope=scope)
+    result = certify(scores, suggested, lot, labels, plan, correct)
+    requests = np.zeros(n, dtype=bool)
+    requests[result.requests] = True
+    takeable = result.accepted & (pending | auto)
 
     rows = []
-    groups = [POOLED] if scope == "pooled" else labels
-    for name in groups:
-        row = LabelRow(name)
-        g = plan.groups.get(name)
+    for name in ([POOLED] if scope == "pooled" else labels):
+        member = np.ones(n, dtype=bool) if name == POOLED else suggested == index[name]
+        row = LabelRow(name, lot=int((member & lot).sum()))
+        g, c = plan.groups.get(name), result.groups.get(name)
         if g is not None:
-            row.region, row.sample = g.region_size, len(g.sample)
-            row.to_review = int((~reviewed[g.sample]).sum())
-            done = g.sample[reviewed[g.sample]]
-            row.reviews, row.correct = len(done), int(correct[done].sum())
+            in_sample = member & lot & (priority < g.rate)
+            row.rate, row.planned = round(float(g.rate), 4), g.planned_region
+            row.sample, row.to_review = int(in_sample.sum()), int((requests & member).sum())
             row.status = "review"
-        c = certified.groups.get(name) if certified is not None else None
         if c is not None:
             row.tests = c.tests
+            done = [t for t in c.tests if t["passed"]] or c.tests[-1:]
+            if done:
+                row.reviews, row.correct = done[-1]["sampled"], done[-1]["correct"]
             if c.threshold is not None:
-                member = (suggested == index[name]) if name != POOLED else np.ones(n, dtype=bool)
                 row.threshold, row.status = c.threshold, "certified"
-                row.accepted = int((accepted & member).sum())
-                passed = [t for t in c.tests if t["passed"]][-1]
-                row.reviews, row.correct = passed["sampled"], passed["correct"]
-            else:
+                row.accepted = int((takeable & member).sum())
+            elif c.tests and not c.waiting:
                 row.status = "failed"
         if row.reviews:
             row.estimate = row.correct / row.reviews
             row.lower = float(lower_bound(row.correct, row.reviews, confidence))
         rows.append(row)
-    done_rows = [r for r in rows if r.status == "certified"]
-    overall = LabelRow("overall", region=sum(r.region for r in rows), sample=sum(r.sample for r in rows),
-                       to_review=sum(r.to_review for r in rows))
-    if done_rows:
+    certified = [r for r in rows if r.status == "certified"]
+    overall = LabelRow("overall", lot=int(lot.sum()), sample=sum(r.sample for r in rows),
+                       to_review=sum(r.to_review for r in rows),
+                       status=f"{len(certified)} of {len(rows)} certified")
+    if certified:
         # each region's estimate weighted by its accepted records; the weighted lower bounds hold together with
         # probability >= 1 - (number of labels) * (1 - confidence) (Bonferroni)
-        weight = np.array([r.accepted for r in done_rows], dtype=np.float64)
+        weight = np.array([r.accepted for r in certified], dtype=np.float64)
         overall.accepted = int(weight.sum())
-        overall.reviews = sum(r.reviews for r in done_rows)
-        overall.correct = sum(r.correct for r in done_rows)
+        overall.reviews = sum(r.reviews for r in certified)
+        overall.correct = sum(r.correct for r in certified)
         if weight.sum() > 0:
-            overall.estimate = float(np.dot(weight, [r.estimate for r in done_rows]) / weight.sum())
-            overall.lower = float(np.dot(weight, [r.lower for r in done_rows]) / weight.sum())
-        overall.status = "certified"
+            overall.estimate = float(np.dot(weight, [r.estimate for r in certified]) / weight.sum())
+            overall.lower = float(np.dot(weight, [r.lower for r in certified]) / weight.sum())
     rows.append(overall)
 
-    threshold_of = {}
-    if certified is not None:
-        for name, c in certified.groups.items():
-            if c.threshold is not None:
-                threshold_of[name] = c.threshold
-    accept = {}
-    for i in np.flatnonzero(accepted & pending):
-        name = POOLED if scope == "pooled" else labels[suggested[i]]
-        accept[ids[i]] = threshold_of[name]
-    flag = [ids[i] for i in np.flatnonzero(in_sample & pending & ~sampled)]
-    unflag = [ids[i] for i in np.flatnonzero(pending & ~in_sample) if CERTIFY in states[i].metadata]
-    blocked = int((in_sample & auto).sum())
-    return Assessment(rows, flag, unflag, accept, already=int((accepted & auto).sum()),
-                      outside=int((auto & ~accepted).sum()), blocked=blocked, basis=basis, target=target,
-                      confidence=confidence, scope=scope)
+    thresholds = result.thresholds
+    accept = {ids[i]: thresholds[POOLED if scope == "pooled" else labels[suggested[i]]]
+              for i in np.flatnonzero(result.accepted & pending)}
+    flag = [ids[i] for i in np.flatnonzero(requests & pending & ~flagged)]
+    unflag = [ids[i] for i in np.flatnonzero(pending & ~requests) if CERTIFY in states[i].metadata]
+    return Assessment(rows, flag, unflag, accept, already=int((result.accepted & auto).sum()),
+                      outside=int((auto & ~result.accepted).sum()), blocked=int((requests & auto).sum()),
+                      drafts=int((requests & human).sum()), basis=basis, target=target, confidence=confidence,
+                      scope=scope)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -447,7 +445,8 @@ def ensure_layout(client, dataset) -> list[str]:
     """Add the metadata properties of :data:`LAYOUT` that ``dataset`` lacks
     (``POST /api/v1/datasets/{id}/metadata-properties``); returns the names added."""
     url = f"/api/v1/datasets/{dataset.id}/metadata-properties"
-    have = {m["name"] for m in _request(client, "GET", f"/api/v1/me{url}", "read of the metadata properties")["items"]}
+    have = {m["name"] for m in _request(client, "GET", f"/api/v1/me/datasets/{dataset.id}/metadata-properties",
+                                        "read of the metadata properties")["items"]}
     added = []
     for name, title, settings, visible in LAYOUT:
         if name not in have:
@@ -513,29 +512,42 @@ def revoke(client, dataset, states: Sequence[RecordState], *, batch_size: int = 
 
     Each response goes by ``DELETE /api/v1/responses/{id}``; the metadata rewrite after it also re-indexes the
     record. (The test stack's search engine, osmem, cannot apply the scripted index update that follows a deletion
-    and answers 500 after the deletion was committed; the record is read back from the database to tell.)
+    and answers 500 after the deletion was committed: the retry then finds it gone (404); deletions that still
+    fail are checked by reading the records back from the database, and only responses still there are an error.)
+
+    Raises:
+        annotate.client.ArgillaRefused / ArgillaUnavailable: Argilla failed (what was removed stays removed; a
+            rerun removes the rest).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     todo = [s for s in states if s.auto_response is not None or any(k in s.metadata for k in ACCEPT_METADATA)]
+    failed: dict[str, Exception] = {}
 
     def delete(s: RecordState) -> None:
         if s.auto_response is None:
             return
         try:
-            _request(client, "DELETE", f"/api/v1/responses/{s.auto_response}", "deletion of a response", attempts=1)
-        except (argilla_client.ArgillaRefused, argilla_client.ArgillaUnavailable):
-            record = _request(client, "GET", f"/api/v1/records/{s.uuid}", "read of a record",
-                              params={"include": ["responses"]})
-            if any(r["id"] == s.auto_response for r in record.get("responses") or []):
-                raise
+            _request(client, "DELETE", f"/api/v1/responses/{s.auto_response}", "deletion of a response",
+                     missing_ok=True)
+        except (argilla_client.ArgillaRefused, argilla_client.ArgillaUnavailable) as exc:
+            failed[s.auto_response] = exc
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         list(pool.map(delete, todo))
+    if failed:
+        left = {s.auto_response for s in read_state(client, dataset, _auto_id_of(states, todo))} & set(failed)
+        if left:
+            raise next(failed[r] for r in left)
     items = [{"id": s.uuid, "metadata": _without(s.metadata, ACCEPT_METADATA)} for s in todo]
     if items:
         _bulk(client, dataset, items, batch_size=batch_size, concurrency=concurrency, what="removal of accept metadata")
     return len(todo)
+
+
+def _auto_id_of(states, todo) -> str | None:
+    """The auto-accept user id, as read with ``states`` (kept on the records by :func:`read_state`)."""
+    return next((s.auto_user for s in todo if s.auto_user), None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -562,6 +574,7 @@ class AcceptSummary:
     already: int = 0
     outside: int = 0
     blocked: int = 0
+    drafts: int = 0
     written: int = 0
     revoked: int = 0
     link: str | None = None
@@ -571,27 +584,34 @@ class AcceptSummary:
         return asdict(self)
 
     def render(self) -> str:
-        """The table (label, threshold, records accepted, precision with its one-sided interval, reviews) and
-        what to do next."""
+        """The table (label, threshold, records accepted, precision with its one-sided interval, reviews), each
+        threshold tested, and what to do next."""
         head = (f"dataset {self.dataset}: {self.records} records, {self.pending} pending, {self.human} with a human "
-                f"response; precision >= {self.target:g} at confidence {self.confidence:g} ({self.scope})")
-        lines = [head, f"{'label':<16} {'threshold':>9} {'accepted':>8}  {'precision (one-sided CI)':<26} "
+                f"response; precision >= {self.target:g} at confidence {self.confidence:g} (one threshold "
+                f"{'per label' if self.scope == 'label' else 'for all labels'})")
+        if self.mode == "undo":
+            return "\n".join([f"dataset {self.dataset}: {self.records} records",
+                              f"undone: {self.revoked} auto-accepted records are pending again (their "
+                              f"{AUTO_ACCEPT_USER!r} responses and accept metadata removed)"])
+        lines = [head, f"{'label':<16} {'threshold':>9} {'accepted':>8}  {'precision [one-sided CI]':<24} "
                        f"{'reviews':>7}  status"]
         for r in self.rows:
             threshold = "-" if r["threshold"] is None else f"{r['threshold']:.4f}"
             accepted = "-" if r["accepted"] is None else str(r["accepted"])
-            if r["estimate"] is None:
-                precision = "-"
-            else:
-                precision = f"{r['estimate']:.3f} [{r['lower']:.3f}, 1]"
+            precision = "-" if r["estimate"] is None else f"{r['estimate']:.3f} [{r['lower']:.3f}, 1]"
             status = r["status"]
-            if r["status"] == "review":
-                status = f"review {r['to_review']} more of {r['sample']} sampled (region {r['region']})"
-            elif r["status"] == "failed":
-                status = f"not certified: no threshold reached {self.target:g} (region {r['region']})"
-            elif r["status"] == "certified" and r["label"] != "overall":
-                status = f"certified (region {r['region']}, sample {r['sample']})"
-            lines.append(f"{r['label'][:16]:<16} {threshold:>9} {accepted:>8}  {precision:<26} {r['reviews']:>7}  "
+            if r["label"] != "overall" and r["rate"] is not None:
+                sampling = f"sample {r['sample']} of {r['lot']} ({r['rate']:.0%})"
+                more = f"; review {r['to_review']} more to test lower" if r["to_review"] else ""
+                if status == "certified":
+                    status = f"certified ({sampling}{more})"
+                elif status == "review":
+                    status = f"review {r['to_review']} sampled records first ({sampling})"
+                elif status == "failed":
+                    status = f"not certified: the highest threshold fails ({sampling})"
+            elif status == "no plan":
+                status = f"no plan: too few high scores for {self.target:g} ({r['lot']} records)"
+            lines.append(f"{r['label'][:16]:<16} {threshold:>9} {accepted:>8}  {precision:<24} {r['reviews']:>7}  "
                          f"{status}")
         for r in self.rows:
             for t in r.get("tests") or []:
@@ -601,11 +621,12 @@ class AcceptSummary:
                              f"{t['lower_bound']:.3f}) {'pass' if t['passed'] else 'fail'}")
         to_review = sum(r["to_review"] for r in self.rows if r["label"] != "overall")
         if to_review:
-            lines.append(f"review {to_review} records of the certification sample (metadata certify = 1) before "
-                         f"their labels can be certified: {self.link}")
+            lines.append(f"review {to_review} records of the certification sample (metadata certify = 1): {self.link}")
         if self.blocked:
             lines.append(f"{self.blocked} sampled records were auto-accepted earlier and cannot be reviewed: run "
                          "--undo, then accept again")
+        if self.drafts:
+            lines.append(f"{self.drafts} sampled records hold a draft response: submit them")
         if self.mode == "dry run":
             lines.append(f"dry run: {self.to_accept} pending records would be accepted ({self.already} accepted "
                          "earlier); --apply accepts them")
@@ -670,20 +691,16 @@ def run(client, dataset_name: str, workspace: str, api_url: str, *, target: floa
     summary.basis = assessment.basis
     summary.rows = [asdict(r) for r in assessment.rows]
     summary.to_accept, summary.already = len(assessment.accept), assessment.already
-    summary.outside, summary.blocked = assessment.outside, assessment.blocked
+    summary.outside, summary.blocked, summary.drafts = assessment.outside, assessment.blocked, assessment.drafts
     if mode == "apply" and not assessment.accept and not assessment.already:
         groups = [r for r in assessment.rows if r.label != "overall"]
-        reviewed = sum(r.reviews for r in groups)
         to_review = sum(r.to_review for r in groups)
         if all(r.status == "no plan" for r in groups):
             raise AcceptError(f"nothing to certify: no label has enough pending suggestions scoring high enough to "
                               f"reach precision {target:g} (lower --precision, or refresh after more reviews)")
-        if not reviewed:
-            raise AcceptError(f"no review in the certification sample yet: run accept without --apply to draw it, "
-                              f"review its records ({summary.link}), then apply")
         if to_review:
-            raise AcceptError(f"nothing certified yet: {to_review} records of the certification sample are still to "
-                              f"review ({summary.link})")
+            raise AcceptError(f"nothing certified yet: no reviews of the certification sample; review its "
+                              f"{to_review} records first (run accept without --apply to flag them: {summary.link})")
         raise AcceptError(f"nothing certified: no label's reviewed sample reaches precision {target:g} at confidence "
                           f"{confidence:g} (run accept without --apply for the table)")
     ensure_layout(client, dataset)
