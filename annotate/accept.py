@@ -674,7 +674,7 @@ def run(client, dataset_name: str, workspace: str, api_url: str, *, target: floa
                           "re-check accepted suggestions on it; push it again with adaptation (the default)")
     summary = AcceptSummary(dataset=f"{workspace}/{dataset_name}", dataset_id=str(dataset.id), mode=mode,
                             target=target, confidence=confidence, scope=scope)
-    user = auto_user(client, workspace, create=(mode == "apply"))
+    user = auto_user(client, workspace)
     states = read_state(client, dataset, str(user.id) if user is not None else None)
     if not states:
         raise AcceptError(f"dataset {dataset_name!r} has no records: push some first")
@@ -707,6 +707,7 @@ def run(client, dataset_name: str, workspace: str, api_url: str, *, target: floa
     summary.flagged, summary.unflagged = sync_flags(client, dataset, states, assessment, batch_size=batch_size,
                                                     concurrency=concurrency)
     if mode == "apply" and assessment.accept:
+        user = auto_user(client, workspace, create=True)
         bar = tqdm(total=len(assessment.accept), unit="rec", desc="accept", disable=not progress, dynamic_ncols=True)
         try:
             summary.written = apply(client, dataset, states, assessment, str(user.id), batch_size=batch_size,
