@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from annotate.accept import RecordState, assess, certify_priority, suggestion_basis
-from annotate.dataset import ACCEPT_METADATA, ACCEPTED_BY, AUDIT, CERTIFY, CERTIFY_BASIS, record_id
+from annotate.dataset import ACCEPT_METADATA, ACCEPTED_BY, AUDIT, CERTIFY, CERTIFY_BASIS, record_id, teacher_key
 
 from .conftest import REPO
 
@@ -174,14 +174,14 @@ def _create(stack, name: str, scored: dict, *, planted=(), vectors: bool = True)
                          settings=build_settings(LABELS, False, "accept tests", vector_dim=384 if vectors else None,
                                                  audit=True))
     dataset.create()
-    ids = scored["ids"]
-    records = build_records(ids, [r["text"] for r in scored["rows"]], scored["scores"], LABELS, False,
+    ids, teacher = scored["ids"], scored["scores"]
+    shown = teacher.copy()
+    shown[[i for i, rid in enumerate(ids) if rid in planted]] = [0.01, 0.99]  # the suggestion; the teacher stays
+    records = build_records(ids, [r["text"] for r in scored["rows"]], shown, LABELS, False,
                             "packaged:all-MiniLM-L6-v2:onnxruntime:embedding",
                             vectors=scored["embeddings"] if vectors else None,
-                            extra_metadata={AUDIT: audit_flags(ids, 0.05)})
-    for record in records:
-        if str(record.id) in planted:
-            record.suggestions[0].value, record.suggestions[0].score = "Sports", 0.99
+                            extra_metadata={AUDIT: audit_flags(ids, 0.05),
+                                            **{teacher_key(j): [float(x) for x in teacher[:, j]] for j in range(2)}})
     dataset.records.log(records)
     return dataset
 
