@@ -132,20 +132,26 @@ def check_compatible(dataset, labels: Sequence[str], multi_label: bool) -> None:
 
 
 def suggestion_value(scores: np.ndarray, labels: Sequence[str], multi_label: bool,
-                     threshold: float = 0.5) -> tuple[str | list[str], float | list[float]]:
+                     threshold=0.5) -> tuple[str | list[str], float | list[float]]:
     """The suggestion for one score row ``(n_labels,)``: ``(label, score)``, or with multi-label
-    ``(labels >= threshold, their scores)`` sorted by descending score (the top label when none passes)."""
+    ``(labels >= threshold, their scores)`` sorted by descending score (the top label when none passes).
+    ``threshold``: one for every label, or ``(n_labels,)`` per-label thresholds (the one-vs-rest head's; when none
+    passes, the label closest to its threshold, :func:`service.head.decide`)."""
+    from service.head import decide
+
     order = np.argsort(-scores, kind="stable")
     if not multi_label:
         return labels[order[0]], float(scores[order[0]])
-    chosen = [i for i in order if scores[i] >= threshold] or [order[0]]
+    passes = decide(np.asarray(scores, dtype=np.float64)[None, :], threshold)[0]
+    chosen = [i for i in order if passes[i]]
     return [labels[i] for i in chosen], [float(scores[i]) for i in chosen]
 
 
 def build_records(ids: Sequence[str], texts: Sequence[str], scores: np.ndarray, labels: Sequence[str],
                   multi_label: bool, agent: str, threshold: float = 0.5, vectors: np.ndarray | None = None,
                   extra_metadata: dict[str, Sequence] | None = None) -> list:
-    """Argilla records, one per text: ``scores`` has shape ``(len(texts), len(labels))`` in label order.
+    """Argilla records, one per text: ``scores`` has shape ``(len(texts), len(labels))`` in label order;
+    ``threshold`` (multi-label): a scalar or per-label ``(len(labels),)`` (:func:`suggestion_value`).
 
     ``vectors``: ``(len(texts), dim)`` sentence embeddings for the :data:`VECTOR` field; ``extra_metadata``:
     more metadata values by name, one per text (the dataset must define them)."""

@@ -357,3 +357,72 @@ def test_watch_fine_tunes_the_encoder_in_the_background_and_swaps_it_in(adapted,
     assert json.loads((out / "no-finetune.json").read_text())["updated"] == 45  # the agent kind changed back
     assert all(":adaptive-head:" in agent for rid, (_, _, agent, *_) in snapshot(argilla_stack, "adaptive").items()
                if rid not in reviewed)
+
+
+EKMAN = ["anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"]
+
+
+def test_refresh_of_a_multilabel_dataset_refits_the_one_vs_rest_head(argilla_stack, embedding_service, annotate_cache,
+                                                                     data_dir, tmp_path):
+    """A MultiLabelQuestion dataset (60 GoEmotions texts pushed with --multi-label; 30 submitted with their gold
+    Ekman label sets, 3 discarded): refresh fits the one-vs-rest head and rewrites only the pending suggestions, as
+    label lists with a score each; the labels shown pass their head's thresholds; a second refresh writes nothing."""
+    from annotate.dataset import QUESTION
+    from service.head import OneVsRestHead, load_head
+    from tests.argilla_review import submit
+
+    lines = (data_dir / "classification/dev_tasks/goemotions/test_part.jsonl").read_text().splitlines()[:60]
+    rows = [json.loads(line) for line in lines]
+    source = write_jsonl(tmp_path / "emotions.jsonl", [{"text": r["text"].strip()} for r in rows])  # ids: either way
+    labels = [arg for label in EKMAN for arg in ("--label", label)]
+    pushed = run(argilla_stack, annotate_cache, "push", str(source), *labels, "--multi-label", "--dataset",
+                 "emotions", "--hypothesis-template", "This person feels {}.", "--service-url", embedding_service.url)
+    assert pushed.returncode == 0, pushed.stderr
+    before = snapshot(argilla_stack, "emotions")
+    assert len(before) == 60 and all(isinstance(v[0], list) for v in before.values())
+    gold = {record_id(r["text"].strip()): r["ekman"] for r in rows}
+    ids = sorted(before)
+    submitted = {rid: gold[rid] for rid in ids[:30]}
+    discarded = {rid: None for rid in ids[30:33]}
+    client = client_for(argilla_stack)
+    assert submit(dataset_of(argilla_stack, "emotions"), {**submitted, **discarded}, client.me.id) == 33
+    question = next(q for q in dataset_of(argilla_stack, "emotions").settings.questions if q.name == QUESTION)
+    assert type(question).__name__ == "MultiLabelQuestion"
+
+    result = run(argilla_stack, annotate_cache, "refresh", "--dataset", "emotions", "--summary-json",
+                 str(tmp_path / "refresh.json"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "refresh.json").read_text())
+    assert summary["submitted"] == 30 and summary["discarded"] == 3 and summary["pending"] == 27
+    fit = summary["multi_label"]
+    assert set(fit["labels"]) == set(EKMAN) and "cv macro-F1" in result.stdout
+    reviewed_enough = [label for label, info in fit["labels"].items() if "cv_f1" in info]
+    assert reviewed_enough  # joy and neutral have >= 5 reviewed positives among 30 GoEmotions texts
+    after = snapshot(argilla_stack, "emotions")
+    changed = [rid for rid in after if after[rid][:3] != before[rid][:3]]
+    assert len(changed) == summary["updated"] and not set(changed) & (set(submitted) | set(discarded))
+    for rid in set(submitted) | set(discarded):
+        assert after[rid] == before[rid]
+    head = load_head(summary["head_dir"]) if summary["head_dir"] else None
+    print("multi-label fit:", json.dumps(fit))
+    assert (head is not None) == (summary["mode"] == "one-vs-rest") \
+        == any(info["source"] != "zero-shot" for info in fit["labels"].values())
+    for rid, (value, score, agent, count, has_vector, meta) in after.items():
+        assert count == 1 and has_vector and isinstance(value, list) and len(value) == len(score) >= 1
+        assert [meta[teacher_key(i)] for i in range(7)] == [before[rid][5][teacher_key(i)] for i in range(7)]
+        if rid in submitted or rid in discarded or head is None:
+            continue
+        assert agent == summary["agent"] and ":ovr-head:" in agent
+        thresholds = dict(zip(EKMAN, head.thresholds))
+        if len(value) > 1:  # several labels: every one passed its own threshold
+            assert all(s >= thresholds[v] - 1e-9 for v, s in zip(value, score)), (value, score, thresholds)
+    if head is not None:
+        assert isinstance(head, OneVsRestHead) and head.revision == summary["revision"]
+        assert head.meta["sources"] == [fit["labels"][label]["source"] for label in EKMAN]
+
+    again = run(argilla_stack, annotate_cache, "refresh", "--dataset", "emotions", "--summary-json",
+                str(tmp_path / "again.json"))
+    assert again.returncode == 0, again.stderr
+    second = json.loads((tmp_path / "again.json").read_text())
+    assert second["updated"] == second["changed"] == 0 and second["revision"] == summary["revision"]
+    assert snapshot(argilla_stack, "emotions") == after

@@ -61,7 +61,8 @@ from train.student_data import (
 )
 
 logger = logging.getLogger("train.finetune")
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], pretty_exceptions_enable=False)
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
 
 OBJECTIVES = ("hard", "soft", "mixed", "mse")
 

@@ -29,7 +29,11 @@ def simulate(
     labels_file: Annotated[Optional[Path], typer.Option(help="File with one candidate label a line.",
                                                         show_default=False)] = None,
     text_column: Annotated[str, typer.Option(help="Text column of POOL.")] = "text",
-    gold_column: Annotated[str, typer.Option(help="Gold label column of POOL (and of --eval).")] = "label",
+    gold_column: Annotated[str, typer.Option(help="Gold label column of POOL (and of --eval); with --multi-label a "
+                                             "column of label lists, e.g. ekman.")] = "label",
+    multi_label: Annotated[bool, typer.Option("--multi-label", help="Gold values are lists of labels: zero-shot "
+                                              "scores per label (NLI: a sigmoid each), the one-vs-rest head "
+                                              "(annotate/multilabel.py), micro/macro-F1.")] = False,
     label_map: Annotated[Optional[str], typer.Option(help="JSON object mapping gold values to candidate labels, e.g. "
                                                      "'{\"Sci/Tech\": \"science and technology\"}'.",
                                                      show_default=False)] = None,
@@ -107,11 +111,21 @@ def simulate(
         budget_list = sorted({int(b) for b in budgets.split(",") if b.strip()})
         if not budget_list or budget_list[0] < 0:
             raise ValueError(f"--budgets {budgets!r}: give non-negative integers, e.g. 0,50,100,300,1000")
-        pool_texts, pool_gold = read_labelled(pool_path, [text_column], gold_column)
-        pool_y = gold_indices(pool_gold, labels, mapping, pool_path)
+        if multi_label:
+            from annotate.multilabel import read_label_sets
+
+            pool_texts, pool_y = read_label_sets(pool_path, [text_column], gold_column, labels, mapping)
+            if eval_path is not None:
+                eval_texts, eval_y = read_label_sets(eval_path, eval_text_field or [text_column], gold_column, labels,
+                                                     mapping)
+        else:
+            pool_texts, pool_gold = read_labelled(pool_path, [text_column], gold_column)
+            if pool_gold[0].startswith("["):
+                raise ValueError(f"{gold_column!r} of {pool_path} holds lists of labels: pass --multi-label")
+            pool_y = gold_indices(pool_gold, labels, mapping, pool_path)
         if budget_list[-1] > len(pool_texts):
             raise ValueError(f"--budgets goes up to {budget_list[-1]} but {pool_path} has {len(pool_texts)} records")
-        if eval_path is not None:
+        if eval_path is not None and not multi_label:
             eval_texts, eval_gold = read_labelled(eval_path, eval_text_field or [text_column], gold_column)
             eval_y = gold_indices(eval_gold, labels, mapping, eval_path)
     except json.JSONDecodeError as exc:
@@ -119,16 +133,26 @@ def simulate(
     except (ValueError, readers.InputError) as exc:
         raise fail(str(exc), 2) from None
     setup_logging(log_level)
-    scorer = zero_shot_scorer(settings, labels, hypothesis_template, method)
+    scorer = zero_shot_scorer(settings, labels, hypothesis_template, method, multi_label)
     root = cache_dir or Path.home() / ".cache" / "zeroshot-preannotate" / "annotate" / "simulate"
-    key = {"labels": labels, "hypothesis_template": hypothesis_template, "method": method, "model": scorer.model_id}
+    key = {"labels": labels, "hypothesis_template": hypothesis_template, "method": method, "model": scorer.model_id,
+           **({"multi_label": True} if multi_label else {})}
+    from annotate.multilabel import MultiLabelSplit
+
+    split = MultiLabelSplit if multi_label else LabelledSplit  # the same fields: embeddings, zero-shot scores, gold
     try:
-        pool = LabelledSplit(*scored_split(pool_texts, scorer, root, key), pool_y)
-        evaluation = LabelledSplit(*scored_split(eval_texts, scorer, root, key), eval_y) if eval_path else None
+        pool = split(*scored_split(pool_texts, scorer, root, key), pool_y)
+        evaluation = split(*scored_split(eval_texts, scorer, root, key), eval_y) if eval_path else None
     except ScoringError as exc:
         raise fail(str(exc)) from None
     finally:
         scorer.close()
+    if multi_label:
+        _simulate_multilabel(pool, evaluation, labels, budget_list, strategies, round_size, seed, report_json,
+                             {"pool": str(pool_path), "eval": str(eval_path) if eval_path else None,
+                              "hypothesis_template": hypothesis_template, "method": method, "seed": seed,
+                              "gold_column": gold_column})
+        return
     reports = []
     for chosen in strategies:
         report = run_simulate(pool, labels, budget_list, strategy=chosen, round_size=round_size,
@@ -148,6 +172,23 @@ def simulate(
             plot_acceptance(reports, accept_png, title=f"{pool_path.parent.name}/{pool_path.name}: human share at "
                                                         f"precision >= {acceptance.precision:g}")
             typer.echo(f"human share: {accept_png}")
+
+
+def _simulate_multilabel(pool, evaluation, labels, budgets, strategies, round_size, seed, report_json,
+                         facts: dict) -> None:
+    """``simulate --multi-label``: :func:`annotate.multilabel.simulate_multilabel` for each strategy."""
+    from annotate.multilabel import render_simulation, simulate_multilabel
+
+    reports = []
+    for chosen in strategies:
+        report = simulate_multilabel(pool, labels, budgets, strategy=chosen.name, round_size=round_size,
+                                     evaluation=evaluation, seed=seed)
+        report.update(facts)
+        reports.append(report)
+        typer.echo(render_simulation(report))
+    if report_json is not None:
+        write_json(report_json, reports[0] if len(reports) == 1 else {**reports[0], "runs": reports})
+        typer.echo(f"report: {report_json}")
 
 
 def _knob(entry: dict) -> str:
