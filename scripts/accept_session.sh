@@ -4,7 +4,7 @@
 # records reviewed lowest score first (gold labels as stand-in reviewers) -> refresh -> accept (dry run: flags the
 # certification sample) -> the sample reviewed band by band until accept asks for nothing more -> accept --apply ->
 # export (sources) -> refresh (revocations) -> accept --undo.
-#   bash scripts/accept_session.sh                              # LIMIT=1000 REVIEW=200 PRECISION=0.9
+#   bash scripts/accept_session.sh                              # LIMIT=500 REVIEW=100 PRECISION=0.8
 #   LIMIT=2000 PRECISION=0.95 bash scripts/accept_session.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,9 +13,9 @@ RUN=${RUN:-runs/accept}
 POOL=${POOL:-../shared/data/classification/ag_news/train_unlabeled_8k_description_only.jsonl}
 [ -f "$POOL" ] || POOL=${ZSC_SHARED_DATA:-/work/shared/data}/classification/ag_news/train_unlabeled_8k_description_only.jsonl
 DATASET=${DATASET:-ag_news_accept}
-LIMIT=${LIMIT:-1000}
-REVIEW=${REVIEW:-200}
-PRECISION=${PRECISION:-0.9}
+LIMIT=${LIMIT:-500}
+REVIEW=${REVIEW:-100}
+PRECISION=${PRECISION:-0.8}
 export NM_DISABLE_ANALYTICS=1 ANNOTATE_CACHE_DIR=$RUN/cache
 mkdir -p "$RUN"
 cleanup() {
@@ -35,8 +35,8 @@ $PY -m tests.argilla_stack up --state "$RUN/stack.json" --data-dir "$RUN/stack-d
 . "$RUN/stack.env"
 head -n "$LIMIT" "$POOL" > "$RUN/pool.jsonl"
 
-echo "== push $LIMIT texts (embedding method in-process, adaptive head)"
-show $PY -m annotate push "$RUN/pool.jsonl" -l World -l Sports -l Business -l Sci/Tech --method embedding \
+echo "== push $LIMIT texts (default teacher in-process, adaptive head)"
+show $PY -m annotate push "$RUN/pool.jsonl" -l World -l Sports -l Business -l Sci/Tech \
   --dataset "$DATASET" --log-level warning 2>&1 | tail -n 6
 echo "== $REVIEW records reviewed lowest score first, then refresh"
 $PY -m tests.argilla_review --dataset "$DATASET" --gold "$RUN/pool.jsonl" --count "$REVIEW" --order lowest-score 2>/dev/null
@@ -53,7 +53,7 @@ echo "== accept, dry run once the sample is reviewed"
 show $PY -m annotate accept --dataset "$DATASET" --precision "$PRECISION" --log-level warning --summary-json "$RUN/dry.json"
 echo "== accept --apply"
 show $PY -m annotate accept --dataset "$DATASET" --precision "$PRECISION" --apply --log-level warning \
-  --summary-json "$RUN/apply.json" 2>/dev/null | tail -n 1
+  --summary-json "$RUN/apply.json" 2>&1 | tail -n 1 || true
 $PY - "$DATASET" "$RUN/pool.jsonl" <<'PYEOF'
 import json, sys
 from annotate.client import connect, find_dataset
