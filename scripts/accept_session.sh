@@ -20,7 +20,7 @@ export NM_DISABLE_ANALYTICS=1 ANNOTATE_CACHE_DIR=$RUN/cache
 mkdir -p "$RUN"
 cleanup() {
   set +e
-  [ -f "$RUN/stack.json" ] && $PY -m tests.argilla_stack down --state "$RUN/stack.json"
+  [ -f "$RUN/stack.json" ] && $PY -m annotate stack down --state "$RUN/stack.json"
   true
 }
 trap cleanup EXIT
@@ -30,7 +30,7 @@ echo "== machine"
 $PY -c 'from service.engines.selection import cpu_facts; import json, os; print(json.dumps(cpu_facts())); print("load average", os.getloadavg())'
 echo "== Argilla stack (argilla-server 2.8.0, osmem, redis)"
 rm -rf "$RUN/stack-data" "$RUN/cache"
-$PY -m tests.argilla_stack up --state "$RUN/stack.json" --data-dir "$RUN/stack-data" | tee "$RUN/stack.env"
+$PY -m annotate stack up --state "$RUN/stack.json" --data-dir "$RUN/stack-data" --print-env | grep "^export " | tee "$RUN/stack.env"
 # shellcheck disable=SC1091
 . "$RUN/stack.env"
 head -n "$LIMIT" "$POOL" > "$RUN/pool.jsonl"
