@@ -401,6 +401,9 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     reviewed_ids = set(submitted) | discarded | draft
     summary.records, summary.submitted, summary.discarded, summary.draft = n, len(submitted), len(discarded), len(draft)
     pending = [i for i, rid in enumerate(ids) if rid not in reviewed_ids]
+    from annotate.accept import revoke_disagreeing  # auto-accepted records: kept, or revoked where the head disagrees
+
+    pending = revoke_disagreeing(dataset, records, ids, labels, adapted.scores, pending, summary.warnings)
     summary.pending = len(pending)
     scores = adapted.scores
     agents = [agent] * n
