@@ -91,16 +91,18 @@ def write_json(path: Path | None, payload: dict) -> None:
         path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
-def zero_shot_scorer(settings, labels: list[str], hypothesis_template: str, method: str | None):
+def zero_shot_scorer(settings, labels: list[str], hypothesis_template: str, method: str | None,
+                     multi_label: bool = False):
     """The scorer of ``simulate`` and ``adapt``: the service at ``service_url``, else in-process (exit 1 if neither
-    can be had)."""
+    can be had). ``multi_label``: each label scored on its own (NLI: a sigmoid per label, entailment against
+    contradiction) instead of one distribution over the labels."""
     from pool.scorers import HttpScorer, LocalScorer, ScoringError
 
     try:
         if settings.service_url:
-            return HttpScorer(settings.service_url, labels, hypothesis_template, method=method)
-        return LocalScorer(labels, hypothesis_template, model=settings.model, engine=settings.engine, method=method,
-                           batch_size=128)
+            return HttpScorer(settings.service_url, labels, hypothesis_template, multi_label, method=method)
+        return LocalScorer(labels, hypothesis_template, multi_label, model=settings.model, engine=settings.engine,
+                           method=method, batch_size=128)
     except ScoringError as exc:
         raise fail(str(exc)) from None
 

@@ -6,9 +6,10 @@ the project's own are ``ANNOTATE_*``. CLI options override both.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,9 +33,26 @@ class AnnotateSettings(BaseSettings):
                             description="local cache of scored pools (zero-shot scores + embeddings) and adapted heads, "
                                         "one folder per Argilla server, workspace and dataset (env ANNOTATE_CACHE_DIR)")
 
+    @model_validator(mode="after")
+    def _local_stack(self) -> "AnnotateSettings":
+        """With neither ``api_url`` nor ``api_key`` given, take both from the state file of
+        ``python -m annotate stack up`` (:func:`annotate.stack.default_state_path`) when one exists."""
+        if self.api_url is None and self.api_key is None:
+            from annotate.stack import default_state_path
+
+            path = default_state_path()
+            try:
+                state = json.loads(path.read_text(encoding="utf-8"))
+                self.api_url, self.api_key = state["url"], state["api_key"]
+                self.workspace = state.get("workspace", self.workspace)
+            except (OSError, ValueError, KeyError):
+                pass
+        return self
+
     def require(self, *names: str) -> None:
         """Raise ``ValueError`` naming the first of ``names`` that is unset (option and variable to set)."""
-        hints = {"api_url": "--api-url or ARGILLA_API_URL", "api_key": "--api-key or ARGILLA_API_KEY",
+        hints = {"api_url": "--api-url or ARGILLA_API_URL (or start a local one: python -m annotate stack up)",
+                 "api_key": "--api-key or ARGILLA_API_KEY",
                  "dataset": "--dataset or ANNOTATE_DATASET"}
         for name in names:
             if not getattr(self, name):

@@ -31,6 +31,19 @@ VECTOR = "embedding"
 AUDIT = "audit"
 #: Float metadata (visible): a random number per record (:func:`audit_order`), the order the audit sample is shown in.
 AUDIT_ORDER = "audit_order"
+#: Bulk acceptance (:mod:`annotate.accept`): integer metadata (0/1, visible) on the records of the certification
+#: sample, to review before pending suggestions can be accepted in bulk, and the suggestions it was drawn on (a
+#: fingerprint, hidden).
+CERTIFY = "certify"
+CERTIFY_BASIS = "certify_basis"
+#: Metadata of an auto-accepted record: who accepted it (the user :data:`AUTO_ACCEPT_USER`), the certified threshold
+#: of its label and the head revision (or agent) of the suggestion accepted.
+ACCEPTED_BY = "accepted_by"
+ACCEPT_THRESHOLD = "accept_threshold"
+ACCEPT_REVISION = "accept_revision"
+ACCEPT_METADATA = (ACCEPTED_BY, ACCEPT_THRESHOLD, ACCEPT_REVISION)
+#: The Argilla user (annotator role) whose responses are the auto-accepted suggestions.
+AUTO_ACCEPT_USER = "auto-accept"
 GUIDELINES = """Pre-annotated by a zero-shot NLI teacher ({agent}; template "{template}").
 Confirm the suggested label when it is right; pick the right one when it is not; discard texts that fit no label
 or cannot be judged. Records open lowest-confidence first (sort by the suggestion score, ascending):
@@ -122,20 +135,26 @@ def check_compatible(dataset, labels: Sequence[str], multi_label: bool) -> None:
 
 
 def suggestion_value(scores: np.ndarray, labels: Sequence[str], multi_label: bool,
-                     threshold: float = 0.5) -> tuple[str | list[str], float | list[float]]:
+                     threshold=0.5) -> tuple[str | list[str], float | list[float]]:
     """The suggestion for one score row ``(n_labels,)``: ``(label, score)``, or with multi-label
-    ``(labels >= threshold, their scores)`` sorted by descending score (the top label when none passes)."""
+    ``(labels >= threshold, their scores)`` sorted by descending score (the top label when none passes).
+    ``threshold``: one for every label, or ``(n_labels,)`` per-label thresholds (the one-vs-rest head's; when none
+    passes, the label closest to its threshold, :func:`service.head.decide`)."""
+    from service.head import decide
+
     order = np.argsort(-scores, kind="stable")
     if not multi_label:
         return labels[order[0]], float(scores[order[0]])
-    chosen = [i for i in order if scores[i] >= threshold] or [order[0]]
+    passes = decide(np.asarray(scores, dtype=np.float64)[None, :], threshold)[0]
+    chosen = [i for i in order if passes[i]]
     return [labels[i] for i in chosen], [float(scores[i]) for i in chosen]
 
 
 def build_records(ids: Sequence[str], texts: Sequence[str], scores: np.ndarray, labels: Sequence[str],
                   multi_label: bool, agent: str, threshold: float = 0.5, vectors: np.ndarray | None = None,
                   extra_metadata: dict[str, Sequence] | None = None) -> list:
-    """Argilla records, one per text: ``scores`` has shape ``(len(texts), len(labels))`` in label order.
+    """Argilla records, one per text: ``scores`` has shape ``(len(texts), len(labels))`` in label order;
+    ``threshold`` (multi-label): a scalar or per-label ``(len(labels),)`` (:func:`suggestion_value`).
 
     ``vectors``: ``(len(texts), dim)`` sentence embeddings for the :data:`VECTOR` field; ``extra_metadata``:
     more metadata values by name, one per text (the dataset must define them)."""
@@ -210,6 +229,19 @@ def audit_link(api_url: str, dataset_id, ordered: bool = True) -> str:
     return link + (f"&sort=metadata.{AUDIT_ORDER}.asc" if ordered else "")
 
 
+def certify_link(api_url: str, dataset_id, question: str = QUESTION) -> str:
+    """URL of the dataset in Argilla's UI filtered to the certification sample of bulk acceptance (metadata
+    ``certify`` in [1, 1]), pending records lowest suggestion score first."""
+    return (f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?metadata={CERTIFY}.ge1.le1"
+            f"&sort=suggestion.{question}.score.asc")
+
+
 def deep_link(api_url: str, dataset_id, question: str = QUESTION) -> str:
     """URL of the dataset in Argilla's UI, lowest suggestion score first (pending records by default)."""
     return f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?sort=suggestion.{question}.score.asc"
+
+
+def suspect_link(api_url: str, dataset_id, name: str = "suspect") -> str:
+    """URL of the dataset in Argilla's UI showing the submitted records, most suspect first (metadata ``suspect``
+    descending, written by ``python -m annotate suspects``): the labels to check again."""
+    return f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?status=submitted&sort=metadata.{name}.desc"

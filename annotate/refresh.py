@@ -8,7 +8,8 @@ One round (:func:`refresh`):
    (:class:`annotate.cache.DatasetCache`); records missing from it take their vectors from Argilla (vector field
    ``embedding``) and their zero-shot scores from the ``teacher_score_<i>`` metadata, and are added to the cache;
    a dataset without vectors needs ``embed=True`` (the scorer embeds the missing texts once).
-3. Fit :func:`annotate.adaptive.adapt` with the submitted labels (discarded records are never pseudo-labelled).
+3. Fit :func:`annotate.adaptive.adapt` with the submitted labels (discarded records are never pseudo-labelled);
+   on a ``MultiLabelQuestion`` dataset the one-vs-rest head, :func:`annotate.multilabel.adapt_multilabel`.
 4. Re-score every pending record (no response at all) and upsert, in bulk (:class:`annotate.upsert.Upserter`),
    only those whose suggested label changed or whose score moved by more than ``min_score_change`` (0.02), with
    their uncertainty metadata.
@@ -90,6 +91,7 @@ class RefreshSummary:
     vectors_from: dict = field(default_factory=dict)
     head_dir: str | None = None
     finetune: dict = field(default_factory=dict)
+    multi_label: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     links: dict = field(default_factory=dict)
     read_seconds: float = 0.0
@@ -122,7 +124,8 @@ class RefreshSummary:
             *([f"why                {self.decision}"] if self.decision else []),
             *(f"warning            {w}" for w in self.warnings),
             f"agent              {self.agent}",
-            f"cv accuracy        {cv} on the {self.submitted} reviewed records{cv0}",
+            *([f"cv accuracy        {cv} on the {self.submitted} reviewed records{cv0}"] if not self.multi_label
+              else [_render_multilabel(self.multi_label, self.submitted)]),
             f"shown vs submitted {agree} (all reviewed records; biased by the review order)",
             f"audit estimate     {estimate}",
             f"pending updated    {self.updated} of {self.pending} ({self.changed_label} changed label, "
@@ -154,6 +157,17 @@ class RefreshSummary:
         running = f"; {f['state']}" if f.get("state") else ""
         return (f"encoder fine-tune  {f['revision']} on {f['reviewed']} reviews: held-out accuracy {accuracy} vs head "
                 f"{head} on {f['holdout']} reviews, {use} (serve it: --classifier NAME={f['model_dir']}){running}")
+
+
+def _render_multilabel(fit: dict, submitted: int) -> str:
+    """The summary lines of a multi-label fit (:class:`annotate.multilabel.MultiLabelFitReport`)."""
+    def number(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    labels = "; ".join(f"{label}: {info['source']} @ {info['threshold']:g}" for label, info in fit["labels"].items())
+    return (f"cv macro-F1        {number(fit['cv_macro_f1'])} on the {submitted} reviewed records (zero-shot "
+            f"{number(fit['cv_macro_f1_zero_shot'])}, labels with enough reviews)\n"
+            f"labels             {labels}")
 
 
 @dataclass
@@ -201,13 +215,19 @@ def read_reviews(dataset) -> tuple[dict[str, object], set[str], set[str]]:
 
 
 def count_reviewed(dataset) -> int:
-    """Records with a submitted or discarded response (what ``--watch`` polls)."""
-    import argilla as rg
+    """Submitted and discarded responses of the dataset, summed over its annotators (what ``--watch`` polls).
 
+    One ``GET /api/v1/datasets/{id}/progress`` and one ``GET .../users/progress``
+    (``Dataset.progress(with_users_distribution=True)``): the server counts them in SQL, so a poll costs the same
+    whatever the number of reviewed records (it used to page through all of them). Fetching only the records
+    that changed since the last poll is not possible: in argilla-server 2.8 a response does not move the record's
+    ``updated_at`` (the ``updated_at`` filter of ``rg.Filter``), only a change of the record's status does, and a
+    discard changes none. With one annotator per record the count equals the reviewed records.
+    """
     def count() -> int:
-        query = rg.Query(filter=rg.Filter(("response.status", "in", ["submitted", "discarded"])))
-        return sum(1 for _ in dataset.records(query=query, batch_size=1000, with_suggestions=False,
-                                              with_responses=False))
+        progress = dataset.progress(with_users_distribution=True)
+        return sum(int(part.get(status) or 0) for user in (progress.get("users") or {}).values()
+                   for part in user.values() if isinstance(part, dict) for status in ("submitted", "discarded"))
 
     return argilla_client.call(count, what="count of reviewed records")
 
@@ -296,7 +316,7 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
             wins, and start a job when it is due (``start_jobs``); ``None``: the head alone.
 
     Raises:
-        RefreshError: the dataset does not exist or is multi-label, ``labels`` differ, a submitted label is not
+        RefreshError: the dataset does not exist, ``labels`` differ, a submitted label is not
             one of the dataset's, or records lack embeddings and no ``embed_scorer`` was given (nothing written).
         annotate.client.ArgillaRefused / ArgillaUnavailable: Argilla failed.
         annotate.upsert.UpsertFailed: an update batch failed after retries (batches before it are written).
@@ -319,10 +339,20 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
             check_compatible(dataset, labels, multi_label)
     except DatasetMismatch as exc:
         raise RefreshError(str(exc)) from None
-    if multi_label:
-        raise RefreshError(f"dataset {dataset_name!r} is multi-label: refresh adapts single-label datasets only")
+    if multi_label:  # a MultiLabelQuestion: the one-vs-rest head (no encoder fine-tune: it is single-label)
+        from annotate import multilabel
+
+        finetune = None
     labels = dataset_labels
     k = len(labels)
+    if head_output is not None:  # before anything is written: the save replaces only a previous head
+        from service.atomic import check_target
+        from service.head import is_head_dir
+
+        try:
+            check_target(head_output, is_head_dir)
+        except FileExistsError as exc:
+            raise RefreshError(f"--head-output: {exc}") from None
 
     records = read_records(dataset)
     submitted, discarded, draft = read_reviews(dataset)
@@ -330,7 +360,12 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     if not records:
         raise RefreshError(f"dataset {dataset_name!r} has no records: push some first")
     index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({str(v) for v in submitted.values() if v not in index})
+    if multi_label:
+        try:
+            submitted_sets = multilabel.review_sets(submitted, labels)
+        except ValueError as exc:
+            raise RefreshError(str(exc)) from None
+    unknown = [] if multi_label else sorted({str(v) for v in submitted.values() if v not in index})
     if unknown:
         raise RefreshError(f"submitted labels {', '.join(map(repr, unknown[:5]))} are not among the dataset's labels "
                            f"{labels}")
@@ -345,6 +380,7 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     zero_shot = np.zeros((n, k))
     have = np.zeros(n, dtype=bool)
     meta = dict(cached.meta) if cached is not None else {}
+    meta.setdefault("multi_label", multi_label)
     if cached is not None:
         embeddings = np.zeros((n, cached.embeddings.shape[1]), dtype=np.float32)
         for j, rid in enumerate(cached.ids):
@@ -389,9 +425,12 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
             meta["encoder"] = {**(meta.get("encoder") or {}), "model_id": named}
             if cache.pool.exists():  # so the next round names the same encoder, whatever the agents say by then
                 cache.pool.write_meta({**cache.pool.meta(), "encoder": meta["encoder"]})
-    reviewed = {row_of[rid]: index[value] for rid, value in submitted.items() if rid in row_of}
+    if multi_label:
+        reviewed = {row_of[rid]: value for rid, value in submitted_sets.items() if rid in row_of}
+    else:
+        reviewed = {row_of[rid]: index[value] for rid, value in submitted.items() if rid in row_of}
     gone = [row_of[rid] for rid in discarded if rid in row_of]
-    if reviewed and len(set(reviewed.values())) < 2:
+    if reviewed and not multi_label and len(set(reviewed.values())) < 2:
         warning = (f"all {len(reviewed)} reviewed records have the label {labels[next(iter(reviewed.values()))]!r}: "
                    "no head is fitted on the reviews until a second label is reviewed (the better of the zero-shot "
                    "scores and the pool-adapted head on them serves)")
@@ -399,20 +438,29 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
         logger.warning(warning)
 
     t0 = time.perf_counter()
-    adapted = adapt(embeddings, zero_shot, labels, ids=ids, reviewed=reviewed, discarded=gone, config=head_config,
-                    encoder=meta.get("encoder"), meta={"hypothesis_template": meta.get("hypothesis_template"),
-                                                       "dataset": f"{workspace}/{dataset_name}"})
+    fit = multilabel.adapt_multilabel if multi_label else adapt
+    adapted = fit(embeddings, zero_shot, labels, ids=ids, reviewed=reviewed, discarded=gone,
+                  config=None if multi_label else head_config, encoder=meta.get("encoder"),
+                  meta={"hypothesis_template": meta.get("hypothesis_template"), "dataset": f"{workspace}/{dataset_name}"})
     summary.fit_seconds = time.perf_counter() - t0
     report = adapted.report
-    summary.mode, summary.revision, summary.pseudo_weight = report.mode, report.revision, report.pseudo_weight
-    summary.cv_accuracy, summary.cv_accuracy_zero_shot = report.cv_accuracy, report.cv_accuracy_zero_shot
-    summary.decision = report.note
+    summary.mode, summary.revision = report.mode, report.revision
+    if multi_label:
+        summary.multi_label = {"cv_macro_f1": report.cv_macro_f1, "cv_macro_f1_zero_shot": report.cv_macro_f1_zero_shot,
+                               "labels": report.labels}
+    else:
+        summary.pseudo_weight = report.pseudo_weight
+        summary.cv_accuracy, summary.cv_accuracy_zero_shot = report.cv_accuracy, report.cv_accuracy_zero_shot
+    summary.decision = getattr(report, "note", "")
     agent = suggestion_agent(adapted, meta)
     summary.agent = agent
 
     reviewed_ids = set(submitted) | discarded | draft
     summary.records, summary.submitted, summary.discarded, summary.draft = n, len(submitted), len(discarded), len(draft)
     pending = [i for i, rid in enumerate(ids) if rid not in reviewed_ids]
+    from annotate.accept import revoke_disagreeing  # auto-accepted records: kept, or revoked where the head disagrees
+
+    pending = revoke_disagreeing(dataset, records, ids, labels, adapted.scores, pending, summary.warnings)
     summary.pending = len(pending)
     scores = adapted.scores
     agents = [agent] * n
@@ -423,10 +471,18 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     changed = []
     for i in pending:
         current = records[ids[i]]
+        moved = _agent_kind(agents[i]) != _agent_kind(current.agent)
+        if multi_label:  # a label set and its scores (annotate.multilabel)
+            value, score = multilabel.suggestion(scores[i], labels, adapted.thresholds)
+            relabelled, shifted = multilabel.compare_suggestion(value, score, current.value, current.score,
+                                                                min_score_change)
+            summary.changed_label += relabelled
+            if relabelled or shifted or (moved if min_score_change > 0 else agents[i] != current.agent):
+                changed.append(i)
+            continue
         value, score = labels[top[i]], float(scores[i, top[i]])
         if value != current.value:
             summary.changed_label += 1
-        moved = _agent_kind(agents[i]) != _agent_kind(current.agent)
         if min_score_change > 0:
             stale = current.score is None or abs(score - current.score) > min_score_change or moved
         else:
@@ -436,7 +492,8 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     summary.changed = len(changed)
 
     # Agreement of the suggestions people saw with what they submitted; the audit sample's is unbiased.
-    shown = [(records[rid].value == value, records[rid].metadata.get(AUDIT) == 1) for rid, value in submitted.items()]
+    same = multilabel.same_labels if multi_label else (lambda a, b: a == b)
+    shown = [(same(records[rid].value, value), records[rid].metadata.get(AUDIT) == 1) for rid, value in submitted.items()]
     if shown:
         summary.agreement_reviewed = sum(ok for ok, _ in shown) / len(shown)
     summary.audit = audit_estimate(records, submitted, pending_agents=[records[ids[i]].agent for i in pending])
@@ -467,7 +524,9 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
                         if any(AUDIT_ORDER in records[rid].metadata for rid in chunk_ids):
                             extra[AUDIT_ORDER] = [records[rid].metadata.get(AUDIT_ORDER) for rid in chunk_ids]
                         upserter.submit(build_records(chunk_ids, [records[rid].text for rid in chunk_ids],
-                                                      scores[rows], labels, False, by_agent, extra_metadata=extra))
+                                                      scores[rows], labels, multi_label, by_agent,
+                                                      threshold=adapted.thresholds if multi_label else 0.5,
+                                                      extra_metadata=extra))
             summary.updated = upserter.stats.written
         finally:
             bar.close()
@@ -503,7 +562,7 @@ def _encoder_named_by(records) -> str | None:
     from annotate.finetune_job import AGENT_KIND
 
     for record in records:
-        for kind in ("adaptive-head", AGENT_KIND):
+        for kind in ("adaptive-head", "ovr-head", AGENT_KIND):
             marker = f":{kind}:"
             if record.agent and marker in record.agent:
                 return record.agent.split(marker)[0]
@@ -557,7 +616,7 @@ def _cache_rows(cache, ids, records, teacher, embeddings, labels, meta, dataset_
                       shard_table(ids, [records[rid].text for rid in ids], teacher, embeddings, labels))
     if not store.exists():
         store.write_meta({"labels": list(labels), "hypothesis_template": meta.get("hypothesis_template"),
-                          "multi_label": False, "encoder": meta.get("encoder"), "agent": meta.get("agent"),
+                          "multi_label": bool(meta.get("multi_label")), "encoder": meta.get("encoder"), "agent": meta.get("agent"),
                           "source": "argilla"})
     cache.bind(dataset_id)
 
@@ -565,9 +624,22 @@ def _cache_rows(cache, ids, records, teacher, embeddings, labels, meta, dataset_
 def watch(run_round, count, *, every: int = 25, poll_seconds: float = 10.0, echo=print,
           sleep=time.sleep, finished=None) -> int:
     """Run ``run_round()`` now and again whenever ``count()`` (reviewed records) grew by ``every``, or whenever
-    ``finished()`` (a background fine-tune ended) is true; returns the number of rounds when interrupted (Ctrl-C)."""
+    ``finished()`` (a background fine-tune ended) is true; returns the number of rounds when interrupted (Ctrl-C,
+    or SIGTERM, which the loop takes as Ctrl-C while it runs so the caller's clean-up runs: a ``kill`` of the
+    watcher also stops its background fine-tune).
+
+    The caller holds the dataset cache's lock (:meth:`annotate.cache.DatasetCache.lock`): one watcher per cache."""
+    import signal
+    import threading
+
     rounds = 0
     last = None
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         while True:
             reviewed = count()
@@ -581,4 +653,7 @@ def watch(run_round, count, *, every: int = 25, poll_seconds: float = 10.0, echo
             sleep(poll_seconds)
     except KeyboardInterrupt:
         echo(f"stopped after {rounds} refresh rounds")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return rounds

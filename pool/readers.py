@@ -52,11 +52,14 @@ def _cell(value) -> str | None:
 
 
 def iter_rows(path: str | Path, text_column: str = "text", id_column: str | None = None,
-              chunk_size: int = 1000) -> Iterator[InputRow]:
-    """Yield the rows of ``path`` in file order; texts are stripped of surrounding whitespace.
+              chunk_size: int = 1000, strip: bool = False) -> Iterator[InputRow]:
+    """Yield the rows of ``path`` in file order, each text exactly as the file holds it.
 
-    ``.txt`` files have one text a line (``text_column``/``id_column`` are ignored, blank lines skipped);
-    other formats need ``text_column`` (and ``id_column`` when given). Missing texts come out as ``""``.
+    ``.txt`` files have one text a line (the line without its line break; ``text_column``/``id_column`` are
+    ignored, blank lines skipped); other formats need ``text_column`` (and ``id_column`` when given). Missing or
+    blank (whitespace-only) texts come out as ``""``. ``strip=True`` removes surrounding whitespace from every
+    text (``push --strip-whitespace``; the record id is derived from the stored text, so the choice must stay the
+    same for one dataset).
 
     Raises:
         InputError: the file is missing, of an unknown format, or lacks a named column (raised before the
@@ -65,10 +68,10 @@ def iter_rows(path: str | Path, text_column: str = "text", id_column: str | None
     path = Path(path)
     suffix = _check_path(path)
     if suffix == ".txt":
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8", newline="") as handle:
             for line in handle:
                 if line.strip():
-                    yield InputRow(line.strip())
+                    yield InputRow(_as_stored(line.rstrip("\r\n"), strip))
         return
     wanted = [text_column] + ([id_column] if id_column else [])
     if suffix == ".parquet":
@@ -77,7 +80,7 @@ def iter_rows(path: str | Path, text_column: str = "text", id_column: str | None
         parquet = pq.ParquetFile(path)
         _missing(parquet.schema_arrow.names, wanted, path)
         for batch in parquet.iter_batches(batch_size=chunk_size, columns=wanted):
-            yield from _chunk_rows(batch.to_pydict(), text_column, id_column)
+            yield from _chunk_rows(batch.to_pydict(), text_column, id_column, strip)
         return
     import pandas as pd
 
@@ -89,7 +92,7 @@ def iter_rows(path: str | Path, text_column: str = "text", id_column: str | None
         with reader:
             for chunk in reader:
                 _missing(chunk.columns, wanted, path)
-                yield from _chunk_rows({c: chunk[c].tolist() for c in wanted}, text_column, id_column)
+                yield from _chunk_rows({c: chunk[c].tolist() for c in wanted}, text_column, id_column, strip)
     except pd.errors.EmptyDataError:
         return
     except ValueError as exc:
@@ -98,10 +101,17 @@ def iter_rows(path: str | Path, text_column: str = "text", id_column: str | None
         raise InputError(f"cannot parse {path}: {exc}") from None
 
 
-def _chunk_rows(columns: dict, text_column: str, id_column: str | None) -> Iterator[InputRow]:
+def _as_stored(text: str, strip: bool) -> str:
+    """The text to store: as given (``""`` when blank), or stripped of surrounding whitespace."""
+    if not text.strip():
+        return ""
+    return text.strip() if strip else text
+
+
+def _chunk_rows(columns: dict, text_column: str, id_column: str | None, strip: bool = False) -> Iterator[InputRow]:
     ids = columns[id_column] if id_column else [None] * len(columns[text_column])
     for text, source_id in zip(columns[text_column], ids):
-        yield InputRow((_cell(text) or "").strip(), _cell(source_id))
+        yield InputRow(_as_stored(_cell(text) or "", strip), _cell(source_id))
 
 
 def count_rows(path: str | Path) -> int | None:

@@ -17,7 +17,7 @@ ROUNDS=${ROUNDS:-10}
 ROUND=${ROUND:-50}
 LIMIT=${LIMIT:-}
 DATASET=${DATASET:-ag_news_adaptive}
-PORT=${PORT:-$($PY -c 'from tests.argilla_stack import free_port; print(free_port())')}
+PORT=${PORT:-$($PY -c 'from annotate.stack import free_port; print(free_port())')}
 export NM_DISABLE_ANALYTICS=1 ANNOTATE_CACHE_DIR="$OUT/cache"
 mkdir -p "$OUT"
 LOG="$OUT/transcript.txt"
@@ -33,10 +33,10 @@ say "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 cleanup() {
   [ -n "${SERVICE_PID:-}" ] && kill "$SERVICE_PID" 2>/dev/null || true
-  $PY -m tests.argilla_stack down --state "$OUT/stack.json" >/dev/null 2>&1 || true
+  $PY -m annotate stack down --state "$OUT/stack.json" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-$PY -m tests.argilla_stack up --state "$OUT/stack.json" > "$OUT/stack.env"
+$PY -m annotate stack up --state "$OUT/stack.json" --print-env | grep "^export " > "$OUT/stack.env"
 # shellcheck disable=SC1091
 source "$OUT/stack.env"
 $PY -m service --model none --engine onnxruntime --port "$PORT" > "$OUT/service.log" 2>&1 &

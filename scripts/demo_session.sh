@@ -19,14 +19,14 @@ SERVICE_PID=
 cleanup() {
   set +e
   [ -n "$SERVICE_PID" ] && kill "$SERVICE_PID" 2>/dev/null && wait "$SERVICE_PID" 2>/dev/null
-  [ -f "$RUN/stack.json" ] && $PY -m tests.argilla_stack down --state "$RUN/stack.json"
+  [ -f "$RUN/stack.json" ] && $PY -m annotate stack down --state "$RUN/stack.json"
   true
 }
 trap cleanup EXIT
 
 echo "== Argilla stack (argilla-server 2.8.0, osmem, redis)"
 rm -rf "$RUN/stack-data"
-$PY -m tests.argilla_stack up --state "$RUN/stack.json" --data-dir "$RUN/stack-data" | tee "$RUN/stack.env"
+$PY -m annotate stack up --state "$RUN/stack.json" --data-dir "$RUN/stack-data" --print-env | grep "^export " | tee "$RUN/stack.env"
 # shellcheck disable=SC1091
 . "$RUN/stack.env"
 

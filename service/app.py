@@ -9,12 +9,14 @@ Requests run concurrently (FastAPI's thread pool); each model's micro-batcher
 
 In front of the routes (:mod:`service.guards`, :mod:`service.metrics`): every request is counted and timed for
 ``GET /metrics``; with ``ZSC_API_KEY`` set, every path but ``/health`` and ``/ready`` needs
-``Authorization: Bearer <key>`` (401); beyond ``ZSC_MAX_CONCURRENT_REQUESTS`` requests in progress, 429 with
-``Retry-After``; a body over ``ZSC_MAX_BODY_BYTES`` gets 413.
+``Authorization: Bearer <key>`` (401); a body over ``ZSC_MAX_BODY_BYTES`` gets 413, one not whole within
+``ZSC_BODY_TIMEOUT_S`` 408; then, beyond ``ZSC_MAX_CONCURRENT_REQUESTS`` requests in progress, 429 with
+``Retry-After``. Every endpoint that takes texts checks the same limits (:func:`service.guards.check_limits`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -27,8 +29,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service import __doc__ as service_doc
 from service.batching import QueueFull
 from service.config import Settings
-from service.guards import BearerAuth, BodyLimit, ConcurrencyLimit
+from service.guards import BearerAuth, BodyLimit, ConcurrencyLimit, check_limits, limit_problems
 from service.loader import ServedMethods, load_methods
+from service.long_text import cut_to_budget, special_tokens
 from service.metrics import Metrics, MetricsMiddleware
 from service.schemas import (
     ClassifyRequest,
@@ -75,28 +78,12 @@ class ModelSlot:
         return self.model is not None
 
 
-def check_limits(request: ZeroShotRequest, settings: Settings, method: str) -> None:
-    """422 when a request exceeds the configured limits (same shape as pydantic's errors)."""
-    problems = []
-    if len(request.texts) > settings.max_texts:
-        problems.append((["body", "texts"], f"{len(request.texts)} texts exceed the limit of {settings.max_texts} "
-                         "per request: split them into several requests"))
-    max_labels = settings.max_labels_embedding if method == "embedding" else settings.max_labels
-    if len(request.labels) > max_labels:
-        hint = "" if method == "embedding" else f" with the {method} method (the embedding method takes up to " \
-            f"{settings.max_labels_embedding})"
-        problems.append((["body", "labels"], f"{len(request.labels)} labels exceed the limit of "
-                         f"{max_labels} per request{hint}"))
-    too_long = [i for i, t in enumerate(request.texts) if len(t) > settings.max_text_chars]
-    if too_long:
-        problems.append((["body", "texts", too_long[0]], f"texts[{too_long[0]}] has {len(request.texts[too_long[0]])} "
-                         f"characters, over the limit of {settings.max_text_chars}"))
-    if problems:
-        raise HTTPException(422, detail=[{"type": "limit_exceeded", "loc": loc, "msg": msg} for loc, msg in problems])
+def create_app(settings: Settings | None = None, *, load_before_serving: bool = False) -> FastAPI:
+    """Build the app for ``settings`` (default: from the environment, ``ZSC_*``).
 
-
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app for ``settings`` (default: from the environment, ``ZSC_*``)."""
+    ``load_before_serving``: the lifespan's start-up waits for the models (and fails, with the loader's error, when
+    they cannot load) instead of loading them in the background, so whatever runs the app routes requests to it
+    only once it is ready (Ray Serve replicas: :mod:`service.ray_serve`)."""
     settings = settings or Settings()
     slot = ModelSlot()
     metrics = Metrics(lambda: slot.model)
@@ -104,15 +91,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         slot.start(settings, metrics.observe_models)
+        if load_before_serving and not await asyncio.to_thread(slot.wait):
+            raise RuntimeError(f"the models failed to load: {slot.error}")
         yield
         if slot.wait(0) and slot.model is not None:
             slot.model.close()
 
     app = FastAPI(title="Zero-shot pre-annotation service", description=service_doc, version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.slot, app.state.metrics = settings, slot, metrics
-    # Outermost last: metrics count every answer (401, 429, 413 included); the key is checked before a slot is taken.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Outermost last: metrics count every answer (401, 413, 408, 429 included); the key is checked, then the body is
+    # read whole (within its size and deadline), and only then is a concurrency slot taken.
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     if settings.api_key is not None:
         app.add_middleware(BearerAuth, api_key=settings.api_key.get_secret_value())
     paths: set[str] = set()
@@ -154,7 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits = {"max_texts": settings.max_texts, "max_labels": settings.max_labels,
                   "max_labels_embedding": settings.max_labels_embedding, "max_text_chars": settings.max_text_chars,
                   "max_body_bytes": settings.max_body_bytes, "max_chunks": settings.max_chunks,
-                  "max_concurrent_requests": settings.max_concurrent_requests}
+                  "max_concurrent_requests": settings.max_concurrent_requests,
+                  "body_timeout_s": settings.body_timeout_s}
         return {**served.info(), "limits": limits, "default_hypothesis_template": settings.hypothesis_template}
 
     @app.post("/zero-shot", response_model=ZeroShotResponse)
@@ -164,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(422, detail=[{"type": "method_not_loaded", "loc": ["body"], "msg": "this service "
                                               "loads no zero-shot model, only classifiers: use POST /classify"}])
         method = settings.resolve_method(request.method, request.multi_label or len(request.labels) == 1)
-        check_limits(request, settings, method)
+        check_limits(settings, request.texts, labels=request.labels, method=method)
         served = ready_model()
         if method not in served.methods:
             raise HTTPException(422, detail=[{"type": "method_not_loaded", "loc": ["body", "method"],
@@ -190,10 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Unit-length sentence embeddings of the texts from the served sentence encoder (one pass a text).
 
         The annotation loop keeps them to fit and refresh its adapted head without running the encoder again."""
-        if len(request.texts) > settings.max_texts:
-            raise HTTPException(422, detail=[{"type": "limit_exceeded", "loc": ["body", "texts"],
-                                              "msg": f"{len(request.texts)} texts exceed the limit of "
-                                                     f"{settings.max_texts} per request: split them"}])
+        check_limits(settings, request.texts)
         served = ready_model()
         model = served.models.get("embedding")
         if model is None:
@@ -201,35 +189,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                               "msg": "this service loads no sentence encoder "
                                                      "(ZSC_EMBEDDING_MODEL=none): start it with one"}])
         encoder = model.classifier.encoder  # type: ignore[attr-defined]
+        # cut a little past the window first: the encoder's tokenizer reads the same tokens, never a whole long text
+        texts, _ = cut_to_budget(encoder.tokenizer, request.texts,
+                                 encoder.max_length - special_tokens(encoder.tokenizer, pair=False))
         if settings.batch_wait_ms > 0:
-            vectors = encoder.encode(request.texts)
+            vectors = encoder.encode(texts)
         else:
             with slot.lock:
-                vectors = encoder.encode(request.texts)
+                vectors = encoder.encode(texts)
         return EmbedResponse(embeddings=vectors.tolist(), model=model.source.model_id,
                              fingerprint=model.info["fingerprint"], dim=int(vectors.shape[1]), engine=model.engine.name)
 
     @app.post("/classify", response_model=ClassifyResponse)
     def classify(request: ClassifyRequest) -> ClassifyResponse:
         """Label distribution of each text from a fine-tuned classifier (``train/finetune.py``)."""
-        problems = []
-        if len(request.texts) > settings.max_texts:
-            problems.append((["body", "texts"], f"{len(request.texts)} texts exceed the limit of {settings.max_texts} "
-                             "per request: split them into several requests"))
-        too_long = [i for i, t in enumerate(request.texts) if len(t) > settings.max_text_chars]
-        if too_long:
-            problems.append((["body", "texts", too_long[0]], f"texts[{too_long[0]}] has "
-                             f"{len(request.texts[too_long[0]])} characters, over the limit of {settings.max_text_chars}"))
+        problems = limit_problems(settings, request.texts)
         served = ready_model()
         names = list(served.classifiers)
         if request.model is None and len(names) != 1:
-            problems.append((["body", "model"], "name the classifier: " + (", ".join(names) if names else
-                             "none is loaded (start the service with --classifier NAME=DIR)")))
+            problems.append({"type": "invalid", "loc": ["body", "model"], "msg": "name the classifier: " + (
+                ", ".join(names) if names else "none is loaded (start the service with --classifier NAME=DIR)")})
         elif request.model is not None and request.model not in served.classifiers:
-            problems.append((["body", "model"], f"no classifier named {request.model!r}; loaded: "
-                             f"{', '.join(names) or 'none (start the service with --classifier NAME=DIR)'}"))
+            problems.append({"type": "invalid", "loc": ["body", "model"], "msg": f"no classifier named "
+                             f"{request.model!r}; loaded: "
+                             f"{', '.join(names) or 'none (start the service with --classifier NAME=DIR)'}"})
         if problems:
-            raise HTTPException(422, detail=[{"type": "invalid", "loc": loc, "msg": msg} for loc, msg in problems])
+            raise HTTPException(422, detail=problems)
         classifier = served.classifiers[request.model or names[0]]
         if settings.batch_wait_ms > 0:
             results = classifier(request.texts)

@@ -118,8 +118,10 @@ def _measure_rate(classifier: TextClassifier, n: int = 64) -> float:
 
 
 class HeadClassifier:
-    """An adapted head (:class:`service.head.AdaptiveHead`, saved by ``annotate push``/``refresh``) on the
-    service's own sentence encoder: one encoder pass a text, then ``softmax((x @ W.T + b) / T)``.
+    """An adapted head (saved by ``annotate push``/``refresh``) on the service's own sentence encoder: one encoder
+    pass a text, then ``softmax((x @ W.T + b) / T)`` (:class:`service.head.AdaptiveHead`) or, for a multi-label
+    head (:class:`service.head.OneVsRestHead`), ``sigmoid(x @ W.T + b)`` per label (``multi_label`` true; the
+    head's per-label decision thresholds are in ``info``).
 
     It shares the embedding model's :class:`~service.embedding.SentenceEncoder` (engine and micro-batcher): no
     second copy of the encoder is loaded, and :meth:`close` leaves it to its owner.
@@ -128,11 +130,10 @@ class HeadClassifier:
         name: the name requests use; labels: class names, index = output column; head: the head.
     """
 
-    multi_label = False
-
     def __init__(self, name: str, head, encoder, info: dict) -> None:
         self.name, self.head, self.encoder, self.info = name, head, encoder, info
         self.labels = list(head.labels)
+        self.multi_label = bool(getattr(head, "multi_label", False))
 
     @property
     def engine(self):
@@ -143,7 +144,7 @@ class HeadClassifier:
         return self.encoder.runner
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        """``(len(texts), K)`` probabilities, rows summing to 1."""
+        """``(len(texts), K)`` probabilities: rows summing to 1, or independent per label when multi-label."""
         return self.head.predict_proba(self.encoder.encode(texts))
 
     def __call__(self, texts: list[str]) -> list[ZeroShotResult]:
@@ -162,12 +163,13 @@ def load_head_classifier(name: str, directory: str | Path, embedding_model) -> H
     embedding role).
 
     Raises:
+        service.head.AdaptError: not a head directory (a ``ValueError``).
         ValueError: no sentence encoder is loaded, or the head was fitted on embeddings of another encoder (its
             ``encoder.fingerprint`` differs from the loaded model's), or the dimensions differ.
     """
-    from service.head import AdaptiveHead
+    from service.head import load_head
 
-    head = AdaptiveHead.load(directory)
+    head = load_head(directory)
     if embedding_model is None:
         raise ValueError(f"classifier {name!r}: {directory} is an adapted head, which runs on the sentence encoder; "
                          "start the service with an embedding model (not --embedding-model none)")
@@ -181,8 +183,11 @@ def load_head_classifier(name: str, directory: str | Path, embedding_model) -> H
     if head.coef.shape[1] != int((head.encoder or {}).get("dim") or head.coef.shape[1]):
         raise ValueError(f"classifier {name!r}: head weights of dimension {head.coef.shape[1]} do not match its "
                          f"encoder's {head.encoder.get('dim')}")
-    info = {"kind": "adaptive-head", "model_path": str(directory), "labels": list(head.labels), "multi_label": False,
-            "revision": head.revision, "agent": head.agent, "encoder": head.encoder,
-            "shares_encoder_with": "embedding", "temperature": head.temperature,
-            **{k: v for k, v in head.meta.items() if k in ("mode", "reviewed", "pseudo_labels", "prior")}}
+    multi = bool(getattr(head, "multi_label", False))
+    info = {"kind": "one-vs-rest-head" if multi else "adaptive-head", "model_path": str(directory),
+            "labels": list(head.labels), "multi_label": multi, "revision": head.revision, "agent": head.agent,
+            "encoder": head.encoder, "shares_encoder_with": "embedding",
+            **({"thresholds": dict(zip(head.labels, map(float, head.thresholds)))} if multi
+               else {"temperature": head.temperature}),
+            **{k: v for k, v in head.meta.items() if k in ("mode", "reviewed", "pseudo_labels", "prior", "sources")}}
     return HeadClassifier(name, head, embedding_model.classifier.encoder, info)

@@ -41,9 +41,22 @@ class Settings(BaseSettings):
                                         "/classify, name -> model directory (train/finetune.py output); env as JSON: "
                                         "ZSC_CLASSIFIERS='{\"ag_news\": \"runs/student\"}'")
     revision: str | None = Field(None, description="hub revision for hub ids")
-    engine: EngineName = Field("auto", description="auto times deepsparse and onnxruntime (in a child process, "
-                               "remembered in cache_dir per CPU, engine versions, graphs, threads and batch size) "
-                               "and runs the faster (torch only when neither runs)")
+    engine: EngineName = Field("auto", description="auto measures what onnxruntime and deepsparse cost a start "
+                               "(seconds, memory) and how fast they run (in a child process, remembered in cache_dir "
+                               "per CPU, engine versions, graphs, threads and batch shapes) and runs the fastest that "
+                               "fits max_start_s and max_rss_mb (torch only when neither runs)")
+    max_start_s: float | None = Field(15.0, gt=0, description="engine=auto: start-up budget of a warm start, in "
+                                      "seconds, shared by the models loaded; an engine whose projected build (e.g. "
+                                      "DeepSparse compiling its buckets at every start) exceeds its share is not "
+                                      "chosen (issue 23's target: 15 s)")
+    max_rss_mb: float | None = Field(1000.0, gt=0, description="engine=auto: the server's resident-memory budget in "
+                                     "MiB, shared by the models loaded; an engine whose projected memory (e.g. "
+                                     "DeepSparse's compiled buckets) exceeds its share is not chosen (issue 23's "
+                                     "target: 1 GB)")
+    ort_arena: Literal["shrink", "off", "on"] = Field("shrink", description="ONNX Runtime's CPU memory arena: shrink "
+                                                      "(unused chunks returned after every call: memory flat under "
+                                                      "load), off (no arena), on (ONNX Runtime's default: keeps "
+                                                      "its largest size)")
     quantization: QuantizationName = Field("auto", description="auto: the int8 form each engine runs best "
                                            "(the model's quantization.json; float32 without one); none: float32; "
                                            "qdq, integer, dynamic: that int8 form on every engine")
@@ -69,10 +82,17 @@ class Settings(BaseSettings):
                             "raw scores (NLI: exactly Hugging Face's zero-shot pipeline)")
     calibration_dir: Path | None = Field(None, description="extra directory of calibration files "
                                          "(python -m train.calibrate --output-dir), searched before the embedded ones")
-    max_text_chars: int = Field(1_000_000, ge=1, description="longest accepted text, in characters: a guard against "
-                                "abuse (texts longer than a model's window are truncated or chunked, not refused)")
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="largest accepted request body, in bytes "
-                                "(Content-Length and the bytes actually received); beyond it 413")
+    max_text_chars: int = Field(100_000, ge=1, description="longest accepted text, in characters, on every endpoint "
+                                "that takes texts; beyond it 422 (texts longer than a model's window are truncated or "
+                                "chunked, not refused: 100,000 characters are about 22,000 English tokens, the order "
+                                "of what long_text=chunks reads with the default max_chunks: 12,000 tokens with a "
+                                "256-token encoder, 24,000 with a 512-token NLI model)")
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1, description="largest accepted request body, in bytes "
+                                "(Content-Length and the bytes actually received); beyond it 413. 2 MiB holds a full "
+                                "request of work: max_texts texts of 32 kB, or 20 texts of max_text_chars characters")
+    body_timeout_s: float = Field(30.0, gt=0, description="seconds a request's body may take to arrive whole, from "
+                                  "the request's start; beyond it 408 and the connection is closed. The body is read "
+                                  "before the request takes a concurrency slot, so a slow upload holds none")
     max_chunks: int = Field(64, ge=1, description="long_text=chunks: most windows scored per text (the first ones; "
                             "a text with more is marked truncated)")
     max_concurrent_requests: int = Field(128, ge=1, description="most requests in progress at once (all but /health, "

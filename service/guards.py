@@ -1,13 +1,19 @@
-"""HTTP protections in front of the endpoints: an optional API key, a bound on concurrent requests, a body limit.
+"""HTTP protections in front of the endpoints: an optional API key, a bound on a request's body (size and time), a
+bound on concurrent requests; and the one check of the limits on texts and labels that every endpoint taking texts
+runs (:func:`check_limits`).
 
-All are plain ASGI middlewares (Starlette's ``app.add_middleware``) answering before a request reaches its route
-or its body is read. (FastAPI's own ``max_body_size`` answers a too-long ``Content-Length`` with a fixed plain
-"Content Too Large" that no handler can replace; the operator needs the limit's name and value.)
+The protections are plain ASGI middlewares (Starlette's ``app.add_middleware``) answering before a request reaches
+its route. (FastAPI's own ``max_body_size`` answers a too-long ``Content-Length`` with a fixed plain "Content Too
+Large" that no handler can replace; the operator needs the limit's name and value.) Their order, outermost first:
+the key (:class:`BearerAuth`), the body (:class:`BodyLimit`: read whole, within its size and deadline), then a
+concurrency slot (:class:`ConcurrencyLimit`), so a slow upload never holds a slot that others wait for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from collections.abc import Sequence
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -52,7 +58,8 @@ class ConcurrencyLimit:
     """Answer 429 with ``Retry-After`` when ``limit`` requests are already in progress.
 
     ``exempt`` paths (probes, metrics) are neither counted nor refused. The counter lives on the event loop (ASGI
-    calls are coroutines on one thread), so it needs no lock.
+    calls are coroutines on one thread), so it needs no lock. Placed inside :class:`BodyLimit`, a request takes its
+    slot once its body has arrived whole.
     """
 
     def __init__(self, app: ASGIApp, limit: int, exempt: frozenset[str] = OPEN_PATHS | {"/metrics"},
@@ -77,45 +84,129 @@ class ConcurrencyLimit:
 
 
 class BodyLimit:
-    """Answer 413 to a request whose body is over ``max_bytes``: at once when its ``Content-Length`` says so, and
-    otherwise as soon as the bytes received pass the limit (a chunked body, or one longer than announced), so no
-    more than ``max_bytes`` (plus one network read) is ever held.
+    """Read each request's whole body before the app sees it: at most ``max_bytes`` bytes, within ``timeout_s``.
 
-    The count happens in ``receive``: the route's body read raises an :class:`HTTPException` 413 there, which
-    FastAPI answers with its ``detail``.
+    - A ``Content-Length`` over ``max_bytes`` gets 413 at once, unread; a body that passes ``max_bytes`` as it
+      arrives (chunked, or longer than announced) gets 413 as soon as it does, so no more than ``max_bytes`` (plus
+      one network read) is ever held.
+    - A body not complete ``timeout_s`` seconds after the request's head arrived gets 408 Request Timeout (RFC 9110
+      section 15.5.9), however slowly it trickles: a slow upload ties up its connection, never a concurrency slot
+      or the app.
+    - A client that disconnects while sending gets no answer (there is no one to read it).
+
+    A 408 closes the connection (``Connection: close``, as RFC 9110 asks); a 413 keeps it, so the server discards
+    the rest of the body as it arrives and a client that sends the whole body before it reads (most do) gets the
+    413 rather than a reset connection. The app receives the body as one ``http.request`` message; later
+    ``receive`` calls go to the server (a disconnect).
+
+    Raises:
+        ValueError: ``max_bytes`` < 1 or ``timeout_s`` <= 0.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-        self.detail = (f"the request body is over the limit of {max_bytes} bytes (ZSC_MAX_BODY_BYTES): send fewer "
-                       "or shorter texts per request")
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
+        if max_bytes < 1 or timeout_s <= 0:
+            raise ValueError(f"max_bytes must be >= 1 and timeout_s > 0, got {max_bytes} and {timeout_s}")
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+        self.too_large = (f"the request body is over the limit of {max_bytes} bytes (ZSC_MAX_BODY_BYTES): send fewer "
+                          "or shorter texts per request")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = Headers(scope=scope).get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
-        received = 0
-        started = False
+            return await self._refuse(413, self.too_large, scope, receive, send)
+        chunks: list[bytes] = []
+        try:
+            received = await asyncio.wait_for(self._read(receive, chunks), self.timeout_s)
+        except TimeoutError:
+            got = sum(map(len, chunks))
+            announced = f" of {length} announced" if length is not None and length.isdigit() else ""
+            return await self._refuse(408, f"the request body was not complete {self.timeout_s:g} s after the request "
+                                      f"began ({got} bytes{announced} received; ZSC_BODY_TIMEOUT_S): send the "
+                                      "whole body at once", scope, receive, send)
+        if received is None:  # the client left
+            return None
+        if received > self.max_bytes:
+            return await self._refuse(413, self.too_large, scope, receive, send)
+        body, replayed = b"".join(chunks), False
+        chunks.clear()
 
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, detail=self.detail)
+        async def replay() -> Message:
+            nonlocal replayed, body
+            if replayed:
+                return await receive()
+            replayed, message = True, {"type": "http.request", "body": body, "more_body": False}
+            body = b""
             return message
 
-        async def watched_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        await self.app(scope, replay, send)
 
-        try:
-            await self.app(scope, counted_receive, watched_send)
-        except HTTPException as exc:  # raised where no exception handler answers it
-            if exc.status_code != 413 or started:
-                raise
-            await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+    async def _read(self, receive: Receive, chunks: list[bytes]) -> int | None:
+        """Append the body's parts to ``chunks`` until it is complete or over the limit; its size, or None when the
+        client disconnected."""
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            part = message.get("body", b"")
+            size += len(part)
+            if size > self.max_bytes:
+                return size
+            if part:
+                chunks.append(part)
+            if not message.get("more_body", False):
+                return size
+
+    @staticmethod
+    async def _refuse(status: int, detail: str, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse({"detail": detail}, status_code=status,
+                                headers={"Connection": "close"} if status == 408 else None)
+        await response(scope, receive, send)
+
+
+def limit_problems(settings, texts: Sequence[str], *, labels: Sequence[str] | None = None,
+                   method: str | None = None) -> list[dict]:
+    """The request limits a request breaks, as pydantic-shaped 422 errors (``type`` ``limit_exceeded``, ``loc``,
+    ``msg`` naming the setting and what to do); empty when it breaks none.
+
+    The one check of every endpoint that takes texts (``/zero-shot``, ``/embed``, ``/classify``): at most
+    ``settings.max_texts`` texts, none over ``settings.max_text_chars`` characters, and with ``labels`` at most
+    ``settings.max_labels`` (``method`` nli or ensemble) or ``settings.max_labels_embedding`` (embedding) labels.
+
+    Args:
+        settings: the service's :class:`service.config.Settings`.
+        texts: the request's texts.
+        labels: the request's candidate labels, for endpoints that take them.
+        method: the method serving the request (resolved, not ``auto``), when ``labels`` is given.
+    """
+    problems = []
+    if len(texts) > settings.max_texts:
+        problems.append((["body", "texts"], f"{len(texts)} texts exceed the limit of {settings.max_texts} per request "
+                         "(ZSC_MAX_TEXTS): split them into several requests"))
+    if labels is not None:
+        max_labels = settings.max_labels_embedding if method == "embedding" else settings.max_labels
+        hint = (" (ZSC_MAX_LABELS_EMBEDDING)" if method == "embedding" else f" with the {method} method "
+                f"(ZSC_MAX_LABELS; the embedding method takes up to {settings.max_labels_embedding})")
+        if len(labels) > max_labels:
+            problems.append((["body", "labels"], f"{len(labels)} labels exceed the limit of {max_labels} per "
+                             f"request{hint}"))
+    too_long = next((i for i, text in enumerate(texts) if len(text) > settings.max_text_chars), None)
+    if too_long is not None:
+        problems.append((["body", "texts", too_long], f"texts[{too_long}] has {len(texts[too_long])} characters, over "
+                         f"the limit of {settings.max_text_chars} (ZSC_MAX_TEXT_CHARS): send the part to classify, "
+                         "or split it into several texts"))
+    return [{"type": "limit_exceeded", "loc": loc, "msg": msg} for loc, msg in problems]
+
+
+def check_limits(settings, texts: Sequence[str], *, labels: Sequence[str] | None = None,
+                 method: str | None = None) -> None:
+    """:func:`limit_problems`, raised as one 422 listing them all.
+
+    Raises:
+        HTTPException: 422, ``detail`` the list of problems, when there is any.
+    """
+    problems = limit_problems(settings, texts, labels=labels, method=method)
+    if problems:
+        raise HTTPException(422, detail=problems)

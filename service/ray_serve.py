@@ -5,6 +5,14 @@ through the app's own lifespan) from the ``ZSC_*`` environment, with its engine 
 Ray Serve's HTTP proxy spreads requests over the replicas. The service keeps no state between requests (models are
 read-only, the label cache is a per-process cache), so replicas can be added or removed at any time.
 
+Readiness: Serve routes requests to a replica once its constructor, the app's lifespan start-up included, has
+returned. The plain service loads its models in the background (``GET /ready`` says when they are in); a replica
+instead builds the app with ``load_before_serving``, so its start-up returns only once the models are loaded (and
+fails with the loader's error when they cannot load: Serve then replaces the replica). A replica the proxy can reach
+is therefore always ready: no request, ``/ready`` included, ever meets a replica still loading (once, one replica
+answered ``/ready`` 200 while another still answered 503). Every answer names its replica in the
+``x-replica-id`` header (Serve's replica id), so a client or a test can see which replica served it.
+
 Run it (https://docs.ray.io/en/latest/serve/)::
 
     serve run service.ray_serve:app                                  # 1 replica, 1 CPU, ZSC_* from the environment
@@ -20,12 +28,36 @@ from __future__ import annotations
 
 from ray import serve
 
+#: Response header naming the replica that answered (its Serve replica id).
+REPLICA_HEADER = "x-replica-id"
+
+
+class ReplicaHeader:
+    """ASGI middleware adding ``x-replica-id: <replica id>`` to every HTTP response of this replica."""
+
+    def __init__(self, app, replica_id: str) -> None:
+        self.app, self.header = app, (REPLICA_HEADER.encode(), replica_id.encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def named_send(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named_send)
+
 
 def _build_app():
-    """The service app, built on the replica (settings from its ``ZSC_*`` environment)."""
+    """The service app, built on the replica (settings from its ``ZSC_*`` environment), serving only once its models
+    are loaded, with every answer naming the replica."""
     from service.app import create_app
 
-    return create_app()
+    app = create_app(load_before_serving=True)
+    app.add_middleware(ReplicaHeader, replica_id=serve.get_replica_context().replica_id.unique_id)
+    return app
 
 
 @serve.ingress(_build_app)

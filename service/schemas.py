@@ -1,8 +1,8 @@
 """Request and response bodies of the HTTP API.
 
 Rules that depend only on the request live here (pydantic turns their ``ValueError`` into a 422
-whose ``msg`` says what to fix); limits that depend on the service's settings are checked by the
-endpoint (:func:`service.app.check_limits`), with the same 422 shape.
+whose ``msg`` says what to fix); limits that depend on the service's settings are checked by every
+endpoint that takes texts, with one function (:func:`service.guards.check_limits`) and the same 422 shape.
 """
 
 from __future__ import annotations

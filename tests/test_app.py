@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,9 +21,29 @@ LABELS = ["sports", "business", "politics"]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, minilm_dir, cache_dir):
+def student_dir(tmp_path_factory, minilm_dir):
+    """A fastText student (random head, MiniLM embeddings) saved and exported as train/finetune.py does: the
+    classifier /classify serves here."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from train.students import build_student, export_onnx, save_student
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("student")
+    labels = ["World", "Sports", "Business", "Sci/Tech"]
+    model = build_student("fasttext", labels=labels, multi_label=False, base_dir=minilm_dir).eval()
+    save_student(model, out, kind="fasttext", labels=labels, multi_label=False,
+                 tokenizer=AutoTokenizer.from_pretrained(minilm_dir), max_length=64)
+    export_onnx(model, out / "model.onnx")
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, minilm_dir, student_dir, cache_dir):
     settings = Settings(model=str(tiny_model_dir), embedding_model=str(minilm_dir), method="nli", engine="onnxruntime",
                         cache_dir=cache_dir, max_texts=3, max_labels=4, max_labels_embedding=6, max_text_chars=5000,
+                        classifiers={"student": str(student_dir)},
                         batch_wait_ms=50, quantization="none")  # float32: scores are checked to 1e-4 against
     # the transformers pipeline and sentence-transformers (the int8 forms: tests/test_embedding.py, test_quantization.py)
     with LiveServer(create_app(settings)) as live:
@@ -43,7 +64,8 @@ def test_health_ready_info(server, tiny_model_dir, minilm_dir):
     assert set(info["methods"]) == {"nli", "embedding", "ensemble"}
     assert info["methods"]["ensemble"]["models"] == ["nli", "embedding"]
     nli, embedding = info["models"]["nli"], info["models"]["embedding"]
-    assert nli["model_path"] == str(tiny_model_dir) and embedding["model_path"] == str(minilm_dir)
+    assert nli["model_path"] == str(tiny_model_dir)  # the packaged encoder's: the same folder, maybe via a link
+    assert Path(embedding["model_path"]).resolve() == Path(minilm_dir).resolve()
     assert nli["engine"] == embedding["engine"] == "onnxruntime"
     assert nli["max_length"] == 48 and embedding["max_length"] == 256 and embedding["pooling"] == "mean"
     assert nli["label2id"] == {"contradiction": 0, "neutral": 1, "entailment": 2}
@@ -52,7 +74,8 @@ def test_health_ready_info(server, tiny_model_dir, minilm_dir):
     assert nli["calibration"] is None and "uncalibrated" in nli["calibration_note"]  # a test model: nothing fitted
     assert embedding["calibration"]["temperature"] < 1  # the packaged encoder's shipped calibration
     assert info["limits"] == {"max_texts": 3, "max_labels": 4, "max_labels_embedding": 6, "max_text_chars": 5000,
-                              "max_body_bytes": 16 * 1024 * 1024, "max_chunks": 64, "max_concurrent_requests": 128}
+                              "max_body_bytes": 2 * 1024 * 1024, "max_chunks": 64, "max_concurrent_requests": 128,
+                              "body_timeout_s": 30.0}  # the shipped defaults where the fixture sets none
 
 
 def test_zero_shot_answers_one_sorted_result_per_text_in_order(server, tiny_model_dir):
@@ -141,10 +164,11 @@ def test_template_braces_are_never_formatted(server):
     ({"texts": ["ok"], "labels": ["sports", "news", "sports"]}, "labels must be unique"),
     ({"texts": ["a", "b", "c", "d"], "labels": LABELS}, "exceed the limit of 3"),
     ({"texts": ["a"], "labels": ["a", "b", "c", "d", "e"]}, "exceed the limit of 4 per request with the nli method "
-     "(the embedding method takes up to 6)"),
-    ({"texts": ["a"], "labels": list("abcdefg"), "method": "embedding"}, "exceed the limit of 6"),
+     "(ZSC_MAX_LABELS; the embedding method takes up to 6)"),
+    ({"texts": ["a"], "labels": list("abcdefg"), "method": "embedding"}, "exceed the limit of 6 per request "
+     "(ZSC_MAX_LABELS_EMBEDDING)"),
     ({"texts": ["a"], "labels": LABELS, "method": "bm25"}, "Input should be 'auto', 'nli', 'embedding' or 'ensemble'"),
-    ({"texts": ["a" * 5001], "labels": LABELS}, "over the limit of 5000"),
+    ({"texts": ["a" * 5001], "labels": LABELS}, "over the limit of 5000 (ZSC_MAX_TEXT_CHARS)"),
     ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "About it."}, "exactly one '{}'"),
     ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "{} or {}"}, "exactly one '{}'"),
     ({"texts": ["a"], "labels": LABELS, "hypothesis_template": "{0.__class__}"}, "exactly one '{}'"),
@@ -156,6 +180,50 @@ def test_bad_input_is_a_422_that_says_what_to_fix(server, body, fragment):
     response = post(server, **body)
     assert response.status_code == 422, response.text
     assert fragment in response.text
+
+
+CJK = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(5000))  # no whitespace; one token a character
+
+
+def text_endpoints(schema: dict) -> dict[str, dict]:
+    """Every POST operation of the OpenAPI ``schema`` whose JSON body has ``texts``: path -> a valid body built from
+    the schema's own examples (its required fields)."""
+    found = {}
+    for path, operations in schema["paths"].items():
+        ref = operations.get("post", {}).get("requestBody", {}).get("content", {}).get("application/json", {}).get(
+            "schema", {}).get("$ref")
+        body = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]] if ref else {}
+        if "texts" in body.get("properties", {}):
+            found[path] = {name: body["properties"][name]["examples"][0] for name in body["required"]}
+    return found
+
+
+def test_every_endpoint_that_takes_texts_checks_the_same_limits(server):
+    endpoints = text_endpoints(httpx.get(server.url + "/openapi.json").json())
+    assert set(endpoints) == {"/zero-shot", "/embed", "/classify"}  # a new one is checked here as soon as it exists
+    for path, body in endpoints.items():
+        assert httpx.post(server.url + path, json=body, timeout=60).status_code == 200, path
+        too_many = httpx.post(server.url + path, json={**body, "texts": ["A text."] * 4}, timeout=60)
+        assert too_many.status_code == 422 and too_many.json()["detail"][0]["msg"] == \
+            "4 texts exceed the limit of 3 per request (ZSC_MAX_TEXTS): split them into several requests", path
+        too_long = httpx.post(server.url + path, json={**body, "texts": ["ok", CJK + "x"]}, timeout=60)
+        assert too_long.status_code == 422, (path, too_long.text)
+        problem = too_long.json()["detail"][0]
+        assert problem["loc"] == ["body", "texts", 1] and problem["type"] == "limit_exceeded"
+        assert problem["msg"].startswith("texts[1] has 5001 characters, over the limit of 5000 (ZSC_MAX_TEXT_CHARS)")
+        at_limit = httpx.post(server.url + path, json={**body, "texts": [CJK]}, timeout=60)
+        assert at_limit.status_code == 200, (path, at_limit.text)
+        if "results" in at_limit.json():
+            assert at_limit.json()["results"][0]["truncated"] is True, path
+
+
+def test_embed_reads_a_long_text_as_the_encoder_would_without_tokenizing_it_whole(server, minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    texts = [CJK, POLITICS * 30]  # no whitespace; whitespace: both past the encoder's 256 tokens
+    got = np.array(httpx.post(server.url + "/embed", json={"texts": texts}, timeout=60).json()["embeddings"])
+    want = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(got, want, atol=1e-4)  # the whole texts, truncated by sentence-transformers
 
 
 def test_a_bad_request_does_not_disturb_the_next_one(server):
@@ -171,6 +239,26 @@ def test_a_model_that_fails_to_load_is_reported(cache_dir, tmp_path):
         assert httpx.get(live.url + "/health").status_code == 200
         response = httpx.post(live.url + "/zero-shot", json={"texts": ["a"], "labels": ["b"]})
         assert response.status_code == 503 and "does not exist" in response.text
+
+
+def test_loading_before_serving_answers_only_once_ready_or_fails_to_start(tiny_model_dir, cache_dir, tmp_path):
+    """``load_before_serving`` (Ray Serve replicas): the server starts answering only once the models are in, so the
+    first ``/ready`` is 200 with no waiting; models that cannot load fail the start-up with the loader's error."""
+    import asyncio
+
+    settings = Settings(model=str(tiny_model_dir), embedding_model="none", engine="onnxruntime", cache_dir=cache_dir)
+    with LiveServer(create_app(settings, load_before_serving=True)) as live:  # started: the lifespan has returned
+        first = httpx.get(live.url + "/ready")
+        assert first.status_code == 200 and first.json()["methods"] == ["nli"]
+    app = create_app(Settings(model=str(tmp_path / "no-such-model"), embedding_model="none", engine="onnxruntime",
+                              cache_dir=cache_dir), load_before_serving=True)
+
+    async def start_up():
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(RuntimeError, match="the models failed to load: .*does not exist"):
+        asyncio.run(start_up())
 
 
 @pytest.mark.parametrize("launcher", ["python -m service", "uvicorn service.app:app"])
@@ -439,7 +527,7 @@ def test_metrics_parse_and_count_a_request_just_made(server):
 def guarded(tiny_model_dir, cache_dir):
     settings = Settings(model=str(tiny_model_dir), embedding_model="none", engine="onnxruntime", cache_dir=cache_dir,
                         api_key="s3cret-key", max_body_bytes=2000, max_concurrent_requests=1, batch_wait_ms=600,
-                        quantization="none")
+                        body_timeout_s=3, quantization="none")
     with LiveServer(create_app(settings)) as live:
         assert live.wait_ready().status_code == 200  # /ready is open without the key
         yield live
@@ -482,35 +570,67 @@ def test_a_body_over_the_limit_is_a_413_naming_it(guarded):
 
 
 def test_requests_beyond_the_concurrency_limit_get_429_with_retry_after(guarded):
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"texts": ["Goal!"], "labels": LABELS}  # alone in the micro-batcher: each waits its 600 ms in a slot
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: httpx.post(guarded.url + "/zero-shot", json=body, headers=KEY, timeout=60),
+                                range(2)))
+    assert sorted(a.status_code for a in answers) == [200, 429], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.headers["retry-after"] == "1" and "ZSC_MAX_CONCURRENT_REQUESTS" in refused.json()["detail"]
+    assert httpx.get(guarded.url + "/health").status_code == 200  # probes are never refused
+    assert httpx.post(guarded.url + "/zero-shot", json=body, headers=KEY, timeout=60).status_code == 200  # free again
+
+
+def test_a_slow_upload_holds_no_slot_and_gets_408(guarded):
+    """A client trickling its body a byte at a time: the server's only concurrency slot stays free for the others
+    while it trickles (they get 200, not 429), and the slow one gets 408 once ZSC_BODY_TIMEOUT_S (3 s) has passed."""
+    import json
+    import socket
     import threading
 
-    release = threading.Event()
+    payload = json.dumps({"texts": ["Goal!"], "labels": LABELS}).encode()
+    head = (f"POST /zero-shot HTTP/1.1\r\nHost: 127.0.0.1:{guarded.port}\r\nAuthorization: Bearer s3cret-key\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
+    slow = socket.create_connection(("127.0.0.1", guarded.port), timeout=30)
+    done = threading.Event()
 
-    def slow_body():  # the first request holds the only slot until its body is complete
-        yield b'{"texts": ["Goal!"], '
-        release.wait(30)
-        yield b'"labels": ["sports", "business", "politics"]}'
+    def trickle():  # one byte every 0.25 s: the whole body would take ~15 s
+        try:
+            for byte in payload[1:]:
+                if done.wait(0.25):
+                    return
+                slow.sendall(bytes([byte]))
+        except OSError:  # the server answered and closed the connection
+            pass
 
-    first: list[httpx.Response] = []
-    slow = threading.Thread(target=lambda: first.append(httpx.post(
-        guarded.url + "/zero-shot", content=slow_body(), headers={**KEY, "content-type": "application/json"},
-        timeout=60)))
-    slow.start()
+    slow.sendall(head + payload[:1])
+    began = time.monotonic()
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
     try:
-        deadline = time.monotonic() + 30
-        while metric_value(httpx.get(guarded.url + "/metrics", headers=KEY).text, "zsc_requests_in_progress") < 2:
-            assert time.monotonic() < deadline, "the first request never started"  # (the scrape itself is 1)
-            time.sleep(0.02)
-        second = httpx.post(guarded.url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}, headers=KEY)
-        assert second.status_code == 429 and second.headers["retry-after"] == "1"
-        assert "ZSC_MAX_CONCURRENT_REQUESTS" in second.json()["detail"]
-        assert httpx.get(guarded.url + "/health").status_code == 200  # probes are never refused
+        others = [httpx.post(guarded.url + "/zero-shot", json={"texts": [text], "labels": LABELS}, headers=KEY,
+                             timeout=60) for text in ("Goal!", "Stocks fell.")]
+        served_after = time.monotonic() - began
+        answer = b""
+        while chunk := slow.recv(65536):
+            answer += chunk
+        refused_after = time.monotonic() - began
     finally:
-        release.set()
-        slow.join(60)
-    assert first[0].status_code == 200
-    assert httpx.post(guarded.url + "/zero-shot", json={"texts": ["Goal!"], "labels": LABELS}, headers=KEY,
-                      timeout=60).status_code == 200  # the slot is free again
+        done.set()
+        slow.close()
+        trickler.join(10)
+    assert [r.status_code for r in others] == [200, 200], [r.text for r in others]
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 408 Request Timeout", answer[:300]
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in headers.lower()
+    detail = json.loads(body)["detail"]
+    assert "ZSC_BODY_TIMEOUT_S" in detail and f"of {len(payload)} announced" in detail
+    assert served_after < refused_after and 3 <= refused_after < 15  # served while it trickled; refused on time
+    metrics = httpx.get(guarded.url + "/metrics", headers=KEY).text
+    assert metric_value(metrics, "zsc_requests_total", endpoint="/zero-shot", status="408") >= 1
 
 
 def test_sigterm_lets_a_request_in_progress_finish(tiny_model_dir, cache_dir):

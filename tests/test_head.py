@@ -10,8 +10,17 @@ import sys
 import numpy as np
 import pytest
 
-from service.calibration import softmax
-from service.head import HEAD_FILE, WEIGHTS_FILE, AdaptError, AdaptiveHead, is_head_dir
+from service.calibration import sigmoid, softmax
+from service.head import (
+    HEAD_FILE,
+    WEIGHTS_FILE,
+    AdaptError,
+    AdaptiveHead,
+    OneVsRestHead,
+    decide,
+    is_head_dir,
+    load_head,
+)
 
 
 def make_head(seed: int = 0, k: int = 3, d: int = 8, temperature: float = 1.7) -> AdaptiveHead:
@@ -66,3 +75,28 @@ h.AdaptiveHead(["a", "b", "c"], rng.normal(size=(3, 8)), rng.normal(size=3), rev
     loaded = AdaptiveHead.load(tmp_path / "head")
     assert loaded.revision == make_head(0).revision
     assert json.loads((tmp_path / "head" / HEAD_FILE).read_text())["revision"] == loaded.revision
+
+
+def test_one_vs_rest_head_scores_a_sigmoid_per_label_and_decides_per_threshold(tmp_path):
+    rng = np.random.default_rng(2)
+    head = OneVsRestHead(["a", "b", "c"], rng.normal(size=(3, 8)), rng.normal(size=3), [0.3, 0.5, 0.8],
+                         encoder={"model_id": "m", "fingerprint": "f", "dim": 8}, revision="ovr" * 6,
+                         meta={"sources": ["reviews", "zero-shot", "pseudo-labels"]})
+    x = rng.normal(size=(6, 8))
+    assert np.allclose(head.predict_proba(x), sigmoid(x @ head.coef.T + head.intercept))
+    assert np.array_equal(head.decisions(x, at_least_one=False), head.predict_proba(x) >= [0.3, 0.5, 0.8])
+    assert head.multi_label and not AdaptiveHead.multi_label and head.agent == "ovr-head:" + ("ovr" * 4)
+    loaded = load_head(head.save(tmp_path / "ovr"))
+    assert isinstance(loaded, OneVsRestHead) and loaded.thresholds.tolist() == [0.3, 0.5, 0.8]
+    assert loaded.meta == {"sources": ["reviews", "zero-shot", "pseudo-labels"]}
+    assert isinstance(load_head(make_head(0).save(tmp_path / "single")), AdaptiveHead)
+    with pytest.raises(AdaptError, match="not a one-vs-rest head"):
+        OneVsRestHead.load(tmp_path / "single")
+
+
+def test_decide_thresholds_per_label_and_never_an_empty_suggestion():
+    scores = np.array([[0.6, 0.9, 0.1], [0.1, 0.5, 0.3], [0.2, 0.1, 0.05]])
+    t = np.array([0.55, 0.95, 0.35])
+    assert decide(scores, t).tolist() == [[True, False, False], [False, False, True], [True, False, False]]
+    assert decide(scores, t, at_least_one=False)[1:].sum() == 0
+    assert decide(scores, 0.5)[2].tolist() == [True, False, False]  # one threshold: the top score

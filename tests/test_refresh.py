@@ -194,6 +194,15 @@ def test_refresh_bad_input_one_line_nothing_written(adapted, argilla_stack, anno
                               "--label", "Sports"))
     assert "do not match dataset 'adaptive'" in line
     assert "not found" in one_error_line(run(argilla_stack, annotate_cache, "refresh", "--dataset", "nope"))
+    # --head-output into a folder of other files: refused before anything is written (a head save replaces the
+    # whole folder, so only a previous head may be there)
+    foreign = tmp_path / "my-folder"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    result = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--head-output", str(foreign))
+    assert result.returncode == 2 and "--head-output" in one_error_line(result)
+    assert "non-empty directory of other files" in one_error_line(result)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     assert snapshot(argilla_stack, "adaptive") == state
 
     # a dataset pushed before adaptation: no vector field, no cache
@@ -357,3 +366,121 @@ def test_watch_fine_tunes_the_encoder_in_the_background_and_swaps_it_in(adapted,
     assert json.loads((out / "no-finetune.json").read_text())["updated"] == 45  # the agent kind changed back
     assert all(":adaptive-head:" in agent for rid, (_, _, agent, *_) in snapshot(argilla_stack, "adaptive").items()
                if rid not in reviewed)
+
+
+def test_one_watcher_per_dataset_cache_and_sigterm_stops_it(adapted, argilla_stack, annotate_cache):
+    """A second `refresh --watch` on the same dataset cache exits 2 with one line naming the first (pid, since
+    when); SIGTERM stops the first like Ctrl-C (exit 0, lock released); then a watcher can start again."""
+    import signal
+    import time
+
+    from annotate.cache import LOCK, DatasetCache, holder
+
+    cache = DatasetCache(annotate_cache, argilla_stack.url, argilla_stack.workspace, "adaptive")
+    out = adapted["tmp"]
+    env = {**os.environ, **argilla_stack.env(), "PYTHONUNBUFFERED": "1", "ANNOTATE_CACHE_DIR": str(annotate_cache)}
+    command = [sys.executable, "-m", "annotate", "refresh", "--dataset", "adaptive", "--watch", "--no-finetune",
+               "--poll-seconds", "1"]
+    with open(out / "lock-watch.out", "w") as stdout, open(out / "lock-watch.err", "w") as stderr:
+        first = subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 300
+            while "--- refresh round 1" not in (out / "lock-watch.out").read_text() and time.monotonic() < deadline:
+                assert first.poll() is None, (out / "lock-watch.err").read_text()[-3000:]
+                time.sleep(0.5)
+            held = holder(cache.root / LOCK)
+            assert held["pid"] == first.pid and held["what"] == "refresh --watch"
+            second = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--watch", "--no-finetune")
+            line = one_error_line(second)
+            assert second.returncode == 2 and f"pid {first.pid}" in line and "refresh --watch" in line, line
+            assert "adaptive" in line and held["since"] in line
+        finally:
+            first.send_signal(signal.SIGTERM)
+            code = first.wait(120)
+    assert code == 0, (out / "lock-watch.err").read_text()[-3000:]
+    assert "stopped after" in (out / "lock-watch.out").read_text()
+    assert holder(cache.root / LOCK) is None and not (cache.root / f"{LOCK}.json").exists()
+
+
+def test_watch_polls_count_responses_without_reading_records(adapted, argilla_stack):
+    """count_reviewed (what --watch polls) asks the server for its response counts: the same number as paging
+    through every submitted or discarded record (the former poll, the reference here), in two requests."""
+    import argilla as rg
+
+    from annotate.refresh import count_reviewed
+
+    dataset = dataset_of(argilla_stack, "adaptive")
+    query = rg.Query(filter=rg.Filter(("response.status", "in", ["submitted", "discarded"])))
+    paged = sum(1 for _ in dataset.records(query=query, batch_size=1000, with_suggestions=False,
+                                           with_responses=False))
+    assert paged == len(adapted["submitted"]) + len(adapted["discarded"]) == 35
+    assert count_reviewed(dataset) == paged
+
+
+EKMAN = ["anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"]
+
+
+def test_refresh_of_a_multilabel_dataset_refits_the_one_vs_rest_head(argilla_stack, embedding_service, annotate_cache,
+                                                                     data_dir, tmp_path):
+    """A MultiLabelQuestion dataset (60 GoEmotions texts pushed with --multi-label; 30 submitted with their gold
+    Ekman label sets, 3 discarded): refresh fits the one-vs-rest head and rewrites only the pending suggestions, as
+    label lists with a score each; the labels shown pass their head's thresholds; a second refresh writes nothing."""
+    from annotate.dataset import QUESTION
+    from service.head import OneVsRestHead, load_head
+    from tests.argilla_review import submit
+
+    lines = (data_dir / "classification/dev_tasks/goemotions/test_part.jsonl").read_text().splitlines()[:60]
+    rows = [json.loads(line) for line in lines]
+    source = write_jsonl(tmp_path / "emotions.jsonl", [{"text": r["text"].strip()} for r in rows])  # ids: either way
+    labels = [arg for label in EKMAN for arg in ("--label", label)]
+    pushed = run(argilla_stack, annotate_cache, "push", str(source), *labels, "--multi-label", "--dataset",
+                 "emotions", "--hypothesis-template", "This person feels {}.", "--service-url", embedding_service.url)
+    assert pushed.returncode == 0, pushed.stderr
+    before = snapshot(argilla_stack, "emotions")
+    assert len(before) == 60 and all(isinstance(v[0], list) for v in before.values())
+    gold = {record_id(r["text"].strip()): r["ekman"] for r in rows}
+    ids = sorted(before)
+    submitted = {rid: gold[rid] for rid in ids[:30]}
+    discarded = {rid: None for rid in ids[30:33]}
+    client = client_for(argilla_stack)
+    assert submit(dataset_of(argilla_stack, "emotions"), {**submitted, **discarded}, client.me.id) == 33
+    question = next(q for q in dataset_of(argilla_stack, "emotions").settings.questions if q.name == QUESTION)
+    assert type(question).__name__ == "MultiLabelQuestion"
+
+    result = run(argilla_stack, annotate_cache, "refresh", "--dataset", "emotions", "--summary-json",
+                 str(tmp_path / "refresh.json"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "refresh.json").read_text())
+    assert summary["submitted"] == 30 and summary["discarded"] == 3 and summary["pending"] == 27
+    fit = summary["multi_label"]
+    assert set(fit["labels"]) == set(EKMAN) and "cv macro-F1" in result.stdout
+    reviewed_enough = [label for label, info in fit["labels"].items() if "cv_f1" in info]
+    assert reviewed_enough  # joy and neutral have >= 5 reviewed positives among 30 GoEmotions texts
+    after = snapshot(argilla_stack, "emotions")
+    changed = [rid for rid in after if after[rid][:3] != before[rid][:3]]
+    assert len(changed) == summary["updated"] and not set(changed) & (set(submitted) | set(discarded))
+    for rid in set(submitted) | set(discarded):
+        assert after[rid] == before[rid]
+    head = load_head(summary["head_dir"]) if summary["head_dir"] else None
+    print("multi-label fit:", json.dumps(fit))
+    assert (head is not None) == (summary["mode"] == "one-vs-rest") \
+        == any(info["source"] != "zero-shot" for info in fit["labels"].values())
+    for rid, (value, score, agent, count, has_vector, meta) in after.items():
+        assert count == 1 and has_vector and isinstance(value, list) and len(value) == len(score) >= 1
+        assert [meta[teacher_key(i)] for i in range(7)] == [before[rid][5][teacher_key(i)] for i in range(7)]
+        if rid in submitted or rid in discarded or head is None:
+            continue
+        assert agent == summary["agent"] and ":ovr-head:" in agent
+        thresholds = dict(zip(EKMAN, head.thresholds))
+        if len(value) > 1:  # several labels: every one passed its own threshold
+            assert all(s >= thresholds[v] - 1e-9 for v, s in zip(value, score)), (value, score, thresholds)
+    if head is not None:
+        assert isinstance(head, OneVsRestHead) and head.revision == summary["revision"]
+        assert head.meta["sources"] == [fit["labels"][label]["source"] for label in EKMAN]
+
+    again = run(argilla_stack, annotate_cache, "refresh", "--dataset", "emotions", "--summary-json",
+                str(tmp_path / "again.json"))
+    assert again.returncode == 0, again.stderr
+    second = json.loads((tmp_path / "again.json").read_text())
+    assert second["updated"] == second["changed"] == 0 and second["revision"] == summary["revision"]
+    assert snapshot(argilla_stack, "emotions") == after

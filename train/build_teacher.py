@@ -40,7 +40,7 @@ from train.nli_data import ALLOWED_CLASSES, DEFAULT_MIX, NLI_CLASSES, NLIPair, d
 from train.recast import read_topics, recast_topics
 
 logger = logging.getLogger("train.build_teacher")
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
 
 CHECKPOINT = "checkpoint"
 

@@ -38,7 +38,7 @@ from service.calibration import (
 from train.evaluate import EMOTION_LABELS, ZeroShotTask, read_labelled
 
 logger = logging.getLogger("train.calibrate")
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
 
 SST2_LABELS = ("negative", "positive")
 

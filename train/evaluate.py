@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 from train.nli_data import EVAL_FILES, NLI_CLASSES, NLIPair, read_pairs
 
 logger = logging.getLogger("train.evaluate")
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import typer
 from service.quantization import QuantizationSpec, calibrate, quantize_dynamic, quantize_static
 
 logger = logging.getLogger("train.quantize")
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
 
 #: Inputs are either (premise, hypothesis) pairs or single texts.
 Example = tuple[str, str] | str

@@ -49,7 +49,7 @@ from train.nli_data import ALLOWED_CLASSES, NLIPair
 from train.pruning import MagnitudePruner, PruningSchedule
 
 logger = logging.getLogger("train.sparsify")
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], rich_markup_mode=None)
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -268,7 +268,7 @@ def remeasure_speed(student_dirs: list[Path], texts: list[str], teacher: dict, c
     return runs
 
 
-app = typer.Typer(add_completion=False)
+app = typer.Typer(add_completion=False, rich_markup_mode=None)
 
 
 @app.command()

@@ -33,6 +33,10 @@ def push(
     labels_file: Annotated[Optional[Path], typer.Option(help="File with one candidate label a line.",
                                                         show_default=False)] = None,
     text_column: Annotated[str, typer.Option(help="Text column of .csv/.jsonl/.parquet input.")] = "text",
+    strip_whitespace: Annotated[bool, typer.Option("--strip-whitespace", help="Remove leading and trailing "
+                                                   "whitespace from every text (default: texts are stored exactly "
+                                                   "as given; record ids follow the stored text, so keep one choice "
+                                                   "per dataset).")] = False,
     id_column: Annotated[Optional[str], typer.Option(help="Column whose value joins the text in the record id.",
                                                      show_default=False)] = None,
     hypothesis_template: Annotated[str, typer.Option(help="NLI hypothesis, exactly one {} for the label.")]
@@ -128,7 +132,8 @@ def push(
             if not scored.shards():
                 raise StoreError(f"{from_scores} holds no part-*.parquet shard: run `python -m annotate score` first")
         else:
-            rows = readers.iter_rows(input_path, text_column=text_column, id_column=id_column)
+            rows = readers.iter_rows(input_path, text_column=text_column, id_column=id_column,
+                                     strip=strip_whitespace)
             first = next(rows, None)
             while first is not None and not first.text:
                 first = next(rows, None)
