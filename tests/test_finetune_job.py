@@ -282,10 +282,13 @@ def test_prune_keeps_the_newest_jobs_and_the_newest_that_beat_the_head(tmp_path)
     jobs = tmp_path / "finetune"
     finished = {"won": (100.0, 0.9), "lost1": (200.0, 0.5), "lost2": (300.0, 0.5), "lost3": (400.0, 0.5),
                 "older_win": (50.0, 0.9)}
+    # 60 held-out reviews; the winners beat the head on McNemar's paired test (20 against 2 discordant reviews)
+    paired = {0.9: {"both": 34, "finetuned_only": 20, "head_only": 2, "neither": 4},
+              0.5: {"both": 30, "finetuned_only": 0, "head_only": 6, "neither": 24}}
     for name, (created, accuracy) in finished.items():
         (jobs / name).mkdir(parents=True)
         (jobs / name / RESULT).write_text(json.dumps({"created": created, "accuracy": accuracy, "head_accuracy": 0.6,
-                                                      "holdout": 10}))
+                                                      "holdout": 60, "paired": paired[accuracy]}))
         os.utime(jobs / name, (1000 - created, 1000 - created))  # mtimes in the opposite order
     assert [d.name for d, _ in background.finished()] == ["lost3", "lost2", "lost1", "won", "older_win"]
     assert background.protected() == {"lost3", "won"}
