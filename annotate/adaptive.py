@@ -491,7 +491,7 @@ def _few_reviews(p0, pool_head: "Adapted", rows_h, y_h, zero_shot_acc: float, co
                                 f"{n_h} reviewed records ({head_acc:.4f} against {zero_shot_acc:.4f})", **base)
         return Adapted(None, p0, report)
     kept = pool_head.report
-    report = FitReport(**{**kept.to_dict(), **base, "revision": kept.revision, "cv_accuracy": head_acc,
+    report = FitReport(**{**kept.to_dict(), **base, "cv_accuracy": head_acc,
                           "cv_accuracy_zero_shot": zero_shot_acc,
                           "candidates": {"zero-shot": round(zero_shot_acc, 4), "pseudo-labels": round(head_acc, 4)},
                           "fit_seconds": time.perf_counter() - started,
