@@ -145,10 +145,10 @@ def test_no_encoder_refuses_return_embeddings(tiny_model_dir, cache_dir):
 def test_http_scorer_sizes_requests_by_the_body_limit(tiny_model_dir, cache_dir):
     """Long documents go in requests under the service's max_body_bytes (from GET /info), never a 413; a text too big
     for any request is refused before sending, saying what to do."""
+    import httpx
+
     from service.app import create_app
     from service.config import Settings
-
-    import httpx
 
     limit = 6000
     with LiveServer(create_app(Settings(model=str(tiny_model_dir), engine="onnxruntime", cache_dir=cache_dir,
