@@ -29,6 +29,19 @@ UNCERTAINTY = ("confidence", "margin", "entropy")
 VECTOR = "embedding"
 #: Integer metadata (0/1, visible): the record belongs to the random audit sample (:func:`audit_flags`).
 AUDIT = "audit"
+#: Bulk acceptance (:mod:`annotate.accept`): integer metadata (0/1, visible) on the records of the certification
+#: sample, to review before pending suggestions can be accepted in bulk, and the suggestions it was drawn on (a
+#: fingerprint, hidden).
+CERTIFY = "certify"
+CERTIFY_BASIS = "certify_basis"
+#: Metadata of an auto-accepted record: who accepted it (the user :data:`AUTO_ACCEPT_USER`), the certified threshold
+#: of its label and the head revision (or agent) of the suggestion accepted.
+ACCEPTED_BY = "accepted_by"
+ACCEPT_THRESHOLD = "accept_threshold"
+ACCEPT_REVISION = "accept_revision"
+ACCEPT_METADATA = (ACCEPTED_BY, ACCEPT_THRESHOLD, ACCEPT_REVISION)
+#: The Argilla user (annotator role) whose responses are the auto-accepted suggestions.
+AUTO_ACCEPT_USER = "auto-accept"
 GUIDELINES = """Pre-annotated by a zero-shot NLI teacher ({agent}; template "{template}").
 Confirm the suggested label when it is right; pick the right one when it is not; discard texts that fit no label
 or cannot be judged. Records open lowest-confidence first (sort by the suggestion score, ascending):
@@ -192,6 +205,13 @@ def margin_link(api_url: str, dataset_id) -> str:
 def audit_link(api_url: str, dataset_id, question: str = QUESTION) -> str:
     """URL of the dataset in Argilla's UI filtered to the audit sample (metadata ``audit`` in [1, 1])."""
     return (f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?metadata={AUDIT}.ge1.le1"
+            f"&sort=suggestion.{question}.score.asc")
+
+
+def certify_link(api_url: str, dataset_id, question: str = QUESTION) -> str:
+    """URL of the dataset in Argilla's UI filtered to the certification sample of bulk acceptance (metadata
+    ``certify`` in [1, 1]), pending records lowest suggestion score first."""
+    return (f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?metadata={CERTIFY}.ge1.le1"
             f"&sort=suggestion.{question}.score.asc")
 
 

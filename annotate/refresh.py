@@ -199,13 +199,19 @@ def read_reviews(dataset) -> tuple[dict[str, object], set[str], set[str]]:
 
 
 def count_reviewed(dataset) -> int:
-    """Records with a submitted or discarded response (what ``--watch`` polls)."""
-    import argilla as rg
+    """Submitted and discarded responses of the dataset, summed over its annotators (what ``--watch`` polls).
 
+    One ``GET /api/v1/datasets/{id}/progress`` and one ``GET .../users/progress``
+    (``Dataset.progress(with_users_distribution=True)``): the server counts them in SQL, so a poll costs the same
+    whatever the number of reviewed records (it used to page through all of them). Fetching only the records
+    that changed since the last poll is not possible: in argilla-server 2.8 a response does not move the record's
+    ``updated_at`` (the ``updated_at`` filter of ``rg.Filter``), only a change of the record's status does, and a
+    discard changes none. With one annotator per record the count equals the reviewed records.
+    """
     def count() -> int:
-        query = rg.Query(filter=rg.Filter(("response.status", "in", ["submitted", "discarded"])))
-        return sum(1 for _ in dataset.records(query=query, batch_size=1000, with_suggestions=False,
-                                              with_responses=False))
+        progress = dataset.progress(with_users_distribution=True)
+        return sum(int(part.get(status) or 0) for user in (progress.get("users") or {}).values()
+                   for part in user.values() if isinstance(part, dict) for status in ("submitted", "discarded"))
 
     return argilla_client.call(count, what="count of reviewed records")
 
@@ -284,6 +290,14 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
         finetune = None
     labels = dataset_labels
     k = len(labels)
+    if head_output is not None:  # before anything is written: the save replaces only a previous head
+        from service.atomic import check_target
+        from service.head import is_head_dir
+
+        try:
+            check_target(head_output, is_head_dir)
+        except FileExistsError as exc:
+            raise RefreshError(f"--head-output: {exc}") from None
 
     records = read_records(dataset)
     submitted, discarded, draft = read_reviews(dataset)
@@ -387,6 +401,9 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     reviewed_ids = set(submitted) | discarded | draft
     summary.records, summary.submitted, summary.discarded, summary.draft = n, len(submitted), len(discarded), len(draft)
     pending = [i for i, rid in enumerate(ids) if rid not in reviewed_ids]
+    from annotate.accept import revoke_disagreeing  # auto-accepted records: kept, or revoked where the head disagrees
+
+    pending = revoke_disagreeing(dataset, records, ids, labels, adapted.scores, pending, summary.warnings)
     summary.pending = len(pending)
     scores = adapted.scores
     agents = [agent] * n
@@ -545,9 +562,22 @@ def _cache_rows(cache, ids, records, teacher, embeddings, labels, meta, dataset_
 def watch(run_round, count, *, every: int = 25, poll_seconds: float = 10.0, echo=print,
           sleep=time.sleep, finished=None) -> int:
     """Run ``run_round()`` now and again whenever ``count()`` (reviewed records) grew by ``every``, or whenever
-    ``finished()`` (a background fine-tune ended) is true; returns the number of rounds when interrupted (Ctrl-C)."""
+    ``finished()`` (a background fine-tune ended) is true; returns the number of rounds when interrupted (Ctrl-C,
+    or SIGTERM, which the loop takes as Ctrl-C while it runs so the caller's clean-up runs: a ``kill`` of the
+    watcher also stops its background fine-tune).
+
+    The caller holds the dataset cache's lock (:meth:`annotate.cache.DatasetCache.lock`): one watcher per cache."""
+    import signal
+    import threading
+
     rounds = 0
     last = None
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         while True:
             reviewed = count()
@@ -561,4 +591,7 @@ def watch(run_round, count, *, every: int = 25, poll_seconds: float = 10.0, echo
             sleep(poll_seconds)
     except KeyboardInterrupt:
         echo(f"stopped after {rounds} refresh rounds")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return rounds

@@ -9,7 +9,9 @@ request: one result per text, in order, the same text back, exactly the labels a
 and its RSS sampled every second, the load average (the machine may be shared) and the CPU.
 
 Not run by CI (60 s of load and a start-up). Targets (issue 12): no 5xx other than 503 backpressure, no mismatched
-result, memory flat over the run.
+result, memory flat over the run (issue 23: the mean RSS of the last 15 s within 10% of the first 15 s's). The
+service runs with its default settings (``engine=auto``, ``ZSC_ORT_ARENA=shrink``) unless ``--engine`` /
+``--setting`` say otherwise.
 
     .venv/bin/python benchmarks/load.py --data-dir ../shared/data --output-dir runs/load
 """
@@ -140,12 +142,19 @@ async def client(number: int, url: str, texts: list[str], long_texts: list[str],
                 await asyncio.sleep(1)  # the service's Retry-After
 
 
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 1) if values else None
+
+
 @app.command()
 def main(
     data_dir: Annotated[Path, typer.Option(help="The shared data folder (AG News test texts).")] = Path("../shared/data"),
     clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 16,
     seconds: Annotated[float, typer.Option(help="Duration of the load, s.")] = 60.0,
-    engine: Annotated[str, typer.Option(help="ZSC_ENGINE of the service.")] = "onnxruntime",
+    settle_seconds: Annotated[float, typer.Option(help="RSS is also compared from this many seconds into the load "
+                                                  "(once the clients' first answers are back), as well as from its "
+                                                  "start.")] = 15.0,
+    engine: Annotated[str, typer.Option(help="ZSC_ENGINE of the service.")] = "auto",
     setting: Annotated[Optional[list[str]], typer.Option(help="Extra ZSC_NAME=value for the service "
                                                          "(repeatable).")] = None,
     output_dir: Annotated[Path, typer.Option(help="Where load.json and load.md go.")] = Path("runs/load"),
@@ -154,16 +163,20 @@ def main(
     import httpx
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     texts = read_texts(data_dir)
     rng = random.Random(0)
     long_texts = [" ".join(rng.sample(texts, 40)) for _ in range(20)]  # ~2,000 tokens: several windows each
     settings = {"ZSC_ENGINE": engine, **dict(s.split("=", 1) for s in setting or [])}
     headers = {"Authorization": f"Bearer {settings['ZSC_API_KEY']}"} if "ZSC_API_KEY" in settings else {}
-    facts = {**cpu_facts(), "clients": clients, "seconds": seconds, "settings": settings,
+    facts = {**cpu_facts(), "command": "python benchmarks/load.py " + " ".join(sys.argv[1:]), "clients": clients, "seconds": seconds, "settings": settings,
              "load_average_before": os.getloadavg()}
     records: list[dict] = []
     with ServiceProcess(settings) as service:
         facts["ready_s"] = round(service.ready_s, 1)
+        info = httpx.get(service.url + "/info", headers=headers, timeout=30).json()
+        facts["engines"] = {role: {k: m.get(k) for k in ("engine", "engine_why", "engine_licence", "arena")}
+                            for role, m in info["models"].items()}
         sampler = RssSampler(service.pid)
         facts["rss_ready_mb"] = sampler.rss_mb()
         for kind in MIX:  # warm-up: one request of each kind, not counted
@@ -204,11 +217,19 @@ def main(
         "rss_first_third_mean_mb": round(float(np.mean([m for _, m in rss[:third]])), 1) if rss else None,
         "rss_last_third_mean_mb": round(float(np.mean([m for _, m in rss[-third:]])), 1) if rss else None,
         "rss_max_sampled_mb": max((m for _, m in rss), default=None),
+        "rss_first_15s_mean_mb": _mean([m for t, m in rss if t <= 15]),
+        "rss_15s_after_settle_mean_mb": _mean([m for t, m in rss if settle_seconds < t <= settle_seconds + 15]),
+        "rss_last_15s_mean_mb": _mean([m for t, m in rss if t > wall - 15]),
         "by_kind": {name: {"n": sum(1 for r in ok if r["kind"] == name),
                            "p50_ms": round(float(np.percentile([r["seconds"] * 1000 for r in ok if r["kind"] == name],
                                                                50)), 1)}
                     for name, *_ in MIX if any(r["kind"] == name for r in ok)},
     }
+    first, last = summary["rss_first_15s_mean_mb"], summary["rss_last_15s_mean_mb"]
+    summary["rss_last_over_first_15s"] = round(last / first, 3) if first and last else None
+    summary["rss_flat_within_10pct"] = bool(first and last and abs(last / first - 1) <= 0.10)
+    settled = summary["rss_15s_after_settle_mean_mb"]
+    summary["rss_last_over_settled_15s"] = round(last / settled, 3) if settled and last else None
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "load.json").write_text(json.dumps({"facts": facts, "summary": summary, "rss": rss,
                                                       "mismatches": mismatches[:20]}, indent=2))
@@ -217,6 +238,8 @@ def main(
         f"{', '.join(f'{x:.2f}' for x in facts['load_average_before'])}, after "
         f"{', '.join(f'{x:.2f}' for x in facts['load_average_after'])}; service settings {settings}; ready in "
         f"{facts['ready_s']} s", "",
+        "engines: " + "; ".join(f"{role}: {m['engine']} (arena {m['arena']}; {m['engine_why']})"
+                                for role, m in facts["engines"].items()), "",
         f"{clients} clients for {summary['wall_s']} s: {summary['requests']} requests, {summary['requests_per_s']} "
         f"answered/s ({summary['texts_per_s']} texts/s); latency p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms, "
         f"p99 {summary['p99_ms']} ms",
@@ -226,6 +249,10 @@ def main(
         f"mean {summary['rss_first_third_mean_mb']} MB over the first third of the run and "
         f"{summary['rss_last_third_mean_mb']} MB over the last, {summary['rss_max_sampled_mb']} MB max sampled, "
         f"peak (ru_maxrss) {facts['peak_rss_mb']} MB",
+        f"first 15 s mean {first} MB, last 15 s mean {last} MB: x{summary['rss_last_over_first_15s']} "
+        f"({'flat, within 10%' if summary['rss_flat_within_10pct'] else 'NOT within 10%'}); "
+        f"{settle_seconds:.0f}-{settle_seconds + 15:.0f} s mean {settled} MB: last 15 s x"
+        f"{summary['rss_last_over_settled_15s']}",
         "RSS every 5 s (s: MB): " + ", ".join(f"{t:.0f}: {m:.0f}" for t, m in rss[::5]), "",
         "| kind | answered | p50 ms |", "|---|---|---|",
         *[f"| {name} | {v['n']} | {v['p50_ms']} |" for name, v in summary["by_kind"].items()],

@@ -16,6 +16,10 @@ latency of a request, peak RSS of the process that runs the model, and accuracy 
 8. ``service-http``: ``python -m service`` with the shipped default (``engine=auto``) over real HTTP with
    ``--clients`` concurrent clients (micro-batching merges their requests).
 
+With ``--check-auto``, ``engine=auto``'s timing (``service.engines.timing_shapes``, no budget: speed alone) is run
+for the shipped model in its own child process, and its pick is set against the engine that wins this run on
+real texts (``ort-sparse-int8`` against ``ds-sparse-int8``): they must agree (issue 23).
+
 Every configuration runs in its own process (peak RSS is that process's ``ru_maxrss``; for the service, the
 server's), with the same thread count (``--threads``) for PyTorch, ONNX Runtime and DeepSparse. Speed ratios
 are to configuration 1 measured in the same run. Not run by CI (minutes, and a quiet machine is needed)::
@@ -289,6 +293,34 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def auto_timing(batch_size: int, threads: int, results: list[dict]) -> dict:
+    """``engine=auto``'s timing of the shipped model with no budget (speed alone), in its own child process, and
+    whether its pick is the engine that won this run on real texts (``ort-sparse-int8`` against ``ds-sparse-int8``,
+    pairs/s per dataset)."""
+    from service.engines import Budget, selection, timing_shapes
+    from service.sources import DEFAULT_MODEL, default_cache_dir, resolve_model
+
+    source = resolve_model(DEFAULT_MODEL)
+    max_length = min(512, source.config().get("max_position_embeddings", 512))
+    options = dict(cache_dir=default_cache_dir(), batch_size=batch_size, max_length=max_length, num_threads=threads,
+                   task="sequence-classification", quantization="auto", compile="lazy", ort_arena="shrink")
+    shapes = timing_shapes(batch_size, max_length)
+    measured = selection.measure_in_child(source, options, selection.CANDIDATES, shapes=shapes, budget=Budget())
+    pick, why, _ = selection.choose(measured, Budget())
+    by_config = {r["config"]: r["tasks"] for r in results}
+    winners = {}
+    if {"ort-sparse-int8", "ds-sparse-int8"} <= set(by_config):
+        for dataset in by_config["ort-sparse-int8"]:
+            ort, ds = (by_config[c][dataset]["pairs_per_s"] for c in ("ort-sparse-int8", "ds-sparse-int8"))
+            winners[dataset] = "onnxruntime" if ort >= ds else "deepsparse"
+    agrees = bool(winners) and all(w == pick for w in winners.values())
+    line = (f"auto's timing with no budget (shapes {list(shapes)}): rows/s {measured['rows_per_s']}, picks {pick}; "
+            f"this run's winner on real texts: {winners or 'not run'}: "
+            f"{'agrees' if agrees else 'DISAGREES' if winners else 'not checked'}")
+    return {"rows_per_s": measured["rows_per_s"], "costs": measured["costs"], "pick": pick, "why": why,
+            "winners_on_real_texts": winners, "agrees": agrees, "line": line}
+
+
 @app.command()
 def main(
     data_dir: Annotated[Path, typer.Option(help="The shared data folder (holds classification/).")] = Path("../shared/data"),
@@ -300,6 +332,8 @@ def main(
     request_texts: Annotated[int, typer.Option(help="Texts per request.")] = 8,
     clients: Annotated[int, typer.Option(help="Concurrent HTTP clients of the service.")] = 8,
     batch_size: Annotated[int, typer.Option(help="Pairs per forward pass (this project's engines and the service).")] = 32,
+    check_auto: Annotated[bool, typer.Option("--check-auto", help="Also run auto's timing (no budget) and set its "
+                                             "pick against this run's winner on real texts.")] = False,
     run_config: Annotated[Optional[str], typer.Option(hidden=True)] = None,
     result_file: Annotated[Optional[Path], typer.Option(hidden=True)] = None,
     models_json: Annotated[Optional[str], typer.Option(hidden=True)] = None,
@@ -343,10 +377,16 @@ def main(
             logger.info("%s: %s", config, {d: t["pairs_per_s"] for d, t in result["tasks"].items()})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if check_auto:
+        meta_auto = auto_timing(batch_size, threads, results)
     meta = {**cpu_facts(), "threads": threads, "request_texts": request_texts, "clients": clients,
             "batch_size": batch_size, "ag_news_texts": ag_news, "emotion_texts": emotion or "all",
             "command": "python benchmarks/sparse_speed.py " + " ".join(sys.argv[1:])}
+    if check_auto:
+        meta["auto_check"] = meta_auto
     table = render(results, meta)
+    if check_auto:
+        table += "\n\n" + meta_auto["line"]
     (output_dir / "sparse_speed.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     (output_dir / "sparse_speed.md").write_text(table + "\n")
     plot(results, output_dir / "sparse_speed.png")

@@ -106,7 +106,8 @@ def one_start(name: str, cache_dir: Path, *, requests: int, clients: int, extra:
     with ServiceProcess(settings, ready_timeout_s=1200, cwd=cwd) as service:
         after_ready = proc_status_mb(service.pid)
         info = httpx.get(service.url + "/info", timeout=30).json()
-        models = {role: {"engine": m.get("engine"), "int8": m.get("int8"),
+        models = {role: {"engine": m.get("engine"), "int8": m.get("int8"), "why": m.get("engine_why"),
+                         "licence": m.get("engine_licence"), "arena": m.get("arena"),
                          "auto_selection": m.get("auto_selection"), "load_seconds": m.get("load_seconds")}
                   for role, m in info["models"].items()}
         load_ready = os.getloadavg()
@@ -141,13 +142,15 @@ def render(results: list[dict], meta: dict) -> str:
         lines.append(f"| {r['start']} | {r['ready_s']} | {r['rss_after_ready_mb']:.0f} | {r['rss_after_requests_mb']:.0f} "
                      f"| {r['server_peak_rss_mb']:.0f} | {r['peak_rss_with_children_mb']:.0f} | {engines} | {auto} "
                      f"| {measure} | {r['load_average']['at_ready'][0]} | {r['traffic']['statuses']} |")
-    lines += ["", "Rates measured by `auto` (rows/s, per model):", ""]
+    lines += ["", "Why each engine serves (`/info` `engine_why`), its licence, and what `auto` measured (projected "
+              "costs, rows/s when timed):", ""]
     for r in results:
         for role, m in r["models"].items():
             sel = m.get("auto_selection") or {}
-            if sel.get("rows_per_s"):
-                lines.append(f"- {r['start']}, {role}: {sel['rows_per_s']} ({sel.get('measurement')}, measured at "
-                             f"{sel.get('measured_at')})")
+            costs = {k: {"start_s": c.get("projected_start_s"), "rss_mb": c.get("projected_rss_mb")}
+                     for k, c in (sel.get("costs") or {}).items()}
+            lines.append(f"- {r['start']}, {role}: {m.get('engine')} ({m.get('licence')}): {m.get('why')}; costs "
+                         f"{costs}; rows/s {sel.get('rows_per_s')}; budget {sel.get('budget')}")
     return "\n".join(lines)
 
 

@@ -45,6 +45,10 @@ def main(
     timeout_graceful_shutdown: Annotated[Optional[float], typer.Option(help="On SIGTERM, seconds for requests in "
                                                                        "progress to finish (env "
                                                                        "ZSC_TIMEOUT_GRACEFUL_SHUTDOWN).")] = None,
+    max_start_s: Annotated[Optional[float], typer.Option(help="engine=auto: warm start budget in seconds, shared by "
+                                                     "the models (env ZSC_MAX_START_S; default 15).")] = None,
+    max_rss_mb: Annotated[Optional[float], typer.Option(help="engine=auto: memory budget in MiB, shared by the "
+                                                        "models (env ZSC_MAX_RSS_MB; default 1000).")] = None,
     remeasure: Annotated[bool, typer.Option("--remeasure", help="engine=auto: time the engines again instead of "
                                             "reusing the measurement stored in the cache (env ZSC_REMEASURE).")] = False,
 ) -> None:
@@ -54,7 +58,8 @@ def main(
                                        batch_size=batch_size, num_threads=num_threads, log_level=log_level,
                                        quantization=quantization, batch_wait_ms=batch_wait_ms,
                                        max_concurrent_requests=max_concurrent_requests,
-                                       timeout_graceful_shutdown=timeout_graceful_shutdown).items()
+                                       timeout_graceful_shutdown=timeout_graceful_shutdown,
+                                       max_start_s=max_start_s, max_rss_mb=max_rss_mb).items()
                  if v is not None}
     if remeasure:
         overrides["remeasure"] = True

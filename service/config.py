@@ -41,9 +41,22 @@ class Settings(BaseSettings):
                                         "/classify, name -> model directory (train/finetune.py output); env as JSON: "
                                         "ZSC_CLASSIFIERS='{\"ag_news\": \"runs/student\"}'")
     revision: str | None = Field(None, description="hub revision for hub ids")
-    engine: EngineName = Field("auto", description="auto times deepsparse and onnxruntime (in a child process, "
-                               "remembered in cache_dir per CPU, engine versions, graphs, threads and batch size) "
-                               "and runs the faster (torch only when neither runs)")
+    engine: EngineName = Field("auto", description="auto measures what onnxruntime and deepsparse cost a start "
+                               "(seconds, memory) and how fast they run (in a child process, remembered in cache_dir "
+                               "per CPU, engine versions, graphs, threads and batch shapes) and runs the fastest that "
+                               "fits max_start_s and max_rss_mb (torch only when neither runs)")
+    max_start_s: float | None = Field(15.0, gt=0, description="engine=auto: start-up budget of a warm start, in "
+                                      "seconds, shared by the models loaded; an engine whose projected build (e.g. "
+                                      "DeepSparse compiling its buckets at every start) exceeds its share is not "
+                                      "chosen (issue 23's target: 15 s)")
+    max_rss_mb: float | None = Field(1000.0, gt=0, description="engine=auto: the server's resident-memory budget in "
+                                     "MiB, shared by the models loaded; an engine whose projected memory (e.g. "
+                                     "DeepSparse's compiled buckets) exceeds its share is not chosen (issue 23's "
+                                     "target: 1 GB)")
+    ort_arena: Literal["shrink", "off", "on"] = Field("shrink", description="ONNX Runtime's CPU memory arena: shrink "
+                                                      "(unused chunks returned after every call: memory flat under "
+                                                      "load), off (no arena), on (ONNX Runtime's default: keeps "
+                                                      "its largest size)")
     quantization: QuantizationName = Field("auto", description="auto: the int8 form each engine runs best "
                                            "(the model's quantization.json; float32 without one); none: float32; "
                                            "qdq, integer, dynamic: that int8 form on every engine")

@@ -18,6 +18,7 @@ from service.calibration import IDENTITY, Calibration, calibration_key, find_cal
 from service.config import NO_MODEL, Settings
 from service.embedding import EmbeddingClassifier, SentenceEncoder
 from service.engines import Engine, create_engine
+from service.engines.selection import service_budget
 from service.ensemble import EnsembleClassifier
 from service.sources import DEFAULT_MODEL, PACKAGED_MINILM, ModelSource, resolve_model
 from service.zeroshot import ZeroShotClassifier, ZeroShotMethod
@@ -70,8 +71,12 @@ def _calibration(settings: Settings, method: str, *fingerprints: str) -> tuple[C
                                          **({"weight": calibration.weight} if method == "ensemble" else {})}}
 
 
-def load_model(settings: Settings, role: Role = "nli") -> LoadedModel:
+def load_model(settings: Settings, role: Role = "nli", models: int = 1, models_left: int = 1) -> LoadedModel:
     """Resolve the model of ``role``, build ``settings.engine`` (with fallbacks) and its classifier.
+
+    ``models``, ``models_left``: the models this process loads, and those still to load, this one included;
+    ``engine=auto``'s start-up and memory budget (``settings.max_start_s``, ``settings.max_rss_mb``) is shared among
+    them (:func:`service.engines.selection.service_budget`).
 
     Raises:
         service.sources.ModelSourceError: the model cannot be found.
@@ -92,12 +97,14 @@ def load_model(settings: Settings, role: Role = "nli") -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
     model_limit = min(tokenizer.model_max_length, config.get("max_position_embeddings", 512))
     fingerprint = source.fingerprint()
+    budget = service_budget(settings.max_start_s, settings.max_rss_mb, models=models, models_left=models_left)
+    engine_options = dict(cache_dir=settings.cache_dir, batch_size=settings.batch_size,
+                          num_threads=settings.num_threads, quantization=settings.quantization,
+                          compile=settings.deepsparse_compile, remeasure=settings.remeasure, budget=budget,
+                          ort_arena=settings.ort_arena)
     if role == "nli":
         max_length = settings.max_length or model_limit
-        engine = create_engine(settings.engine, source, cache_dir=settings.cache_dir, batch_size=settings.batch_size,
-                               max_length=max_length, num_threads=settings.num_threads,
-                               quantization=settings.quantization, compile=settings.deepsparse_compile,
-                               remeasure=settings.remeasure)
+        engine = create_engine(settings.engine, source, max_length=max_length, **engine_options)
         label2id = {str(k): int(v) for k, v in config.get("label2id", {}).items()}
         calibration, calibration_info = _calibration(settings, "nli", fingerprint)
         classifier: ZeroShotMethod = ZeroShotClassifier(tokenizer, engine, label2id, max_length=max_length,
@@ -109,10 +116,8 @@ def load_model(settings: Settings, role: Role = "nli") -> LoadedModel:
 
         pooling = read_pooling_config(source.path)
         max_length = settings.embedding_max_length or min(pooling.max_seq_length or model_limit, model_limit)
-        engine = create_engine(settings.engine, source, cache_dir=settings.cache_dir, batch_size=settings.batch_size,
-                               max_length=max_length, num_threads=settings.num_threads, task="sentence-embedding",
-                               quantization=settings.quantization, compile=settings.deepsparse_compile,
-                               remeasure=settings.remeasure)
+        engine = create_engine(settings.engine, source, max_length=max_length, task="sentence-embedding",
+                               **engine_options)
         calibration, calibration_info = _calibration(settings, "embedding", fingerprint)
         encoder = SentenceEncoder(tokenizer, engine, max_length=max_length, batch_size=settings.batch_size,
                                   pooling=pooling)
@@ -198,10 +203,9 @@ def load_methods(settings: Settings) -> ServedMethods:
     models: dict[str, LoadedModel] = {}
     classifiers: dict = {}
     try:
-        if settings.model != NO_MODEL:
-            models["nli"] = load_model(settings, "nli")
-        if settings.embedding_model != NO_MODEL:
-            models["embedding"] = load_model(settings, "embedding")
+        roles = [r for r, m in (("nli", settings.model), ("embedding", settings.embedding_model)) if m != NO_MODEL]
+        for position, role in enumerate(roles):
+            models[role] = load_model(settings, role, models=len(roles), models_left=len(roles) - position)
         for name, path in settings.classifiers.items():
             if is_head_dir(path):  # an adapted head (annotate refresh): on the loaded sentence encoder
                 classifiers[name] = load_head_classifier(name, path, models.get("embedding"))

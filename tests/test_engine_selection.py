@@ -1,8 +1,12 @@
-"""engine=auto remembers its measurement: a second start reuses it and builds one engine per model; --remeasure
-and a changed key (threads) measure again. Real engines and real child processes throughout."""
+"""engine=auto counts cost and remembers its measurement: engines over the start-up / memory budget are not timed
+and not chosen; a second start reuses the measurement and builds one engine per model; --remeasure, a changed key
+(threads) and a budget under which an untimed engine would fit measure again; /info and the log say which engine
+serves, why and under which licence. Real engines and real child processes throughout."""
 
 import datetime as dt
+import importlib.metadata
 import json
+import logging
 import subprocess
 import sys
 
@@ -10,9 +14,11 @@ import pytest
 
 import service.engines as engines
 from service.config import Settings
-from service.engines import create_engine, selection
+from service.engines import Budget, create_engine, selection, timing_shapes
 from service.loader import load_model
 from service.sources import resolve_model
+
+UNBOUNDED = dict(max_start_s=None, max_rss_mb=None)
 
 
 @pytest.fixture
@@ -33,9 +39,9 @@ def builds(monkeypatch):
 
 
 def start(model_dir, cache_dir, **settings):
-    """One service start's model load (the NLI role), as ``python -m service`` does it."""
+    """One service start's model load (the NLI role), as ``python -m service`` does it; no budget unless given."""
     return load_model(Settings(model=str(model_dir), embedding_model="none", engine="auto", batch_size=4,
-                               cache_dir=cache_dir, **settings))
+                               cache_dir=cache_dir, **{**UNBOUNDED, **settings}))
 
 
 @pytest.mark.slow
@@ -49,7 +55,8 @@ def test_second_start_reuses_the_measurement_and_builds_only_the_winner(tiny_mod
     assert measured["chosen"] == first.engine.name == max(measured["rows_per_s"], key=measured["rows_per_s"].get)
     assert dt.datetime.fromisoformat(measured["measured_at"]).tzinfo is not None
     record = json.loads(open(measured["record"]).read())
-    assert record["chosen"] == measured["chosen"] and record["key"]["threads"] >= 1
+    assert record["rows_per_s"] == measured["rows_per_s"] and record["key"]["threads"] >= 1
+    assert set(record["costs"]) == {"deepsparse", "onnxruntime"}  # the choice is made from these at every start
     assert builds == [measured["chosen"]]  # the loser was never built in the serving process
 
     builds.clear()
@@ -80,7 +87,7 @@ def test_remeasure_forces_a_new_measurement(tiny_model_dir, tmp_path, builds):
 def test_a_changed_key_measures_again(tiny_model_dir, tmp_path):
     pytest.importorskip("deepsparse")
     source = resolve_model(str(tiny_model_dir))
-    options = dict(cache_dir=tmp_path, batch_size=4, max_length=48)
+    options = dict(cache_dir=tmp_path, batch_size=4, max_length=48)  # no budget: speed alone
     one = create_engine("auto", source, num_threads=1, **options)
     two = create_engine("auto", source, num_threads=2, **options)
     again = create_engine("auto", source, num_threads=1, **options)
@@ -95,22 +102,25 @@ def test_a_changed_key_measures_again(tiny_model_dir, tmp_path):
 def test_the_key_covers_what_decides_the_choice(tmp_path):
     graph = tmp_path / "model.onnx"
     graph.write_bytes(b"graph one")
-    base = dict(task="sequence-classification", threads=2, batch_rows=32, seq_lens=(24, 48))
+    base = dict(task="sequence-classification", threads=2, shapes=((32, 24), (16, 48)), compile="startup", buckets=12)
     key = selection.selection_key({"onnxruntime": graph}, {"onnxruntime": "qdq"}, **base)
     assert key == selection.selection_key({"onnxruntime": graph}, {"onnxruntime": "qdq"}, **base)
     assert key["cpu"] and key["engines"]["onnxruntime"] and key["graphs"]["onnxruntime"]
     changed = [selection.selection_key({"onnxruntime": graph}, {"onnxruntime": "qdq"}, **{**base, "threads": 1}),
-               selection.selection_key({"onnxruntime": graph}, {"onnxruntime": "qdq"}, **{**base, "batch_rows": 8}),
-               selection.selection_key({"onnxruntime": graph}, {"onnxruntime": "dynamic"}, **base)]
+               selection.selection_key({"onnxruntime": graph}, {"onnxruntime": "qdq"},
+                                       **{**base, "shapes": ((8, 24),)}),
+               selection.selection_key({"onnxruntime": graph}, {"onnxruntime": "dynamic"}, **base),
+               selection.selection_key({"onnxruntime": graph}, {"onnxruntime": "qdq"}, **{**base, "compile": "lazy"}),
+               selection.selection_key({"onnxruntime": graph}, {"onnxruntime": "qdq"}, **{**base, "buckets": 22})]
     graph.write_bytes(b"graph two")  # same path, new content
     changed.append(selection.selection_key({"onnxruntime": graph}, {"onnxruntime": "qdq"}, **base))
     digests = {selection.key_digest(k) for k in [key, *changed]}
-    assert len(digests) == 5
+    assert len(digests) == 7
     # a record stored under a digest but holding another key (e.g. a hand-edited file) is not trusted
-    selection.save_record(tmp_path, key, {"chosen": "onnxruntime", "rows_per_s": {}})
-    assert selection.load_record(tmp_path, key)["chosen"] == "onnxruntime"
+    selection.save_record(tmp_path, key, {"costs": {"onnxruntime": {}}, "rows_per_s": {}})
+    assert selection.load_record(tmp_path, key)["costs"] == {"onnxruntime": {}}
     path = selection.record_path(tmp_path, key)
-    path.write_text(json.dumps({"chosen": "onnxruntime", "key": changed[0]}))
+    path.write_text(json.dumps({"costs": {}, "key": changed[0]}))
     assert selection.load_record(tmp_path, key) is None
 
 
@@ -119,3 +129,98 @@ def test_remeasure_is_a_cli_option_and_a_setting(monkeypatch):
     assert Settings().remeasure is True
     out = subprocess.run([sys.executable, "-m", "service", "--help"], capture_output=True, text=True, check=True)
     assert "--remeasure" in out.stdout
+
+
+def cost(start_s, rss_mb):
+    return {"projected_start_s": start_s, "projected_rss_mb": rss_mb}
+
+
+def test_choose_takes_the_fastest_engine_within_the_budget():
+    record = {"costs": {"onnxruntime": cost(1.0, 80), "deepsparse": cost(70.0, 1200)},
+              "rows_per_s": {"onnxruntime": 180.0, "deepsparse": 210.0}}
+    # unbounded: speed alone
+    assert selection.choose(record, Budget())[:2] == ("deepsparse", "the fastest within the budget (rows/s: "
+                                                                    "DeepSparse 210.0, ONNX Runtime 180.0)")
+    # DeepSparse's start-up or its memory over budget: ONNX Runtime, saying why
+    for budget in (Budget(start_s=15), Budget(rss_mb=500)):
+        chosen, why, stale = selection.choose(record, budget)
+        assert (chosen, stale) == ("onnxruntime", False)
+        assert why.startswith("the only engine within the budget (DeepSparse over budget (projected")
+    # nothing fits: the least memory, said so
+    chosen, why, _ = selection.choose(record, Budget(rss_mb=10))
+    assert chosen == "onnxruntime" and why.startswith("no engine fits the budget")
+    # both fit but one was never timed (a record measured under a smaller budget): measure again
+    untimed = {**record, "rows_per_s": {}}
+    assert selection.choose(untimed, Budget()) == (None, "", True)
+    assert selection.choose(untimed, Budget(start_s=15))[0] == "onnxruntime"
+    assert selection.choose({"costs": {}}, Budget())[0] is None
+
+
+def test_budget_is_shared_by_the_models():
+    rss = selection.rss_mb()
+    one = selection.service_budget(15, 5000, models=1, models_left=1)
+    first, second = (selection.service_budget(15, 5000, models=2, models_left=n) for n in (2, 1))
+    assert one.rss_mb == pytest.approx(5000 - rss, abs=50) and first.rss_mb == pytest.approx((5000 - rss) / 2, abs=50)
+    assert second.rss_mb == pytest.approx(5000 - rss, abs=50)  # what the first model left, after its own memory
+    assert (one.start_s, first.start_s, second.start_s) == (15, 7.5, 7.5)
+    assert selection.service_budget(None, None, models=2, models_left=2) == Budget()
+
+
+def test_timing_shapes_include_part_filled_batches():
+    shapes = timing_shapes(32, 512)
+    assert {rows for rows, _ in shapes} > {32}  # real requests end with part-filled batches
+    assert all(1 <= rows <= 32 and tokens <= 512 for rows, tokens in shapes)
+    assert max(tokens for _, tokens in timing_shapes(4, 48)) == 48 and max(r for r, _ in timing_shapes(4, 48)) == 4
+
+
+@pytest.mark.slow
+def test_an_engine_over_budget_is_neither_timed_nor_chosen(tiny_model_dir, tmp_path):
+    pytest.importorskip("deepsparse")
+    source = resolve_model(str(tiny_model_dir))
+    options = dict(batch_size=4, max_length=48)
+    free = create_engine("auto", source, cache_dir=tmp_path / "free", **options)
+    free.close()
+    costs = free.selection["costs"]
+    assert set(free.selection["rows_per_s"]) == {"deepsparse", "onnxruntime"}  # unbounded: both fit, both timed
+    assert costs["deepsparse"]["buckets"] == 6  # (1, 4) rows x (16, 32, 48) tokens
+    # compiling every bucket at start-up costs more than one ONNX Runtime session, and more memory
+    assert costs["deepsparse"]["projected_start_s"] > costs["onnxruntime"]["projected_start_s"]
+    assert costs["deepsparse"]["projected_rss_mb"] > costs["onnxruntime"]["projected_rss_mb"]
+    budget = Budget(start_s=(costs["deepsparse"]["projected_start_s"] + costs["onnxruntime"]["projected_start_s"]) / 2)
+
+    tight = create_engine("auto", source, cache_dir=tmp_path / "tight", budget=budget, **options)
+    tight.close()
+    assert tight.name == "onnxruntime" and tight.selection["measurement"] == "measured"
+    assert tight.selection["rows_per_s"] == {}  # only one fits: nothing timed
+    assert set(tight.selection["costs"]) == {"deepsparse", "onnxruntime"}
+    assert "DeepSparse over budget (projected warm start" in tight.why and tight.why.startswith("auto: the only")
+    again = create_engine("auto", source, cache_dir=tmp_path / "tight", budget=budget, **options)
+    again.close()
+    assert again.selection["measurement"] == "reused" and again.name == "onnxruntime"
+    # a larger budget, under which the untimed DeepSparse fits: measured again, both timed
+    wide = create_engine("auto", source, cache_dir=tmp_path / "tight", budget=Budget(), **options)
+    wide.close()
+    assert wide.selection["measurement"] == "measured" and set(wide.selection["rows_per_s"]) == {"deepsparse",
+                                                                                                  "onnxruntime"}
+
+
+@pytest.mark.slow
+def test_info_and_log_say_which_engine_why_and_under_which_licence(tiny_model_dir, tmp_path, caplog, monkeypatch):
+    pytest.importorskip("deepsparse")
+    monkeypatch.setattr(engines, "_LICENCE_WARNED", set())
+    with caplog.at_level(logging.INFO, logger="service.engines"):
+        ort = load_model(Settings(model=str(tiny_model_dir), embedding_model="none", engine="onnxruntime",
+                                  cache_dir=tmp_path))
+        ds = [load_model(Settings(model=str(tiny_model_dir), embedding_model="none", engine="deepsparse",
+                                  deepsparse_compile="lazy", cache_dir=tmp_path)) for _ in range(2)]
+    for loaded in (ort, *ds):
+        loaded.close()
+    assert ort.info["engine_licence"] == importlib.metadata.metadata("onnxruntime")["License"]
+    assert ort.info["engine_why"] == "named by the engine setting (onnxruntime)"
+    assert ds[0].info["engine"] == "deepsparse" and "not for production use" in ds[0].info["engine_licence"]
+    assert ds[0].info["engine_licence"].startswith(importlib.metadata.metadata("deepsparse")["License"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("engine for ") for m in lines) == 3  # one start-up line per engine built
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "service.engines"]
+    assert len(warnings) == 1 and "not for production use" in warnings[0]  # one line, not one per model
+    assert not any("production" in m for m in lines if "ONNX Runtime" in m)

@@ -156,3 +156,35 @@ def test_onnx_inspection_measures_sparsity(tiny_model_dir, tmp_path):
     assert facts["quantization"] == "none"
     assert facts["weight_params"] == total
     assert facts["sparsity"] == pytest.approx(zeros / total, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_onnxruntime_arena_shrink_gives_the_memory_of_a_large_batch_back(minilm_dir, cache_dir):
+    """ZSC_ORT_ARENA: the same numbers under every policy; with ``shrink`` (the default) a (32, 256) call leaves
+    resident memory where it was, with ``on`` (ONNX Runtime's own default) its arena keeps the activations; ``off``
+    keeps what the C heap keeps (36 MiB in one run here)."""
+    from service.engines.onnxruntime import OnnxRuntimeEngine
+    from service.engines.selection import rss_mb
+    from service.onnx_export import onnx_for
+
+    graph = onnx_for(resolve_model(str(minilm_dir)), cache_dir, "sentence-embedding")
+    rng = np.random.default_rng(0)
+    big = {"input_ids": rng.integers(1000, 20000, (32, 256)), "attention_mask": np.ones((32, 256), np.int64),
+           "token_type_ids": np.zeros((32, 256), np.int64)}
+    small = {k: v[:2, :16] for k, v in big.items()}
+    grown, outputs = {}, {}
+    for arena in ("shrink", "on", "off"):
+        engine = OnnxRuntimeEngine(graph, num_threads=1, arena=arena)
+        feed = lambda inputs: {k: inputs[k].astype(np.int64) for k in engine.input_names}  # noqa: E731
+        engine(feed(small))
+        before = rss_mb()
+        outputs[arena] = engine(feed(big))
+        grown[arena] = rss_mb() - before
+        assert engine.describe()["arena"] == arena
+        engine.close()
+    np.testing.assert_allclose(outputs["shrink"], outputs["on"], atol=1e-5)
+    np.testing.assert_allclose(outputs["off"], outputs["on"], atol=1e-5)
+    # the attention scores alone are 32 x 12 heads x 256 x 256 float32 = 100 MiB
+    assert grown["on"] > 100 and grown["shrink"] < 25 and grown["off"] < grown["on"] / 2, grown
+    with pytest.raises(EngineError, match="arena policy"):
+        OnnxRuntimeEngine(graph, arena="bounded")

@@ -1,16 +1,22 @@
 """annotate.finetune_job: a real background fine-tune of the packaged MiniLM encoder, in a real child process, on a
-real SST-2 slice embedded and scored by the same encoder (embedding method). Nothing is mocked. Kept short: 48
-reviews, 32 tokens, a 12 s training budget."""
+real SST-2 slice embedded and scored by the same encoder (embedding method). Nothing is mocked; jobs are killed
+with real signals. Kept short: 48 reviews, 32 tokens, a 12 s training budget."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 from annotate.finetune_job import (
+    BUSY_EXIT,
+    JOB_LOCK,
     RESULT,
     BackgroundFinetune,
     FinetuneResult,
@@ -20,6 +26,8 @@ from annotate.finetune_job import (
     snapshot_revision,
     write_snapshot,
 )
+
+from .conftest import REPO
 
 LABELS = ["negative", "positive"]
 SETTINGS = FinetuneSettings(min_reviews=40, every=20, time_budget=12, max_length=32, pool_limit=64, epochs=1.0)
@@ -148,3 +156,83 @@ def test_a_job_that_cannot_fine_tune_reports_why_and_nothing_is_kept(pool, tmp_p
     assert _wait(background, 120) is None
     assert "failed (exit 2)" in lines[-1] and "at least two" in lines[-1]
     assert background.latest(LABELS) is None and list((tmp_path / "finetune").iterdir()) == []
+
+
+def _until(condition, seconds: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(step)
+    raise AssertionError(f"{what} did not happen within {seconds} s")
+
+
+def test_a_job_killed_mid_save_leaves_nothing_read_and_a_second_watcher_never_runs_it_twice(pool, tmp_path):
+    """Watcher A starts a job and is gone (as if SIGKILLed: its object is never polled again); the job lowers its
+    own priority and holds the job lock. Watcher B does not start a second job while it runs, and a second job
+    process on the same lock exits 3 naming the holder. The job is SIGKILLed while it writes its results (its
+    temporary results folder exists): nothing of it is read, and B then runs the same snapshot to the end, leaving
+    only the finished job behind."""
+    a_lines, b_lines = [], []
+    a = BackgroundFinetune(tmp_path, SETTINGS, echo=a_lines.append)
+    b = BackgroundFinetune(tmp_path, SETTINGS, echo=b_lines.append)
+    write = lambda n: (lambda d: _snapshot(pool, d, n)[0])  # noqa: E731
+    jobs = tmp_path / "finetune"
+    assert a.maybe_start(40, write(40))
+    revision, pid = a.running, a.process.pid
+    try:
+        # no preexec_fn: the child lowers its own priority, by 10 (BackgroundFinetune's default)
+        _until(lambda: os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + 10, 60,
+               "the child's os.nice(10)")
+        assert os.getsid(pid) == pid  # its own session: the watcher's Ctrl-C does not reach it
+        holder = _until(lambda: (tmp_path / f"{JOB_LOCK}.json").is_file()
+                        and json.loads((tmp_path / f"{JOB_LOCK}.json").read_text()), 60, "the job lock")
+        assert holder["pid"] == pid and holder["what"] == f"fine-tune {revision}"
+
+        assert not b.maybe_start(40, write(40)) and b.process is None
+        assert b_lines == [f"fine-tune not started: fine-tune {revision} (pid {pid} on {holder['host']}, since "
+                           f"{holder['since']}) is still running on this cache"]
+        assert not b.maybe_start(60, write(60)) and len(b_lines) == 1  # said once while the same job runs
+        second = subprocess.run([sys.executable, "-m", "annotate.finetune_job", "--lock", str(tmp_path / JOB_LOCK),
+                                 str(jobs / f".{revision}.snapshot"), str(tmp_path / "elsewhere")], cwd=REPO,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == BUSY_EXIT and not (tmp_path / "elsewhere").exists()
+        assert len(second.stderr.strip().splitlines()) == 1 and f"pid {pid}" in second.stderr, second.stderr
+
+        writing = _until(lambda: [p for p in jobs.iterdir() if p.name.startswith(f".{revision}.staging-")], 600,
+                         "the job's results being written")
+        os.killpg(pid, signal.SIGKILL)  # mid-save: its results folder is half-written
+    finally:
+        if a.process.poll() is None:
+            os.killpg(pid, signal.SIGKILL)
+        a.process.wait()
+    assert a.process.returncode == -signal.SIGKILL
+    assert writing[0].exists() and not (jobs / revision).exists()  # left half-written, under a name never read
+    assert a.latest(LABELS) is None and b.latest(LABELS) is None
+
+    assert b.maybe_start(40, write(40)) and b.running == revision  # the lock is free: B runs it, from a clean slate
+    assert not writing[0].exists()
+    assert _wait(b, 300) == revision, b_lines
+    assert b.latest(LABELS).revision == revision and (jobs / revision / "model" / "model.onnx").is_file()
+    assert sorted(p.name for p in jobs.iterdir()) == [revision]
+    assert not (tmp_path / f"{JOB_LOCK}.json").exists()  # released
+
+
+def test_prune_keeps_the_newest_jobs_and_the_newest_that_beat_the_head(tmp_path):
+    """Finished jobs as their result.json say (written here): pruning orders them by the time they finished, not by
+    folder mtime (which the file system may change), and keeps the newest job that beat the head, whose model an
+    earlier summary said to serve, however old."""
+    background = BackgroundFinetune(tmp_path, SETTINGS, keep=2)
+    jobs = tmp_path / "finetune"
+    finished = {"won": (100.0, 0.9), "lost1": (200.0, 0.5), "lost2": (300.0, 0.5), "lost3": (400.0, 0.5),
+                "older_win": (50.0, 0.9)}
+    for name, (created, accuracy) in finished.items():
+        (jobs / name).mkdir(parents=True)
+        (jobs / name / RESULT).write_text(json.dumps({"created": created, "accuracy": accuracy, "head_accuracy": 0.6,
+                                                      "holdout": 10}))
+        os.utime(jobs / name, (1000 - created, 1000 - created))  # mtimes in the opposite order
+    assert [d.name for d, _ in background.finished()] == ["lost3", "lost2", "lost1", "won", "older_win"]
+    assert background.protected() == {"lost3", "won"}
+    background._prune()
+    assert sorted(p.name for p in jobs.iterdir()) == ["lost2", "lost3", "won"]

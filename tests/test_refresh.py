@@ -245,6 +245,15 @@ def test_refresh_bad_input_one_line_nothing_written(adapted, argilla_stack, anno
                               "--label", "Sports"))
     assert "do not match dataset 'adaptive'" in line
     assert "not found" in one_error_line(run(argilla_stack, annotate_cache, "refresh", "--dataset", "nope"))
+    # --head-output into a folder of other files: refused before anything is written (a head save replaces the
+    # whole folder, so only a previous head may be there)
+    foreign = tmp_path / "my-folder"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    result = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--head-output", str(foreign))
+    assert result.returncode == 2 and "--head-output" in one_error_line(result)
+    assert "non-empty directory of other files" in one_error_line(result)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     assert snapshot(argilla_stack, "adaptive") == state
 
     # a dataset pushed before adaptation: no vector field, no cache
@@ -408,6 +417,55 @@ def test_watch_fine_tunes_the_encoder_in_the_background_and_swaps_it_in(adapted,
     assert json.loads((out / "no-finetune.json").read_text())["updated"] == 45  # the agent kind changed back
     assert all(":adaptive-head:" in agent for rid, (_, _, agent, *_) in snapshot(argilla_stack, "adaptive").items()
                if rid not in reviewed)
+
+
+def test_one_watcher_per_dataset_cache_and_sigterm_stops_it(adapted, argilla_stack, annotate_cache):
+    """A second `refresh --watch` on the same dataset cache exits 2 with one line naming the first (pid, since
+    when); SIGTERM stops the first like Ctrl-C (exit 0, lock released); then a watcher can start again."""
+    import signal
+    import time
+
+    from annotate.cache import LOCK, DatasetCache, holder
+
+    cache = DatasetCache(annotate_cache, argilla_stack.url, argilla_stack.workspace, "adaptive")
+    out = adapted["tmp"]
+    env = {**os.environ, **argilla_stack.env(), "PYTHONUNBUFFERED": "1", "ANNOTATE_CACHE_DIR": str(annotate_cache)}
+    command = [sys.executable, "-m", "annotate", "refresh", "--dataset", "adaptive", "--watch", "--no-finetune",
+               "--poll-seconds", "1"]
+    with open(out / "lock-watch.out", "w") as stdout, open(out / "lock-watch.err", "w") as stderr:
+        first = subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 300
+            while "--- refresh round 1" not in (out / "lock-watch.out").read_text() and time.monotonic() < deadline:
+                assert first.poll() is None, (out / "lock-watch.err").read_text()[-3000:]
+                time.sleep(0.5)
+            held = holder(cache.root / LOCK)
+            assert held["pid"] == first.pid and held["what"] == "refresh --watch"
+            second = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--watch", "--no-finetune")
+            line = one_error_line(second)
+            assert second.returncode == 2 and f"pid {first.pid}" in line and "refresh --watch" in line, line
+            assert "adaptive" in line and held["since"] in line
+        finally:
+            first.send_signal(signal.SIGTERM)
+            code = first.wait(120)
+    assert code == 0, (out / "lock-watch.err").read_text()[-3000:]
+    assert "stopped after" in (out / "lock-watch.out").read_text()
+    assert holder(cache.root / LOCK) is None and not (cache.root / f"{LOCK}.json").exists()
+
+
+def test_watch_polls_count_responses_without_reading_records(adapted, argilla_stack):
+    """count_reviewed (what --watch polls) asks the server for its response counts: the same number as paging
+    through every submitted or discarded record (the former poll, the reference here), in two requests."""
+    import argilla as rg
+
+    from annotate.refresh import count_reviewed
+
+    dataset = dataset_of(argilla_stack, "adaptive")
+    query = rg.Query(filter=rg.Filter(("response.status", "in", ["submitted", "discarded"])))
+    paged = sum(1 for _ in dataset.records(query=query, batch_size=1000, with_suggestions=False,
+                                           with_responses=False))
+    assert paged == len(adapted["submitted"]) + len(adapted["discarded"]) == 35
+    assert count_reviewed(dataset) == paged
 
 
 EKMAN = ["anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"]

@@ -87,3 +87,65 @@ def test_gold_indices_and_simulate_on_separable_data():
     curve = report["curve"]
     assert [e["reviewed"] for e in curve] == [0, 40, 80]
     assert curve[-1]["eval_accuracy"] >= report["zero_shot"]["eval_accuracy"] - 0.02
+
+
+def _separable(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(3, 12))
+    y = rng.integers(0, 3, n)
+    x = centers[y] + 0.9 * rng.normal(size=(n, 12))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    logits = 2 * x @ centers.T
+    return LabelledSplit(x, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), y)
+
+
+def test_bulk_acceptance_counts_certification_reviews_and_keeps_its_promise():
+    from annotate.simulate import AcceptanceSettings
+
+    pool = _separable()
+    n = len(pool.gold)
+    report = simulate(pool, ["a", "b", "c"], [0, 100, 300], strategy=get_strategy("least-confidence"),
+                      round_size=50, progress=False, acceptance=AcceptanceSettings(precision=0.9))
+    baseline = report["zero_shot"]["accept"]
+    assert baseline["accept"]["certification_reviews"] > 0
+    previous = 0
+    for entry in [baseline, *report["curve"]]:
+        a = entry["accept"]
+        assert a["certification_reviews"] >= previous  # the sample is reused and grows, never forgotten
+        previous = a["certification_reviews"] if entry is not baseline else 0
+        reviewed = entry.get("reviewed", 0)
+        # every record is reviewed in the loop, reviewed for certification, accepted, or left to people
+        assert a["pending"] == n - reviewed - a["certification_reviews"]
+        assert entry["human_share"] == pytest.approx(1 - a["accepted"] / n)
+        assert a["share"] == pytest.approx(a["accepted"] / (n - reviewed))
+        if a["accepted"]:
+            assert a["precision"] >= 0.88  # promised 0.9 at 95% confidence; measured on gold
+            assert set(a["threshold"]) <= {"a", "b", "c"}
+    assert report["curve"][-1]["accept"]["share"] > 0.3
+
+
+@pytest.mark.slow
+def test_simulate_accept_precision_on_real_texts(slices):
+    out = slices / "accept" / "report.json"
+    result = _run(slices / "pool.jsonl", *LABEL_ARGS, "--label-map", LABEL_MAP, "--hypothesis-template",
+                  "This news article is about {}.", "--budgets", "0,100", "--accept-precision", "0.9",
+                  "--accept-scope", "pooled", "--report-json", out, "--cache-dir", slices / "cache")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    n = report["pool_size"]
+    for entry in report["curve"]:
+        a = entry["accept"]
+        assert a["certification_reviews"] > 0
+        assert entry["human_share"] == pytest.approx((entry["reviewed"] + a["certification_reviews"]
+                                                      + a["pending"] - a["accepted"]) / n)
+        if a["accepted"]:
+            assert a["precision"] >= 0.85
+    assert "bulk acceptance at precision >= 0.9" in result.stdout
+    assert out.with_suffix(".accept.png").stat().st_size > 10_000
+
+
+def test_accept_precision_outside_0_1_exits_2_with_one_line(slices):
+    result = _run(slices / "pool.jsonl", *LABEL_ARGS, "--label-map", LABEL_MAP, "--accept-precision", "1.5")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--accept-precision 1.5" in lines[0] and "between 0 and 1" in lines[0], lines

@@ -83,7 +83,7 @@ def refresh(
     background process (annotate/finetune_job.py) while the head keeps refreshing; when it finishes and beats the
     head on held-out reviews, the pending records take its suggestions (agent ...:encoder-finetune:<revision>).
     """
-    from annotate.cache import DatasetCache
+    from annotate.cache import CacheBusy, DatasetCache
     from annotate.client import ArgillaRefused, ArgillaUnavailable, connect, find_dataset
     from annotate.finetune_job import BackgroundFinetune, FinetuneSettings
     from annotate.refresh import RefreshError, count_reviewed
@@ -130,11 +130,12 @@ def refresh(
             found = find_dataset(client, settings.dataset, settings.workspace)
             if found is None:
                 raise RefreshError(f"dataset {settings.dataset!r} not found in workspace {settings.workspace!r}")
-            run_watch(one_round, lambda: count_reviewed(found), every=every, poll_seconds=poll_seconds,
-                      echo=typer.echo, finished=background.poll if background is not None else None)
+            with cache.lock("refresh --watch"):  # one watcher (and one staging of fine-tunes) per dataset cache
+                run_watch(one_round, lambda: count_reviewed(found), every=every, poll_seconds=poll_seconds,
+                          echo=typer.echo, finished=background.poll if background is not None else None)
         else:
             one_round()
-    except RefreshError as exc:
+    except (RefreshError, CacheBusy) as exc:
         raise fail(str(exc), 2) from None
     except (ArgillaRefused, ArgillaUnavailable) as exc:
         raise fail(str(exc)) from None

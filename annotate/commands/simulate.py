@@ -58,15 +58,31 @@ def simulate(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where scored texts are kept between runs (default "
                                                       "~/.cache/zeroshot-preannotate/annotate/simulate).",
                                                       show_default=False)] = None,
+    accept_precision: Annotated[Optional[float], typer.Option(help="Also certify bulk acceptance at this precision "
+                                                              "after every budget (e.g. 0.95; docs/adaptive.md, "
+                                                              "'Bulk acceptance').", show_default=False)] = None,
+    accept_confidence: Annotated[float, typer.Option(help="Confidence of the bound behind --accept-precision.")]
+    = 0.95,
+    accept_scope: Annotated[str, typer.Option(help="label: one threshold and sample per label (each label's precision "
+                                              "guaranteed); pooled: one for all labels.")] = "label",
     log_level: LogLevel = "info",
 ) -> None:
     """Simulate a review with gold labels as reviewers: how accurate the suggestions get after N reviews.
 
     Scores and embeds POOL (and --eval) once (cached), then at each budget reviews records in --strategy order in
     rounds of --round-size, refits the adapted head after each round, and reports accuracy and macro-F1 next to
-    the plain zero-shot scores and to a classifier trained on the reviews alone.
+    the plain zero-shot scores and to a classifier trained on the reviews alone. With --accept-precision, each
+    budget also certifies which pending suggestions may be accepted in bulk, counting the certification reviews.
     """
-    from annotate.simulate import LabelledSplit, gold_indices, plot_curve, read_labelled, scored_split
+    from annotate.simulate import (
+        AcceptanceSettings,
+        LabelledSplit,
+        gold_indices,
+        plot_acceptance,
+        plot_curve,
+        read_labelled,
+        scored_split,
+    )
     from annotate.simulate import simulate as run_simulate
     from annotate.strategies import get_strategy
     from pool import readers
@@ -74,6 +90,17 @@ def simulate(
 
     settings = settings_from_env(service_url=service_url)
     try:
+        acceptance = None
+        if accept_precision is not None:
+            for name, value in (("--accept-precision", accept_precision), ("--accept-confidence", accept_confidence)):
+                if not 0 < value < 1:
+                    raise ValueError(f"{name} {value:g}: give a number strictly between 0 and 1, e.g. 0.95")
+            if multi_label:
+                raise ValueError("--accept-precision certifies single-label suggestions: drop --multi-label or it")
+            if accept_scope not in ("label", "pooled"):
+                raise ValueError(f"--accept-scope {accept_scope!r}: give label or pooled")
+            acceptance = AcceptanceSettings(precision=accept_precision, confidence=accept_confidence,
+                                            scope=accept_scope)
         labels = read_labels(label, labels_file)
         from service.zeroshot import validate_template
 
@@ -131,7 +158,7 @@ def simulate(
     reports = []
     for chosen in strategies:
         report = run_simulate(pool, labels, budget_list, strategy=chosen, round_size=round_size,
-                              evaluation=evaluation, seed=seed)
+                              evaluation=evaluation, seed=seed, acceptance=acceptance)
         report.update({"pool": str(pool_path), "eval": str(eval_path) if eval_path else None,
                        "hypothesis_template": hypothesis_template, "method": method, "seed": seed})
         reports.append(report)
@@ -142,6 +169,11 @@ def simulate(
         png = report_json.with_suffix(".png")
         plot_curve(reports, png, title=f"{pool_path.parent.name}/{pool_path.name}: suggestion accuracy as reviews arrive")
         typer.echo(f"report: {report_json}; learning curve: {png}")
+        if acceptance is not None:
+            accept_png = report_json.with_suffix(".accept.png")
+            plot_acceptance(reports, accept_png, title=f"{pool_path.parent.name}/{pool_path.name}: human share at "
+                                                        f"precision >= {acceptance.precision:g}")
+            typer.echo(f"human share: {accept_png}")
 
 
 def _simulate_multilabel(pool, evaluation, labels, budgets, strategies, round_size, seed, report_json,
@@ -181,4 +213,15 @@ def _render_simulation(report: dict) -> str:
         pending = f"{e['pending_accuracy']:.4f}" if e["pending_accuracy"] is not None else "-"
         lines.append(f"{e['reviewed']:>8}  {e['eval_accuracy']:>8.4f}  {e['eval_macro_f1']:>8.4f}  {pending:>8}  "
                      f"{only:>12}  {e['mode']}{_knob(e)}, refit {e['refit_seconds']:.2f} s")
+    if "accept" in zero:
+        settings = zero["accept"]["accept"]
+        lines.append(f"bulk acceptance at precision >= {settings['target']:g} (confidence {settings['confidence']:g}, "
+                     f"{settings['scope']}): share of the records not reviewed in the loop, certification reviews so "
+                     "far, real precision, best possible share, human share of the pool")
+        lines.append(f"{'reviewed':>9}  {'cert.':>6}  {'share':>6}  {'precision':>9}  {'oracle':>6}  {'human':>6}")
+        for name, e in [("zero-shot", zero["accept"]), *((str(e["reviewed"]), e) for e in report["curve"])]:
+            a = e["accept"]
+            precision = f"{a['precision']:.4f}" if a["precision"] is not None else "-"
+            lines.append(f"{name:>9}  {a['certification_reviews']:>6}  {a['share']:>6.3f}  {precision:>9}  "
+                         f"{a['oracle_share']:>6.3f}  {e['human_share']:>6.3f}")
     return "\n".join(lines)

@@ -115,6 +115,14 @@ class DeepSparseEngine(Engine):
         """Every ``(rows, seq_len)`` bucket, smallest work first."""
         return sorted(((r, s) for r in self.row_buckets for s in self.buckets), key=lambda b: (b[0] * b[1], b))
 
+    def compile_bucket(self, rows: int, seq_len: int) -> None:
+        """Compile the ``(rows, seq_len)`` bucket now if it is not compiled yet (``engine=auto``'s cost probe).
+
+        Raises:
+            EngineError: the compilation failed.
+        """
+        self._engine_for(rows, seq_len)
+
     def start_background_compile(self) -> None:
         """Compile the remaining buckets in a daemon thread (stops early when the engine is closed)."""
         if self._background is not None:
