@@ -173,7 +173,8 @@ class HttpScorer(_Scorer):
 
     def __init__(self, url: str, labels: Sequence[str], hypothesis_template: str, multi_label: bool = False,
                  method: str | None = None, timeout: float = 300.0, max_attempts: int = 6,
-                 max_wait: float = 20.0, ready_timeout: float = 300.0, in_flight: int = 2) -> None:
+                 max_wait: float = 20.0, ready_timeout: float = 300.0, in_flight: int = 2,
+                 api_key: str | None = None) -> None:
         import httpx
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
@@ -181,7 +182,8 @@ class HttpScorer(_Scorer):
         self.url = url.rstrip("/")
         self.labels, self.template, self.multi_label, self.method = list(labels), hypothesis_template, multi_label, method
         self.in_flight = max(1, int(in_flight))
-        self._client = httpx.Client(base_url=self.url, timeout=timeout,
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None  # a service with ZSC_API_KEY set
+        self._client = httpx.Client(base_url=self.url, timeout=timeout, headers=headers,
                                     limits=httpx.Limits(max_connections=max(10, self.in_flight)))
         transient = retry_if_exception_type((httpx.TransportError, _Transient))
         self._retrying = Retrying(retry=transient, stop=stop_after_attempt(max_attempts), reraise=True,

@@ -169,3 +169,19 @@ def test_http_scorer_sizes_requests_by_the_body_limit(tiny_model_dir, cache_dir)
         with pytest.raises(ScoringError, match="ZSC_MAX_BODY_BYTES"):
             scorer.score(["x" * limit])
         scorer.close()
+
+
+def test_http_scorer_sends_the_service_api_key(tiny_model_dir, cache_dir):
+    """A service started with ZSC_API_KEY (as docker compose requires) answers the scorer that carries the key, and
+    refuses, with a message saying what to send, the one that does not."""
+    from service.app import create_app
+    from service.config import Settings
+
+    with LiveServer(create_app(Settings(model=str(tiny_model_dir), engine="onnxruntime", cache_dir=cache_dir,
+                                        api_key="compose-key-1"))) as live:
+        assert live.wait_ready().status_code == 200
+        keyed = HttpScorer(live.url, ["a", "b"], TEMPLATE, api_key="compose-key-1")
+        assert keyed.score(["one", "two"]).shape == (2, 2)
+        keyed.close()
+        with pytest.raises(ScoringError, match="401|API key|Bearer"):
+            HttpScorer(live.url, ["a", "b"], TEMPLATE, api_key="wrong", ready_timeout=10).score(["one"])
