@@ -203,3 +203,55 @@ def test_accept_precision_outside_0_1_exits_2_with_one_line(slices):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--accept-precision 1.5" in lines[0] and "between 0 and 1" in lines[0], lines
+
+
+class _Recording:
+    """The least-confidence strategy, recording what it was offered and what it took (a spy on our own interface,
+    not a stand-in: the selection is the real strategy's)."""
+
+    def __init__(self):
+        self.inner, self.offered, self.taken = get_strategy("least-confidence"), [], []
+        self.name = self.inner.name
+
+    def select(self, scores, pending, count, rng):
+        take = self.inner.select(scores, pending, count, rng)
+        self.offered.append(np.asarray(pending).copy())
+        self.taken.append(np.asarray(take).copy())
+        return take
+
+
+def _synthetic(seed: int, n: int, k: int = 3, d: int = 12):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * 2.0
+    gold = rng.integers(0, k, size=n)
+    embeddings = centres[gold] + rng.normal(size=(n, d))
+    logits = np.eye(k)[gold] * 1.2 + rng.normal(size=(n, k))  # a weak, noisy zero-shot teacher
+    zero_shot = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return LabelledSplit(embeddings=embeddings, zero_shot=zero_shot, gold=gold)
+
+
+def test_simulate_never_reads_the_gold_of_records_nobody_reviewed():
+    """Leakage: change the gold label of every pool record the simulated reviewers never reached; the records
+    reviewed, the head and every figure on the held-out split stay exactly the same. Reviewed records leave the
+    pending set at once, and without a held-out split the figures are measured on the pending records only."""
+    pool, held_out, labels = _synthetic(0, 400), _synthetic(1, 200), ["a", "b", "c"]
+    first = _Recording()
+    report = simulate(pool, labels, [0, 40, 100], strategy=first, round_size=20, evaluation=held_out, progress=False)
+    reviewed = np.concatenate(first.taken)
+    assert len(reviewed) == 100 and len(set(reviewed.tolist())) == 100
+    for i, offered in enumerate(first.offered):  # nothing taken before is offered again
+        assert not set(offered.tolist()) & set(np.concatenate(first.taken[:i]).tolist() if i else [])
+    never = np.setdiff1d(np.arange(len(pool.gold)), reviewed)
+    altered = LabelledSplit(pool.embeddings, pool.zero_shot, pool.gold.copy())
+    altered.gold[never] = (altered.gold[never] + 1) % len(labels)
+    second = _Recording()
+    again = simulate(altered, labels, [0, 40, 100], strategy=second, round_size=20, evaluation=held_out,
+                     progress=False)
+    assert np.array_equal(np.concatenate(second.taken), reviewed)
+    for a, b in zip(report["curve"], again["curve"]):
+        assert (a["eval_accuracy"], a["eval_macro_f1"], a["mode"]) == (b["eval_accuracy"], b["eval_macro_f1"], b["mode"])
+    assert any(a["pending_accuracy"] != b["pending_accuracy"] for a, b in zip(report["curve"], again["curve"]))
+    # without a held-out split, the figures are taken on the records still pending, never on reviewed ones
+    pending_only = simulate(pool, labels, [0, 100], strategy=_Recording(), round_size=20, progress=False)
+    assert pending_only["evaluated_on"] == "pending pool records"
+    assert pending_only["curve"][-1]["eval_accuracy"] == pytest.approx(pending_only["curve"][-1]["pending_accuracy"])
