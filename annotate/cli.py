@@ -100,7 +100,8 @@ def zero_shot_scorer(settings, labels: list[str], hypothesis_template: str, meth
 
     try:
         if settings.service_url:
-            return HttpScorer(settings.service_url, labels, hypothesis_template, multi_label, method=method)
+            return HttpScorer(settings.service_url, labels, hypothesis_template, multi_label, method=method,
+                              api_key=settings.service_api_key)
         return LocalScorer(labels, hypothesis_template, multi_label, model=settings.model, engine=settings.engine,
                            method=method, batch_size=128)
     except ScoringError as exc:
@@ -113,7 +114,8 @@ def embedding_scorer(settings):
 
     try:
         if settings.service_url:
-            return HttpScorer(settings.service_url, ["a", "b"], "This text is about {}.")
+            return HttpScorer(settings.service_url, ["a", "b"], "This text is about {}.",
+                              api_key=settings.service_api_key)
         return LocalScorer(["a", "b"], "This text is about {}.", model=settings.model, engine=settings.engine,
                            method="embedding")
     except ScoringError as exc:

@@ -27,6 +27,8 @@ class AnnotateSettings(BaseSettings):
     dataset: str | None = Field(None, description="Argilla dataset name (env ANNOTATE_DATASET)")
     service_url: str | None = Field(None, description="zero-shot service URL; unset: score in-process "
                                                       "(env ANNOTATE_SERVICE_URL)")
+    service_api_key: str | None = Field(None, description="API key of the zero-shot service when it requires one "
+                                                          "(its ZSC_API_KEY; env ANNOTATE_SERVICE_API_KEY)")
     model: str = Field("default", description="in-process model (env ANNOTATE_MODEL), as the service's ZSC_MODEL")
     engine: str = Field("onnxruntime", description="in-process engine (env ANNOTATE_ENGINE), as ZSC_ENGINE")
     cache_dir: Path = Field(Path.home() / ".cache" / "zeroshot-preannotate" / "annotate",

@@ -29,6 +29,21 @@ UNCERTAINTY = ("confidence", "margin", "entropy")
 VECTOR = "embedding"
 #: Integer metadata (0/1, visible): the record belongs to the random audit sample (:func:`audit_flags`).
 AUDIT = "audit"
+#: Float metadata (visible): a random number per record (:func:`audit_order`), the order the audit sample is shown in.
+AUDIT_ORDER = "audit_order"
+#: Bulk acceptance (:mod:`annotate.accept`): integer metadata (0/1, visible) on the records of the certification
+#: sample, to review before pending suggestions can be accepted in bulk, and the suggestions it was drawn on (a
+#: fingerprint, hidden).
+CERTIFY = "certify"
+CERTIFY_BASIS = "certify_basis"
+#: Metadata of an auto-accepted record: who accepted it (the user :data:`AUTO_ACCEPT_USER`), the certified threshold
+#: of its label and the head revision (or agent) of the suggestion accepted.
+ACCEPTED_BY = "accepted_by"
+ACCEPT_THRESHOLD = "accept_threshold"
+ACCEPT_REVISION = "accept_revision"
+ACCEPT_METADATA = (ACCEPTED_BY, ACCEPT_THRESHOLD, ACCEPT_REVISION)
+#: The Argilla user (annotator role) whose responses are the auto-accepted suggestions.
+AUTO_ACCEPT_USER = "auto-accept"
 GUIDELINES = """Pre-annotated by a zero-shot NLI teacher ({agent}; template "{template}").
 Confirm the suggested label when it is right; pick the right one when it is not; discard texts that fit no label
 or cannot be judged. Records open lowest-confidence first (sort by the suggestion score, ascending):
@@ -73,6 +88,7 @@ def build_settings(labels: Sequence[str], multi_label: bool, guidelines: str, ve
                                   visible_for_annotators=False) for i, label in enumerate(labels)]
     if audit:
         metadata.append(rg.IntegerMetadataProperty(name=AUDIT, title="audit sample (1 = random sample)", min=0, max=1))
+        metadata.append(rg.FloatMetadataProperty(name=AUDIT_ORDER, title="audit order (random)", min=0.0, max=1.0))
     return rg.Settings(
         guidelines=guidelines,
         fields=[rg.TextField(name=FIELD, title="Text", use_markdown=False)],
@@ -175,6 +191,22 @@ def audit_flags(ids: Sequence[str], fraction: float) -> list[int]:
     return [int(int(hashlib.sha256(f"audit:{rid}".encode()).hexdigest()[:8], 16) < bound) for rid in ids]
 
 
+def audit_order(ids: Sequence[str]) -> list[float]:
+    """A random number in [0, 1) per record, from a hash of its id (independent of :func:`audit_flags`' hash and of
+    any score): sorting the audit sample by it shows it in random order, so whoever stops part-way has reviewed a
+    random part of it, not its least confident records."""
+    return [int(hashlib.sha256(f"audit-order:{rid}".encode()).hexdigest()[:8], 16) / 2 ** 32 for rid in ids]
+
+
+def audit_metadata(ids: Sequence[str], fraction: float, ordered: bool) -> dict[str, list]:
+    """The audit metadata of records: :data:`AUDIT` flags, and :data:`AUDIT_ORDER` when ``ordered`` (datasets
+    created before it existed have no such property)."""
+    out: dict[str, list] = {AUDIT: audit_flags(ids, fraction)}
+    if ordered:
+        out[AUDIT_ORDER] = audit_order(ids)
+    return out
+
+
 def has_vectors(dataset) -> bool:
     """Whether ``dataset`` has the :data:`VECTOR` field (datasets pushed before adaptation existed do not)."""
     return any(v.name == VECTOR for v in dataset.settings.vectors)
@@ -189,12 +221,27 @@ def margin_link(api_url: str, dataset_id) -> str:
     return f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?sort=metadata.margin.asc"
 
 
-def audit_link(api_url: str, dataset_id, question: str = QUESTION) -> str:
-    """URL of the dataset in Argilla's UI filtered to the audit sample (metadata ``audit`` in [1, 1])."""
-    return (f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?metadata={AUDIT}.ge1.le1"
+def audit_link(api_url: str, dataset_id, ordered: bool = True) -> str:
+    """URL of the dataset in Argilla's UI filtered to the audit sample (metadata ``audit`` in [1, 1]), in random
+    order (:data:`AUDIT_ORDER` ascending; ``ordered=False`` for datasets without it: Argilla's insertion order). Never
+    by score: reviewing the least confident audit records first would bias the estimate made from them."""
+    link = f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?metadata={AUDIT}.ge1.le1"
+    return link + (f"&sort=metadata.{AUDIT_ORDER}.asc" if ordered else "")
+
+
+def certify_link(api_url: str, dataset_id, question: str = QUESTION) -> str:
+    """URL of the dataset in Argilla's UI filtered to the certification sample of bulk acceptance (metadata
+    ``certify`` in [1, 1]), pending records lowest suggestion score first."""
+    return (f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?metadata={CERTIFY}.ge1.le1"
             f"&sort=suggestion.{question}.score.asc")
 
 
 def deep_link(api_url: str, dataset_id, question: str = QUESTION) -> str:
     """URL of the dataset in Argilla's UI, lowest suggestion score first (pending records by default)."""
     return f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?sort=suggestion.{question}.score.asc"
+
+
+def suspect_link(api_url: str, dataset_id, name: str = "suspect") -> str:
+    """URL of the dataset in Argilla's UI showing the submitted records, most suspect first (metadata ``suspect``
+    descending, written by ``python -m annotate suspects``): the labels to check again."""
+    return f"{api_url.rstrip('/')}/dataset/{dataset_id}/annotation-mode?status=submitted&sort=metadata.{name}.desc"

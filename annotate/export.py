@@ -2,8 +2,14 @@
 
 One row per record with a submitted response (and, with ``include_discarded``, per discarded record):
 
-``{"id", "text", "label" | "labels", "status", "annotator", "suggestion", "suggestion_score",
+``{"id", "text", "label" | "labels", "status", "source", "annotator", "suggestion", "suggestion_score",
 "teacher_scores": {label: prob, ...}, "labels_order": [...], "agent"}``
+
+``source`` is ``human`` for a person's response and ``auto-accept`` for a suggestion accepted in bulk
+(``python -m annotate accept --apply``: the response of the user ``auto-accept``, no person's); ``humans_only``
+leaves the latter out. Students train on both or on human labels alone (``python -m train.finetune
+--humans-only``). The agreement and the confusion matrix are measured on human responses only: an accepted
+suggestion agrees with itself.
 
 ``label`` (single-label) or ``labels`` (multi-label) is the human decision (``None`` for discarded records);
 ``teacher_scores`` holds the teacher's probability for every candidate label, in the question's label order,
@@ -23,10 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from annotate import client as argilla_client
-from annotate.dataset import QUESTION, question_labels, teacher_scores
+from annotate.dataset import AUTO_ACCEPT_USER, QUESTION, question_labels, teacher_scores
 
 logger = logging.getLogger(__name__)
 FORMATS = ("jsonl", "parquet", "hf")
+#: ``source`` of a row: a person's response, or a suggestion accepted in bulk (annotate/accept.py).
+HUMAN, AUTO = "human", "auto-accept"
 
 
 @dataclass
@@ -40,6 +48,7 @@ class ExportSummary:
     labels: list[str]
     status_counts: dict = field(default_factory=dict)
     exported: int = 0
+    sources: dict = field(default_factory=dict)
     compared: int = 0
     accuracy: float | None = None
     confusion: list[list[int]] = field(default_factory=list)
@@ -53,8 +62,9 @@ class ExportSummary:
         import pandas as pd
 
         counts = ", ".join(f"{k}: {v}" for k, v in self.status_counts.items())
+        sources = ", ".join(f"{k} {v}" for k, v in self.sources.items())
         lines = [f"dataset     {self.dataset}", f"records     {counts}",
-                 f"exported    {self.exported} rows -> {self.output} ({self.format})"]
+                 f"exported    {self.exported} rows -> {self.output} ({self.format}; source: {sources or '-'})"]
         if self.accuracy is None:
             lines.append("agreement   - (no submitted record to compare)")
         else:
@@ -69,41 +79,73 @@ class ExportSummary:
 
 
 STATUSES = ("submitted", "discarded", "draft")
+#: Ids of the auto-accept users met so far (one per server): :func:`_first_response` prefers a person's response.
+_AUTO_USERS: set[str] = set()
 
 
-def reviewed_records(dataset, statuses=STATUSES, batch_size: int = 500):
+def auto_accept_user_id(dataset) -> str | None:
+    """Id of the user ``auto-accept`` (annotate/accept.py) on ``dataset``'s server, ``None`` when there is none."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        user = argilla_client.call(dataset._client.users, AUTO_ACCEPT_USER, what="user lookup")
+    if user is None:
+        return None
+    _AUTO_USERS.add(str(user.id))
+    return str(user.id)
+
+
+def reviewed_records(dataset, statuses=STATUSES, batch_size: int = 500, auto_accepted: bool = False):
     """Yield ``(status, record)`` for every record with a response, by precedence submitted > discarded > draft.
 
     Statuses come from server-side filters (``response.status``), not from ``record.responses``: the SDK drops
     responses without a value, as a discard made without picking a label is, so a discarded record can come
     back with no response at all.
+
+    Records whose only response is the ``auto-accept`` user's (suggestions accepted in bulk, annotate/accept.py)
+    are no one's review: they are left out unless ``auto_accepted`` (``refresh`` fits on what this yields, and
+    judges the accepted records against its new head instead, :func:`annotate.accept.revoke_disagreeing`). The
+    auto-accept user only ever submits, so a discarded or draft match is always a person's.
     """
     import argilla as rg
 
+    auto = auto_accept_user_id(dataset)
     seen: set[str] = set()
     for status in statuses:
         query = rg.Query(filter=rg.Filter(("response.status", "==", status)))
         for record in dataset.records(query=query, batch_size=batch_size, with_suggestions=True,
                                       with_responses=True):
-            if str(record.id) not in seen:
-                seen.add(str(record.id))
-                yield status, record
+            if str(record.id) in seen:
+                continue
+            if status == "submitted" and auto is not None and not auto_accepted and is_auto_accepted(record, auto):
+                continue
+            seen.add(str(record.id))
+            yield status, record
+
+
+def is_auto_accepted(record, auto_user_id: str | None) -> bool:
+    """Whether every response of ``record`` (an SDK record read with its responses) is the auto-accept user's."""
+    users = {str(response.user_id) for response in record.responses}
+    return auto_user_id is not None and users == {str(auto_user_id)}
 
 
 def _first_response(record, status: str):
-    for response in record.responses:
-        if str(getattr(response.status, "value", response.status)) == status and response.question_name == QUESTION:
-            return response
-    return None
+    """The record's first response of ``status`` to the label question, a person's before the auto-accept user's."""
+    matching = [response for response in record.responses
+                if str(getattr(response.status, "value", response.status)) == status and response.question_name == QUESTION]
+    human = [response for response in matching if str(response.user_id) not in _AUTO_USERS]
+    return (human or matching or [None])[0]
 
 
 def export(client, dataset_name: str, workspace: str, output: str | Path, fmt: str = "jsonl",
            include_discarded: bool = False, confusion_png: str | Path | None = None,
-           progress: bool = True) -> ExportSummary:
+           progress: bool = True, humans_only: bool = False) -> ExportSummary:
     """Write the reviewed records of ``workspace/dataset_name`` to ``output`` and measure the suggestions.
 
     The file is written to a temporary path next to ``output`` and renamed at the end, so a failed export
     leaves no partial file. ``fmt``: ``jsonl``, ``parquet`` or ``hf`` (a ``datasets.save_to_disk`` folder).
+    ``humans_only``: leave out the records accepted in bulk (``source`` ``auto-accept``).
 
     Raises:
         annotate.client.ArgillaRefused: the dataset does not exist, or Argilla refused the read.
@@ -124,20 +166,26 @@ def export(client, dataset_name: str, workspace: str, output: str | Path, fmt: s
                             multi_label=multi_label, labels=labels)
     users: dict[str, str] = {}
     statuses: Counter = Counter()
+    sources: Counter = Counter()
     human, suggested = [], []
     key = "labels" if multi_label else "label"
     fd, tmp_jsonl = tempfile.mkstemp(prefix=".export-", suffix=".jsonl", dir=output.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for status, record in tqdm(reviewed_records(dataset), unit="rec", desc="export", disable=not progress):
-                statuses[status] += 1
+            records = reviewed_records(dataset, auto_accepted=True)
+            auto = auto_accept_user_id(dataset)
+            for status, record in tqdm(records, unit="rec", desc="export", disable=not progress):
+                source = AUTO if status == "submitted" and is_auto_accepted(record, auto) else HUMAN
+                statuses["auto-accepted" if source == AUTO else status] += 1
                 if status == "draft" or (status == "discarded" and not include_discarded):
+                    continue
+                if source == AUTO and humans_only:
                     continue
                 response = _first_response(record, status)
                 value = response.value if (response is not None and status == "submitted") else None
                 suggestion = record.suggestions[QUESTION] if QUESTION in _suggestion_names(record) else None
                 row = {
-                    "id": str(record.id), "text": record.fields["text"], key: value, "status": status,
+                    "id": str(record.id), "text": record.fields["text"], key: value, "status": status, "source": source,
                     "annotator": _username(client, users, response.user_id) if response is not None else None,
                     "suggestion": suggestion.value if suggestion else None,
                     "suggestion_score": suggestion.score if suggestion else None,
@@ -146,7 +194,8 @@ def export(client, dataset_name: str, workspace: str, output: str | Path, fmt: s
                 }
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 summary.exported += 1
-                if status == "submitted" and value is not None and suggestion is not None:
+                sources[source] += 1
+                if status == "submitted" and source == HUMAN and value is not None and suggestion is not None:
                     human.append(value)
                     suggested.append(suggestion.value)
         os.chmod(tmp_jsonl, 0o644)  # mkstemp makes it private; the training file is an ordinary output
@@ -155,7 +204,8 @@ def export(client, dataset_name: str, workspace: str, output: str | Path, fmt: s
         if os.path.exists(tmp_jsonl):
             os.unlink(tmp_jsonl)
     total = argilla_client.call(dataset.progress, what="dataset progress")["total"]
-    summary.status_counts = {s: statuses.get(s, 0) for s in STATUSES}
+    summary.status_counts = {s: statuses.get(s, 0) for s in (*STATUSES, "auto-accepted")}
+    summary.sources = {s: sources.get(s, 0) for s in (HUMAN, AUTO)}
     summary.status_counts["pending"] = total - sum(summary.status_counts.values())
     summary.compared = len(human)
     if human:

@@ -24,11 +24,12 @@ import numpy as np
 from annotate import client as argilla_client
 from annotate.dataset import (
     AUDIT,
+    AUDIT_ORDER,
     GUIDELINES,
     QUESTION,
     VECTOR,
     DatasetMismatch,
-    audit_flags,
+    audit_metadata,
     build_records,
     build_settings,
     check_compatible,
@@ -71,6 +72,10 @@ class PushSummary:
     fit_seconds: float | None = None
     head: dict | None = None
     head_dir: str | None = None
+    #: Adapted push: records whose head suggestion has another label than the zero-shot one, and those that changed
+    #: label or score by more than 0.02 (what rewriting early zero-shot suggestions would have cost).
+    head_changed_label: int = 0
+    head_changed: int = 0
 
     @property
     def mean_confidence(self) -> float | None:
@@ -100,7 +105,9 @@ class PushSummary:
             *([f"adapted head       {self.head['mode']} (revision {self.head['revision']}, pool {self.head['pool_size']}, "
                f"pseudo-labels {self.head['pseudo_labels']}, temperature {self.head['temperature']:.3g}), fit "
                f"{self.fit_seconds:.2f} s" + (f"; saved in {self.head_dir}" if self.head_dir else "")
-               + (f"; {self.head['note']}" if self.head.get("note") else "")]
+               + (f"; {self.head['note']}" if self.head.get("note") else "")
+               + f"; {self.head_changed_label} suggested labels differ from zero-shot ({self.head_changed} "
+               "label or score > 0.02)"]
               if self.head else []),
             f"review (lowest score first): {self.url}",
         ])
@@ -142,12 +149,17 @@ def push(rows: Iterable[InputRow] | None, *, client, api_url: str, dataset_name:
     The dataset is looked up (and checked against ``labels``/``multi_label``) before anything is scored; it is
     created only when the first scored batch is ready, so an input that fails early leaves nothing behind.
 
-    Every new text is scored and embedded once (``scorer.score`` / ``scorer.embed``) and kept in ``cache``
+    Every new text is scored and embedded once, from one scorer call a chunk (``scorer.score_and_embed``: with the
+    embedding and ensemble methods one encoder pass gives both), and kept in ``cache``
     (:class:`annotate.cache.DatasetCache`) before its record is upserted; records carry the embedding in the vector
     field :data:`annotate.dataset.VECTOR` (datasets created before it existed get none) and the ``audit`` flag
     (:func:`annotate.dataset.audit_flags`, ``audit_fraction`` of the records).
 
-    ``adaptive`` (single-label): all new texts are scored into the cache first, then the adapted head
+    Without ``adaptive``, records go to Argilla through :class:`annotate.upsert.Upserter` (bounded, concurrent bulk
+    upserts) while the next batch is scored. ``adaptive`` (single-label): all new texts are scored into the cache
+    first (self-training needs the whole pool before the head exists, so nothing is upserted meanwhile: writing
+    zero-shot suggestions early would cost a rewrite of nearly every one, counted in ``summary.head_changed``), then
+    the adapted head
     (:func:`annotate.adaptive.adapt`) is fitted on the whole cached pool and the records are upserted with its
     suggestions (agent ``<encoder>:adaptive-head:<revision>``; ``teacher_score_<i>`` keeps the zero-shot scores);
     the head is saved in ``cache.head_dir``. ``from_scores``: a :class:`pool.store.PoolStore` written by
@@ -168,10 +180,11 @@ def push(rows: Iterable[InputRow] | None, *, client, api_url: str, dataset_name:
     summary = PushSummary(dataset=dataset_name, workspace=workspace)
     dataset = argilla_client.find_dataset(client, dataset_name, workspace)
     seen: set[str] = set()
-    vectors_on = audit_on = True
+    vectors_on = audit_on = audit_order_on = True
     if dataset is not None:
         check_compatible(dataset, labels, multi_label)
         vectors_on, audit_on = has_vectors(dataset), has_metadata(dataset, AUDIT)
+        audit_order_on = has_metadata(dataset, AUDIT_ORDER)
         if adaptive and not vectors_on:
             raise DatasetMismatch(NO_VECTORS.format(name=dataset_name))
         seen = existing_ids(dataset)
@@ -182,7 +195,7 @@ def push(rows: Iterable[InputRow] | None, *, client, api_url: str, dataset_name:
         cache.validate(dataset.id if dataset is not None else None, labels)
     state = _State(client=client, api_url=api_url, name=dataset_name, workspace=workspace, labels=labels,
                    multi_label=multi_label, template=template, scorer=scorer, dataset=dataset, summary=summary,
-                   cache=cache, audit_on=audit_on, audit_fraction=audit_fraction)
+                   cache=cache, audit_on=audit_on, audit_fraction=audit_fraction, audit_order_on=audit_order_on)
     label_counts: Counter = Counter()
     try:
         if adaptive:
@@ -223,6 +236,7 @@ class _State:
     cache: object
     audit_on: bool
     audit_fraction: float
+    audit_order_on: bool = True
     created: bool = False
 
     def ensure_dataset(self, vector_dim: int | None, agent: str):
@@ -280,22 +294,28 @@ def _write_shard(state: _State, ids, texts, sources, scores, embeddings) -> None
 
 
 def _push_streaming(state: _State, rows, seen, batch_size, threshold, total, progress, vectors_on, label_counts):
-    """Zero-shot suggestions, batch by batch: score (+ embed), cache, upsert."""
+    """Zero-shot suggestions, batch by batch: score and embed (one call a chunk), cache, upsert; the upserts go out on
+    :class:`annotate.upsert.Upserter`'s threads while the next batch is scored (no head to wait for)."""
     from tqdm import tqdm
 
+    from annotate.upsert import Upserter
     from pool.scorers import ScoringError
 
     summary = state.summary
     present = set(seen)
     bar = tqdm(total=total, unit="rec", desc="push", disable=not progress, dynamic_ncols=True)
+    upserter = None
+    submitted = 0
     try:
         for batch in _batches(rows, batch_size):
             summary.read += len(batch)
             ids, texts, sources = _pick_new(batch, present, seen, summary)
             if texts:
                 try:
-                    scores = state.scorer.score(texts)
-                    embeddings = state.scorer.embed(texts) if vectors_on else None
+                    if vectors_on:
+                        scores, embeddings = state.scorer.score_and_embed(texts)
+                    else:
+                        scores, embeddings = state.scorer.score(texts), None
                 except ScoringError as exc:
                     if not (vectors_on and state.dataset is None
                             and ("sentence encoder" in str(exc) or "has no POST /embed" in str(exc))):
@@ -303,7 +323,12 @@ def _push_streaming(state: _State, rows, seen, batch_size, threshold, total, pro
                         raise
                     # --no-adapt on a service without a sentence encoder: a dataset without vectors, as before
                     logger.warning("%s: the dataset gets no vector field (refresh will need --embed)", exc)
-                    vectors_on, embeddings = False, None
+                    vectors_on = False
+                    try:
+                        scores, embeddings = state.scorer.score(texts), None
+                    except Exception:
+                        summary.failed += len(texts)
+                        raise
                 except Exception:
                     summary.failed += len(texts)
                     raise
@@ -313,27 +338,47 @@ def _push_streaming(state: _State, rows, seen, batch_size, threshold, total, pro
                     embeddings = embeddings.astype(np.float16).astype(np.float32)  # what the cache holds
                     if state.cache is not None:
                         _write_shard(state, ids, texts, sources, scores, embeddings)
-                extra = {AUDIT: audit_flags(ids, state.audit_fraction)} if state.audit_on else None
+                extra = (audit_metadata(ids, state.audit_fraction, state.audit_order_on) if state.audit_on
+                         else None)
                 records = build_records(ids, texts, scores, state.labels, state.multi_label, state.scorer.agent,
                                         threshold, vectors=embeddings, extra_metadata=extra)
-                t0 = time.perf_counter()
-                try:
-                    dataset = state.ensure_dataset(embeddings.shape[1] if embeddings is not None else None,
-                                                   state.scorer.agent)
-                    argilla_client.call(_log, dataset, records, what=f"upsert of {len(records)} records")
-                except Exception:
-                    summary.failed += len(records)
-                    raise
-                summary.argilla_seconds += time.perf_counter() - t0
-                summary.pushed += len(records)
+                if upserter is None:
+                    try:
+                        dataset = state.ensure_dataset(embeddings.shape[1] if embeddings is not None else None,
+                                                       state.scorer.agent)
+                    except Exception:
+                        summary.failed += len(records)
+                        raise
+                    upserter = Upserter(dataset, batch_size=min(max(batch_size, 256), 500))
+                upserter.submit(records)
+                submitted += len(records)
                 summary.confidence_sum += float(scores.max(axis=1).sum())
                 for record in records:
                     value = record.suggestions[QUESTION].value
                     label_counts.update(value if isinstance(value, list) else [value])
             bar.update(len(batch))
-            bar.set_postfix(pushed=summary.pushed, skipped=summary.skipped_existing, refresh=False)
+            bar.set_postfix(pushed=upserter.stats.written if upserter else 0, skipped=summary.skipped_existing,
+                            refresh=False)
+        if upserter is not None:
+            upserter.close()
+            summary.pushed += upserter.stats.written
+    except UpsertFailed as exc:
+        summary.pushed += exc.written
+        summary.failed += submitted - exc.written
+        raise PushFailed(str(exc), summary) from None
+    except BaseException:
+        if upserter is not None:  # the scorer (or the input) failed: what was scored before is still written
+            try:
+                upserter.close()
+            except UpsertFailed:
+                pass
+            summary.pushed += upserter.stats.written
+            summary.failed += submitted - upserter.stats.written
+        raise
     finally:
         bar.close()
+        if upserter is not None:  # the requests' own time (they overlap the scoring, and each other)
+            summary.argilla_seconds += upserter.stats.request_seconds
 
 
 def _copy_scored(state: _State, source) -> None:
@@ -385,8 +430,7 @@ def _push_adapted(state: _State, rows, seen, batch_size, total, progress, from_s
             if not ids:
                 return
             try:
-                scores = state.scorer.score(texts)
-                embeddings = state.scorer.embed(texts)
+                scores, embeddings = state.scorer.score_and_embed(texts)  # one call a chunk, one encoder pass a text
             except Exception:
                 summary.failed += len(texts)
                 raise
@@ -444,6 +488,7 @@ def _push_adapted(state: _State, rows, seen, batch_size, total, progress, from_s
                                               extra_metadata=record_metadata(pool.scores[chunk], ids, state)))
                 summary.confidence_sum += float(adapted.scores[chunk].max(axis=1).sum())
                 label_counts.update(state.labels[j] for j in adapted.scores[chunk].argmax(axis=1))
+                _count_head_changes(summary, pool.scores[chunk], adapted.scores[chunk])
         written = upserter.stats.written
     except UpsertFailed as exc:
         summary.pushed += exc.written
@@ -455,6 +500,21 @@ def _push_adapted(state: _State, rows, seen, batch_size, total, progress, from_s
     summary.pushed += written
 
 
+def _count_head_changes(summary: PushSummary, zero_shot: np.ndarray, head: np.ndarray) -> None:
+    """Count the records whose head suggestion differs from the zero-shot one: another label, or the same label with
+    a score more than :data:`REWRITE_SCORE_CHANGE` away (refresh's rule for rewriting a pending record). That is what
+    writing zero-shot suggestions while the pool is scored and rewriting them once the head exists would cost."""
+    top_zero, top_head = zero_shot.argmax(axis=1), head.argmax(axis=1)
+    rows = np.arange(len(head))
+    relabelled = top_zero != top_head
+    moved = np.abs(head[rows, top_head] - zero_shot[rows, top_zero]) > REWRITE_SCORE_CHANGE
+    summary.head_changed_label += int(relabelled.sum())
+    summary.head_changed += int((relabelled | moved).sum())
+
+
+#: ``refresh``'s default ``min_score_change``: a suggestion whose score moved less keeps its record unwritten.
+REWRITE_SCORE_CHANGE = 0.02
+
 #: Texts scored (and embedded) together before they are written to the cache as one shard.
 SHARD_ROWS = 1024
 
@@ -463,7 +523,7 @@ def record_metadata(zero_shot: np.ndarray, ids, state) -> dict:
     """Extra metadata of adapted records: the zero-shot scores as ``teacher_score_<i>``, and the audit flag."""
     extra = {teacher_key(i): [float(v) for v in zero_shot[:, i]] for i in range(zero_shot.shape[1])}
     if state.audit_on:
-        extra[AUDIT] = audit_flags(ids, state.audit_fraction)
+        extra.update(audit_metadata(ids, state.audit_fraction, state.audit_order_on))
     return extra
 
 

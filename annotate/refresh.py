@@ -43,11 +43,13 @@ import numpy as np
 from annotate import client as argilla_client
 from annotate.dataset import (
     AUDIT,
+    AUDIT_ORDER,
     QUESTION,
     VECTOR,
     audit_link,
     build_records,
     deep_link,
+    has_metadata,
     has_vectors,
     margin_link,
     question_labels,
@@ -75,6 +77,7 @@ class RefreshSummary:
     draft: int = 0
     pending: int = 0
     mode: str | None = None
+    decision: str = ""
     revision: str | None = None
     agent: str | None = None
     cv_accuracy: float | None = None
@@ -106,8 +109,11 @@ class RefreshSummary:
         agree = "-" if self.agreement_reviewed is None else f"{self.agreement_reviewed:.4f}"
         audit = self.audit or {}
         if audit.get("reviewed"):
+            others = audit.get("reviewed_all_revisions", audit["reviewed"]) - audit["reviewed"]
             estimate = (f"{audit['accuracy']:.4f} (95% Wilson CI {audit['ci_low']:.4f}-{audit['ci_high']:.4f}) on "
-                        f"{audit['reviewed']} reviewed audit records ({audit['correct']} correct)")
+                        f"{audit['reviewed']} reviewed audit records ({audit['correct']} correct) of the suggestions "
+                        f"of {audit['revision']}" + (f"; {others} audit reviews of {audit['revisions'] - 1} other "
+                                                     "revision(s) left out" if others else ""))
         else:
             estimate = f"- (no reviewed audit record yet; {audit.get('size', 0)} records in the audit sample)"
         return "\n".join([
@@ -115,6 +121,8 @@ class RefreshSummary:
             f"records            {self.records}: submitted {self.submitted}, discarded {self.discarded}, "
             f"draft {self.draft}, pending {self.pending}",
             f"head               {self.mode} (revision {self.revision}, pseudo-label weight {self.pseudo_weight})",
+            *([f"why                {self.decision}"] if self.decision else []),
+            *(f"warning            {w}" for w in self.warnings),
             f"agent              {self.agent}",
             *([f"cv accuracy        {cv} on the {self.submitted} reviewed records{cv0}"] if not self.multi_label
               else [_render_multilabel(self.multi_label, self.submitted)]),
@@ -134,8 +142,16 @@ class RefreshSummary:
         f = self.finetune
         if not f.get("revision"):
             return f"encoder fine-tune  {f.get('state', 'none yet')}"
-        use = (f"in use for {f.get('applied', 0)} pending records" if f.get("in_use")
-               else "not in use (the head is as accurate or better)")
+        p = "" if f.get("p_value") is None else f", McNemar p {f['p_value']:.3g}"
+        if f.get("expired"):
+            use = (f"expired: {f['reviewed_now']} reviews now, more than --finetune-every past its {f['reviewed']}; "
+                   "the head serves until a newer fine-tune finishes")
+        elif f.get("in_use"):
+            use = f"in use for {f.get('applied', 0)} pending records (better on a paired test{p})"
+        elif not f.get("paired"):
+            use = "not in use (no paired held-out outcomes to test it on)"
+        else:
+            use = f"not in use (not shown better than the head on a paired test{p})"
         accuracy = "-" if f.get("accuracy") is None else f"{f['accuracy']:.4f}"
         head = "-" if f.get("head_accuracy") is None else f"{f['head_accuracy']:.4f}"
         running = f"; {f['state']}" if f.get("state") else ""
@@ -199,13 +215,19 @@ def read_reviews(dataset) -> tuple[dict[str, object], set[str], set[str]]:
 
 
 def count_reviewed(dataset) -> int:
-    """Records with a submitted or discarded response (what ``--watch`` polls)."""
-    import argilla as rg
+    """Submitted and discarded responses of the dataset, summed over its annotators (what ``--watch`` polls).
 
+    One ``GET /api/v1/datasets/{id}/progress`` and one ``GET .../users/progress``
+    (``Dataset.progress(with_users_distribution=True)``): the server counts them in SQL, so a poll costs the same
+    whatever the number of reviewed records (it used to page through all of them). Fetching only the records
+    that changed since the last poll is not possible: in argilla-server 2.8 a response does not move the record's
+    ``updated_at`` (the ``updated_at`` filter of ``rg.Filter``), only a change of the record's status does, and a
+    discard changes none. With one annotator per record the count equals the reviewed records.
+    """
     def count() -> int:
-        query = rg.Query(filter=rg.Filter(("response.status", "in", ["submitted", "discarded"])))
-        return sum(1 for _ in dataset.records(query=query, batch_size=1000, with_suggestions=False,
-                                              with_responses=False))
+        progress = dataset.progress(with_users_distribution=True)
+        return sum(int(part.get(status) or 0) for user in (progress.get("users") or {}).values()
+                   for part in user.values() if isinstance(part, dict) for status in ("submitted", "discarded"))
 
     return argilla_client.call(count, what="count of reviewed records")
 
@@ -223,6 +245,45 @@ def read_vectors(dataset, ids: set[str], batch_size: int = 500) -> dict[str, np.
         return out
 
     return argilla_client.call(read, what="read of the vectors")
+
+
+def audit_estimate(records: dict, submitted: dict[str, object], pending_agents: list) -> dict:
+    """Accuracy of one head revision's suggestions, estimated on the reviewed records of the random audit sample.
+
+    Suggestions of different revisions (each refresh serves a new one) are different classifiers, so their audit
+    reviews are not pooled: the estimate is of the revision most pending records carry now (what reviewers see),
+    or, when none of its suggestions was audited yet, of the revision with the most audited reviews. A record's
+    agent (``...:<revision>``) names the revision whose suggestion it showed when it was reviewed (refresh never
+    rewrites submitted records). Wilson 95% interval (:func:`wilson`).
+
+    Args:
+        records: ``{id: record}`` with ``value`` (the suggestion shown), ``agent`` and ``metadata``.
+        submitted: ``{id: submitted label}``.
+        pending_agents: the current agent of each pending record.
+
+    Returns:
+        ``{"size", "reviewed" (on the chosen revision), "reviewed_all_revisions", "revision", "revisions", and with a
+        review "correct", "accuracy", "ci_low", "ci_high"}``.
+    """
+    from collections import Counter
+
+    by_agent: dict[str, list[bool]] = {}
+    for rid, value in submitted.items():
+        record = records.get(rid)
+        if record is not None and record.metadata.get(AUDIT) == 1:
+            by_agent.setdefault(record.agent or "-", []).append(record.value == value)
+    out = {"size": sum(1 for r in records.values() if r.metadata.get(AUDIT) == 1),
+           "reviewed_all_revisions": sum(len(v) for v in by_agent.values()), "revisions": len(by_agent),
+           "reviewed": 0, "revision": None}
+    if not by_agent:
+        return out
+    serving = [agent for agent, _ in Counter(a for a in pending_agents if a).most_common()]
+    chosen = next((a for a in serving if a in by_agent), None) or max(by_agent, key=lambda a: (len(by_agent[a]), a))
+    audited = by_agent[chosen]
+    low, high = wilson(sum(audited), len(audited))
+    out.update(revision=chosen, reviewed=len(audited), correct=int(sum(audited)),
+               accuracy=sum(audited) / len(audited), ci_low=low, ci_high=high)
+    return out
 
 
 def wilson(correct: int, total: int) -> tuple[float, float]:
@@ -284,6 +345,14 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
         finetune = None
     labels = dataset_labels
     k = len(labels)
+    if head_output is not None:  # before anything is written: the save replaces only a previous head
+        from service.atomic import check_target
+        from service.head import is_head_dir
+
+        try:
+            check_target(head_output, is_head_dir)
+        except FileExistsError as exc:
+            raise RefreshError(f"--head-output: {exc}") from None
 
     records = read_records(dataset)
     submitted, discarded, draft = read_reviews(dataset)
@@ -363,7 +432,8 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     gone = [row_of[rid] for rid in discarded if rid in row_of]
     if reviewed and not multi_label and len(set(reviewed.values())) < 2:
         warning = (f"all {len(reviewed)} reviewed records have the label {labels[next(iter(reviewed.values()))]!r}: "
-                   "the head falls back to pseudo-labels until a second label is reviewed")
+                   "no head is fitted on the reviews until a second label is reviewed (the better of the zero-shot "
+                   "scores and the pool-adapted head on them serves)")
         summary.warnings.append(warning)
         logger.warning(warning)
 
@@ -381,17 +451,22 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     else:
         summary.pseudo_weight = report.pseudo_weight
         summary.cv_accuracy, summary.cv_accuracy_zero_shot = report.cv_accuracy, report.cv_accuracy_zero_shot
+    summary.decision = getattr(report, "note", "")
     agent = suggestion_agent(adapted, meta)
     summary.agent = agent
 
     reviewed_ids = set(submitted) | discarded | draft
     summary.records, summary.submitted, summary.discarded, summary.draft = n, len(submitted), len(discarded), len(draft)
     pending = [i for i, rid in enumerate(ids) if rid not in reviewed_ids]
+    from annotate.accept import revoke_disagreeing  # auto-accepted records: kept, or revoked where the head disagrees
+
+    pending = revoke_disagreeing(dataset, records, ids, labels, adapted.scores, pending, summary.warnings)
     summary.pending = len(pending)
     scores = adapted.scores
     agents = [agent] * n
     if finetune is not None:
-        scores, agents = _apply_finetune(finetune, labels, ids, row_of, pending, scores, agents, meta, summary)
+        scores, agents = _apply_finetune(finetune, labels, ids, row_of, pending, scores, agents, meta, summary,
+                                         len(reviewed))
     top = scores.argmax(axis=1)
     changed = []
     for i in pending:
@@ -421,11 +496,7 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     shown = [(same(records[rid].value, value), records[rid].metadata.get(AUDIT) == 1) for rid, value in submitted.items()]
     if shown:
         summary.agreement_reviewed = sum(ok for ok, _ in shown) / len(shown)
-    audited = [ok for ok, is_audit in shown if is_audit]
-    summary.audit = {"size": sum(1 for r in records.values() if r.metadata.get(AUDIT) == 1), "reviewed": len(audited)}
-    if audited:
-        low, high = wilson(sum(audited), len(audited))
-        summary.audit.update(correct=int(sum(audited)), accuracy=sum(audited) / len(audited), ci_low=low, ci_high=high)
+    summary.audit = audit_estimate(records, submitted, pending_agents=[records[ids[i]].agent for i in pending])
 
     t0 = time.perf_counter()
     if changed:
@@ -450,6 +521,8 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
                                  for j in range(k)}
                         if any(AUDIT in records[rid].metadata for rid in chunk_ids):
                             extra[AUDIT] = [records[rid].metadata.get(AUDIT, 0) for rid in chunk_ids]
+                        if any(AUDIT_ORDER in records[rid].metadata for rid in chunk_ids):
+                            extra[AUDIT_ORDER] = [records[rid].metadata.get(AUDIT_ORDER) for rid in chunk_ids]
                         upserter.submit(build_records(chunk_ids, [records[rid].text for rid in chunk_ids],
                                                       scores[rows], labels, multi_label, by_agent,
                                                       threshold=adapted.thresholds if multi_label else 0.5,
@@ -474,7 +547,8 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
             summary.finetune["state"] = f"fine-tune {finetune.running} running in the background"
     summary.links = {"lowest score first": deep_link(api_url, dataset.id),
                      "smallest margin first": margin_link(api_url, dataset.id),
-                     "audit sample": audit_link(api_url, dataset.id)}
+                     "audit sample (random order)": audit_link(api_url, dataset.id,
+                                                               ordered=has_metadata(dataset, AUDIT_ORDER))}
     summary.read_seconds = round(summary.read_seconds, 3)
     summary.fit_seconds = round(summary.fit_seconds, 3)
     summary.update_seconds = round(summary.update_seconds, 3)
@@ -500,16 +574,21 @@ def _agent_kind(agent: str | None) -> str | None:
     return agent.rsplit(":", 1)[0] if agent and ":" in agent else agent
 
 
-def _apply_finetune(finetune, labels, ids, row_of, pending, scores, agents, meta, summary):
+def _apply_finetune(finetune, labels, ids, row_of, pending, scores, agents, meta, summary, reviewed_count: int):
     """Scores and agents with the newest finished fine-tune's suggestions on the pending rows it scored, when it
-    beat the head on held-out reviews; the summary's ``finetune`` says what was found and used."""
+    beat the head on held-out reviews (:meth:`annotate.finetune_job.FinetuneResult.wins`) and has not expired
+    (``reviewed_count`` submitted reviews now: :meth:`~annotate.finetune_job.FinetuneResult.expired`); the summary's
+    ``finetune`` says what was found and used."""
     from annotate.finetune_job import agent_of
 
     result = finetune.latest(labels)
     if result is None:
         return scores, agents
-    summary.finetune = result.summary(finetune.settings.margin)
-    if not result.wins(finetune.settings.margin):
+    summary.finetune = result.summary(finetune.settings.margin, finetune.settings.alpha)
+    if result.expired(reviewed_count, finetune.settings.every):
+        summary.finetune.update(in_use=False, expired=True, reviewed_now=reviewed_count)
+        return scores, agents
+    if not result.wins(finetune.settings.margin, finetune.settings.alpha):
         return scores, agents
     scores = scores.copy()
     agents = list(agents)
@@ -545,9 +624,22 @@ def _cache_rows(cache, ids, records, teacher, embeddings, labels, meta, dataset_
 def watch(run_round, count, *, every: int = 25, poll_seconds: float = 10.0, echo=print,
           sleep=time.sleep, finished=None) -> int:
     """Run ``run_round()`` now and again whenever ``count()`` (reviewed records) grew by ``every``, or whenever
-    ``finished()`` (a background fine-tune ended) is true; returns the number of rounds when interrupted (Ctrl-C)."""
+    ``finished()`` (a background fine-tune ended) is true; returns the number of rounds when interrupted (Ctrl-C,
+    or SIGTERM, which the loop takes as Ctrl-C while it runs so the caller's clean-up runs: a ``kill`` of the
+    watcher also stops its background fine-tune).
+
+    The caller holds the dataset cache's lock (:meth:`annotate.cache.DatasetCache.lock`): one watcher per cache."""
+    import signal
+    import threading
+
     rounds = 0
     last = None
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         while True:
             reviewed = count()
@@ -561,4 +653,7 @@ def watch(run_round, count, *, every: int = 25, poll_seconds: float = 10.0, echo
             sleep(poll_seconds)
     except KeyboardInterrupt:
         echo(f"stopped after {rounds} refresh rounds")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return rounds

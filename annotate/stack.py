@@ -124,7 +124,7 @@ class ArgillaStack:
                 raise RuntimeError(f"{name} exited with code {proc.returncode}: {log}")
 
     @classmethod
-    def start(cls, data_dir: str | Path | None = None, timeout: float = 120.0) -> "ArgillaStack":
+    def start(cls, data_dir: str | Path | None = None, timeout: float = 300.0) -> "ArgillaStack":
         """Start Redis, osmem, the Argilla server and worker on free loopback ports; create the owner user.
 
         Raises:
@@ -178,7 +178,7 @@ class ArgillaStack:
             self._check_alive()
             try:
                 return httpx.get(self.url + "/api/v1/me", headers={"X-Argilla-Api-Key": self.api_key},
-                                 timeout=5).status_code == 200
+                                 timeout=20).status_code == 200
             except httpx.HTTPError:
                 return False
 

@@ -47,12 +47,14 @@ def count_rows(path: Path) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-def run_push(cwd: Path, pool: Path, dataset: str, service_url: str, env: dict, workdir: Path, tag: str) -> dict:
-    """One ``python -m annotate push`` from the checkout at ``cwd``: wall time and its own summary."""
+def run_push(cwd: Path, pool: Path, dataset: str, service_url: str, env: dict, workdir: Path, tag: str,
+             limit: int | None = None, *extra: str) -> dict:
+    """One ``python -m annotate push`` from the checkout at ``cwd`` (of the first ``limit`` rows when given): wall
+    time and its own summary."""
     summary_path = workdir / f"{tag}-summary.json"
     command = [sys.executable, "-m", "annotate", "push", str(pool.resolve()), *sum((["--label", x] for x in LABELS), []),
                "--hypothesis-template", "This text is about {}.", "--dataset", dataset, "--service-url", service_url,
-               "--summary-json", str(summary_path)]
+               "--summary-json", str(summary_path), *(["--limit", str(limit)] if limit else []), *extra]
     child_env = {**env, "ANNOTATE_CACHE_DIR": str(workdir / f"{tag}-cache"), "PYTHONPATH": str(cwd)}
     load_before = os.getloadavg()[0]
     began = time.perf_counter()
@@ -63,7 +65,7 @@ def run_push(cwd: Path, pool: Path, dataset: str, service_url: str, env: dict, w
         raise RuntimeError(f"{tag} push exited {completed.returncode}: {completed.stderr.strip().splitlines()[-1:]}")
     summary = json.loads(summary_path.read_text())
     keep = ("read", "pushed", "skipped_existing", "failed", "total_seconds", "scoring_seconds", "argilla_seconds",
-            "fit_seconds", "embedded", "agent")
+            "fit_seconds", "embedded", "agent", "head_changed_label", "head_changed")
     return {"step": tag, "checkout": str(cwd), "wall_seconds": round(wall, 1),
             "records_per_s": round(summary["pushed"] / wall, 1), "load_1m_before": round(load_before, 2),
             "load_1m_after": round(os.getloadavg()[0], 2), **{k: summary.get(k) for k in keep}}
@@ -80,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling-batch", type=int, default=256)
     parser.add_argument("--ceiling-concurrency", type=int, default=2)
     parser.add_argument("--engine", default="onnxruntime", help="the service's ZSC_ENGINE")
+    parser.add_argument("--no-adapt-step", action="store_true",
+                        help="also push this checkout with --no-adapt (zero-shot suggestions, upserted while scoring)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="push only the first N rows of the pool (a subset, when the whole pool does not fit the "
+                             "time; the ceiling's records are --ceiling-records either way)")
     args = parser.parse_args(argv)
     pool = args.data_dir / POOL
     if not pool.is_file():
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cpu = cpu_facts()
     meta = {"date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(), "cpu": cpu,
-            "pool": str(pool), "pool_rows": count_rows(pool), "engine": args.engine,
+            "pool": str(pool), "pool_rows": min(count_rows(pool), args.limit or 10**12), "engine": args.engine,
             "command": "python -m benchmarks.push_throughput " + " ".join(argv or sys.argv[1:])}
     print(f"CPU {cpu['cpu']} ({cpu['cores']} cores) flags {cpu['flags']}; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -116,21 +123,29 @@ def main(argv: list[str] | None = None) -> int:
                           "records_per_s": round(len(records) / seconds, 1), "retries_5xx": run_raw.retries,
                           "load_1m_before": round(load_before, 2), "load_1m_after": round(os.getloadavg()[0], 2)})
             print(json.dumps(steps[-1]), flush=True)
-            steps.append(run_push(REPO, pool, "push-this", service.url, env, workdir, "push"))
+            steps.append(run_push(REPO, pool, "push-this", service.url, env, workdir, "push", args.limit))
             print(json.dumps(steps[-1]), flush=True)
+            if args.no_adapt_step:
+                steps.append(run_push(REPO, pool, "push-no-adapt", service.url, env, workdir, "push-no-adapt",
+                                      args.limit, "--no-adapt"))
+                print(json.dumps(steps[-1]), flush=True)
             if args.baseline_src is not None:
                 steps.append(run_push(args.baseline_src.resolve(), pool, "push-baseline", service.url, env, workdir,
-                                      "baseline"))
+                                      "baseline", args.limit))
                 print(json.dumps(steps[-1]), flush=True)
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     by = {s["step"]: s for s in steps}
     ratios = {"push_over_ceiling": round(by["push"]["records_per_s"] / by["ceiling"]["records_per_s"], 3)}
+    if "push-no-adapt" in by:
+        ratios["push_no_adapt_over_ceiling"] = round(by["push-no-adapt"]["records_per_s"]
+                                                     / by["ceiling"]["records_per_s"], 3)
     if "baseline" in by:
         ratios["push_over_baseline"] = round(by["push"]["records_per_s"] / by["baseline"]["records_per_s"], 2)
     lines = [f"CPU: {cpu['cpu']} ({cpu['cores']} cores; flags {cpu['flags']}); {meta['date']}; pool "
-             f"{meta['pool_rows']} rows; service engine {args.engine}", "",
+             f"{meta['pool_rows']} rows{' (--limit)' if args.limit else ''}; service engine {args.engine}",
+             f"Command: {meta['command']}", "",
              "| step | records | wall s | records/s | scoring s | Argilla s | head fit s | load 1m before -> after |",
              "|---|---|---|---|---|---|---|---|"]
     for s in steps:

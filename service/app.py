@@ -17,6 +17,7 @@ In front of the routes (:mod:`service.guards`, :mod:`service.metrics`): every re
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service import __doc__ as service_doc
 from service.batching import QueueFull
 from service.config import Settings
+from service.embedding import scores_and_embeddings
 from service.guards import BearerAuth, BodyLimit, ConcurrencyLimit, check_limits, limit_problems
 from service.loader import ServedMethods, load_methods
 from service.long_text import cut_to_budget, special_tokens
@@ -38,6 +40,7 @@ from service.schemas import (
     ClassifyResponse,
     EmbedRequest,
     EmbedResponse,
+    EncoderInfo,
     ZeroShotItem,
     ZeroShotRequest,
     ZeroShotResponse,
@@ -165,16 +168,32 @@ def create_app(settings: Settings | None = None, *, load_before_serving: bool = 
         run = served.methods[method]
         options = dict(hypothesis_template=template, multi_label=request.multi_label, long_text=request.long_text,
                        max_windows=settings.max_chunks, max_sequences=settings.max_queue)
+        encoder_model = served.models.get("embedding")
+        if request.return_embeddings:
+            if encoder_model is None:
+                raise HTTPException(422, detail=[{"type": "method_not_loaded", "loc": ["body", "return_embeddings"],
+                                                  "msg": "this service loads no sentence encoder "
+                                                         "(ZSC_EMBEDDING_MODEL=none): drop return_embeddings or "
+                                                         "start it with one"}])
+            # the same call, keeping the text embeddings (one encoder pass with the embedding/ensemble methods)
+            run = functools.partial(scores_and_embeddings, run, encoder_model.classifier.encoder)  # type: ignore[attr-defined]
         if settings.batch_wait_ms > 0:  # micro-batchers serialize engine calls and coalesce concurrent requests
-            results = run(request.texts, request.labels, **options)
+            answer = run(request.texts, request.labels, **options)
         else:
             with slot.lock:
-                results = run(request.texts, request.labels, **options)
+                answer = run(request.texts, request.labels, **options)
+        embeddings = encoder_info = None
+        if request.return_embeddings:
+            answer, vectors, shared = answer
+            embeddings = vectors.tolist()
+            encoder_info = EncoderInfo(model=encoder_model.source.model_id, fingerprint=encoder_model.info["fingerprint"],
+                                       dim=int(vectors.shape[1]), engine=encoder_model.engine.name, shared_pass=shared)
         return ZeroShotResponse(
             results=[ZeroShotItem(text=r.text, labels=r.labels, scores=r.scores, truncated=r.truncated)
-                     for r in results],
+                     for r in answer],
             method=method, model=served.model_id(method), engine=served.engine_name(method),
-            hypothesis_template=template, multi_label=request.multi_label or len(request.labels) == 1)
+            hypothesis_template=template, multi_label=request.multi_label or len(request.labels) == 1,
+            embeddings=embeddings, encoder=encoder_info)
 
     @app.post("/embed", response_model=EmbedResponse)
     def embed(request: EmbedRequest) -> EmbedResponse:

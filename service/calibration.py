@@ -160,6 +160,49 @@ def fit_temperature(raw: list[np.ndarray], gold: list[np.ndarray]) -> float:
     return float(np.exp(result.x))
 
 
+def supported_temperature(raw: np.ndarray, gold: np.ndarray, confidence_level: float = 0.95,
+                          bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Temperature of ``softmax(raw / T)`` fitted on few held-out predictions without sharpening past what they
+    support.
+
+    The NLL fit (:func:`fit_temperature`, Guo et al. 2017) is kept when it softens (``T >= 1``). When it sharpens
+    (``T < 1``), it may sharpen only while the predictions' mean top-label confidence stays at or below the lower
+    end of the Wilson interval (Wilson 1927; ``scipy.stats.binomtest(...).proportion_ci``) of their accuracy: ten
+    correct predictions out of ten support a mean confidence of 0.72 at the 95% level, not the 0.99 an NLL fit
+    reaches on them; a thousand support nearly their accuracy. ``T`` is then the smallest temperature in
+    ``[T_nll, 1]`` meeting that bound (the mean confidence falls as ``T`` grows), or 1 when none does.
+
+    Args:
+        raw: ``(n, k)`` logits of held-out (e.g. out-of-fold) predictions.
+        gold: ``(n,)`` correct label indices.
+        confidence_level: of the Wilson interval.
+        bounds: ``T`` is clipped to this range.
+
+    Returns:
+        ``T``; 1.0 when ``n < 10`` (too few to fit anything).
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import binomtest
+
+    raw, gold = np.asarray(raw, dtype=np.float64), np.asarray(gold)
+    if len(gold) < 10:
+        return 1.0
+    t_nll = float(np.clip(fit_temperature([raw], [gold]), *bounds))
+    if t_nll >= 1.0:
+        return t_nll
+    correct = int((raw.argmax(axis=1) == gold).sum())
+    ceiling = binomtest(correct, len(gold)).proportion_ci(confidence_level=confidence_level, method="wilson").low
+
+    def excess(log_t: float) -> float:
+        return float(softmax(raw / np.exp(log_t)).max(axis=1).mean() - ceiling)
+
+    if excess(np.log(t_nll)) <= 0:
+        return t_nll
+    if excess(0.0) > 0:
+        return 1.0
+    return float(np.exp(brentq(excess, np.log(t_nll), 0.0, xtol=1e-4)))
+
+
 def fit_binary(raw: list[np.ndarray], gold: list[np.ndarray]) -> tuple[float, float]:
     """Platt scaling, one-vs-rest: ``(scale, bias)`` of ``sigmoid(scale * raw + bias)``.
 

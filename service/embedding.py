@@ -23,9 +23,12 @@ from cachetools import LRUCache
 
 from service.batching import SequenceRunner
 from service.calibration import IDENTITY, Calibration, sigmoid, softmax
-from service.long_text import special_tokens
+from service.long_text import cut_to_budget, special_tokens
 from service.pooling import PoolingConfig, pool_numpy
-from service.zeroshot import Engine, ZeroShotMethod, fill_template
+from service.zeroshot import Engine, ZeroShotMethod, ZeroShotResult, fill_template
+
+#: Per-thread sink for the text embeddings :meth:`EmbeddingClassifier.raw` computes (see :func:`scores_and_embeddings`).
+_capture = threading.local()
 
 
 class SentenceEncoder:
@@ -110,6 +113,9 @@ class EmbeddingClassifier(ZeroShotMethod):
         hypotheses = [fill_template(hypothesis_template, label) for label in labels]
         label_vectors = self.hypothesis_embeddings(hypotheses)
         text_vectors = self.encoder.encode(texts)
+        sink = getattr(_capture, "sink", None)
+        if sink is not None and sink[0] is self.encoder:  # scores_and_embeddings() wants these vectors too
+            sink[1].append(text_vectors)
         return text_vectors.astype(np.float64) @ label_vectors.astype(np.float64).T
 
     def sequences(self, n_texts: int, n_labels: int) -> int:
@@ -131,3 +137,51 @@ class EmbeddingClassifier(ZeroShotMethod):
         """Hypothesis-cache size and hit counts, for ``GET /info``."""
         return {"size": len(self.cache), "max_size": int(self.cache.maxsize), "hits": self.cache_hits,
                 "misses": self.cache_misses}
+
+
+def embed_texts(encoder: SentenceEncoder, texts: list[str]) -> np.ndarray:
+    """Unit-length embeddings ``(len(texts), hidden)`` float32 of the texts as ``POST /embed`` computes them: each text
+    cut a little past the encoder's window (:func:`service.long_text.cut_to_budget`; the tokenizer then reads the same
+    tokens as from the whole text), then encoded."""
+    cut, _ = cut_to_budget(encoder.tokenizer, texts, encoder.max_length - special_tokens(encoder.tokenizer, pair=False))
+    return encoder.encode(cut)
+
+
+def scores_and_embeddings(method: ZeroShotMethod, encoder: SentenceEncoder, texts: list[str], labels: list[str], *,
+                          hypothesis_template: str, multi_label: bool = False, long_text: str = "truncate",
+                          max_windows: int = 64, max_sequences: int | None = None
+                          ) -> tuple[list[ZeroShotResult], np.ndarray, bool]:
+    """Zero-shot results and sentence embeddings of ``texts`` from one encoder pass where the method allows it.
+
+    The ``embedding`` method's scores are a function of the text embeddings (cosine to the label embeddings,
+    calibrated), and the ``ensemble`` computes the same embeddings next to its NLI pairs: with ``long_text="truncate"``
+    the vectors the method computed while scoring (for exactly the text :func:`embed_texts` reads: the method cuts each
+    text at the encoder's window, or past it for the ensemble's wider NLI window, and the encoder truncates the rest)
+    are returned, so each text goes through the encoder once. For the ``nli`` method (a cross-encoder: the sentence
+    encoder is another model) and for ``long_text="chunks"`` (the method embeds windows, not the text), the embeddings
+    are one more encoder pass (:func:`embed_texts`) after the scores.
+
+    Args:
+        method: the zero-shot method (its ``__call__`` arguments follow).
+        encoder: the sentence encoder whose embeddings are wanted (the embedding method's own, for sharing).
+
+    Returns:
+        ``(results, embeddings, shared)``: one :class:`~service.zeroshot.ZeroShotResult` per text, embeddings
+        ``(len(texts), hidden)`` float32 of unit length (equal, within float rounding of batch padding, to
+        :func:`embed_texts`), and whether they came from the scoring pass.
+
+    Raises:
+        the method's errors (:class:`service.zeroshot.InputError`, ``ValueError``).
+    """
+    sink: tuple[SentenceEncoder, list[np.ndarray]] = (encoder, [])
+    previous = getattr(_capture, "sink", None)
+    _capture.sink = sink
+    try:
+        results = method(texts, labels, hypothesis_template=hypothesis_template, multi_label=multi_label,
+                         long_text=long_text, max_windows=max_windows, max_sequences=max_sequences)
+    finally:
+        _capture.sink = previous
+    captured = sink[1]
+    if long_text == "truncate" and len(captured) == 1 and len(captured[0]) == len(texts):
+        return results, captured[0], True
+    return results, embed_texts(encoder, texts), False

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.atomic import atomic_directory
+from service.atomic import atomic_directory, check_target
 from service.calibration import sigmoid, softmax
 
 HEAD_FILE = "head.json"
@@ -82,13 +82,22 @@ class AdaptiveHead:
     # persistence --------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``head.json`` and ``weights.npz`` into ``directory``, atomically: both files are written into a
-        staging folder beside it and renamed into place (:func:`service.atomic.atomic_directory`), so a reader, or
+        staging folder beside it and swapped into place (:func:`service.atomic.atomic_directory`), so a reader, or
         a process killed mid-save, never sees half a head. The directory is what
-        ``python -m service --classifier NAME=DIR`` serves on its sentence encoder."""
+        ``python -m service --classifier NAME=DIR`` serves on its sentence encoder.
+
+        Raises:
+            AdaptError: ``directory`` is a file, or a non-empty folder that holds no head (a save replaces the
+                whole folder; nothing is written).
+        """
         directory = Path(directory)
+        try:
+            check_target(directory, is_head_dir)
+        except FileExistsError as exc:
+            raise AdaptError(f"cannot save the head: {exc}") from None
         head = {"kind": SINGLE_LABEL_KIND, "format_version": 1, "labels": self.labels, "temperature": self.temperature,
                 "encoder": self.encoder, "revision": self.revision, "agent": self.agent, **self.meta}
-        with atomic_directory(directory) as staging:
+        with atomic_directory(directory, replaceable=is_head_dir) as staging:
             np.savez(staging / WEIGHTS_FILE, coef=self.coef.astype(np.float32),
                      intercept=self.intercept.astype(np.float32))
             (staging / HEAD_FILE).write_text(json.dumps(head, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -212,12 +221,20 @@ class OneVsRestHead:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``head.json`` and ``weights.npz`` (``coef``, ``intercept``, ``thresholds``) into ``directory``
-        atomically (:func:`service.atomic.atomic_directory`), as :meth:`AdaptiveHead.save` does."""
+        atomically (:func:`service.atomic.atomic_directory`), as :meth:`AdaptiveHead.save` does.
+
+        Raises:
+            AdaptError: ``directory`` is a file, or a non-empty folder that holds no head (nothing is written).
+        """
         directory = Path(directory)
+        try:
+            check_target(directory, is_head_dir)
+        except FileExistsError as exc:
+            raise AdaptError(f"cannot save the head: {exc}") from None
         head = {"kind": MULTI_LABEL_KIND, "format_version": 1, "multi_label": True, "labels": self.labels,
                 "thresholds": [float(t) for t in self.thresholds], "encoder": self.encoder,
                 "revision": self.revision, "agent": self.agent, **self.meta}
-        with atomic_directory(directory) as staging:
+        with atomic_directory(directory, replaceable=is_head_dir) as staging:
             np.savez(staging / WEIGHTS_FILE, coef=self.coef.astype(np.float32),
                      intercept=self.intercept.astype(np.float32), thresholds=self.thresholds.astype(np.float64))
             (staging / HEAD_FILE).write_text(json.dumps(head, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

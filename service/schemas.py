@@ -47,6 +47,10 @@ class ZeroShotRequest(BaseModel):
     long_text: LongText = Field("truncate", description="texts longer than the model's window: truncate (read up to "
                                 "the window; the result says truncated) or chunks (score overlapping windows and "
                                 "combine them: max per label for multi-label, mean log-probability for single-label)")
+    return_embeddings: bool = Field(False, description="also return each text's sentence embedding (what POST /embed "
+                                    "returns) in `embeddings`: with the embedding and ensemble methods and "
+                                    "long_text=truncate from the same encoder pass as the scores, else one more "
+                                    "encoder pass; needs a sentence encoder (422 without one)")
 
     @field_validator("texts")
     @classmethod
@@ -84,8 +88,21 @@ class ZeroShotItem(BaseModel):
                             "than the windows long_text=chunks scores)")
 
 
+class EncoderInfo(BaseModel):
+    """The sentence encoder behind returned embeddings (as ``POST /embed`` names it)."""
+
+    model: str
+    fingerprint: str = Field(..., description="content hash of the encoder's weights: embeddings from encoders "
+                             "with the same fingerprint are comparable")
+    dim: int
+    engine: str
+    shared_pass: bool = Field(..., description="the embeddings came from the scoring pass (embedding and ensemble "
+                              "methods with long_text=truncate) rather than a pass of their own")
+
+
 class ZeroShotResponse(BaseModel):
-    """``POST /zero-shot`` answer: ``results[i]`` belongs to ``texts[i]``."""
+    """``POST /zero-shot`` answer: ``results[i]`` belongs to ``texts[i]``; with ``return_embeddings``,
+    ``embeddings[i]`` (unit length, ``encoder.dim`` floats) too."""
 
     results: list[ZeroShotItem]
     method: str
@@ -93,6 +110,9 @@ class ZeroShotResponse(BaseModel):
     engine: str
     hypothesis_template: str
     multi_label: bool
+    embeddings: list[list[float]] | None = Field(None, description="with return_embeddings: one sentence embedding "
+                                                 "per text, equal to POST /embed's")
+    encoder: EncoderInfo | None = Field(None, description="with return_embeddings: the encoder that made them")
 
 
 class EmbedRequest(BaseModel):

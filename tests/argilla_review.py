@@ -7,7 +7,9 @@ people who would review the suggestions in the UI::
     python -m tests.argilla_review ... --count 50 --order lowest-score --report-json round.json
 
 ``--order``: ``random`` (a seeded sample of the records, the default), or the pending records (no response yet)
-``lowest-score`` first (as the review deep link orders them) or ``margin`` (smallest ``margin`` metadata) first.
+``lowest-score`` first (as the review deep link orders them) or ``margin`` (smallest ``margin`` metadata) first, or
+``certify``: the pending records of the certification sample (metadata ``certify`` = 1, what
+``python -m annotate accept`` asks people to review), at most ``--count`` of them.
 ``--report-json`` records how the suggestions the reviewers saw agreed with what they submitted, next to the
 static zero-shot suggestion of the same records (argmax of the ``teacher_score_<i>`` metadata).
 """
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--count", type=int, default=300, help="records to review (random sample)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--order", choices=("random", "lowest-score", "margin"), default="random")
+    parser.add_argument("--order", choices=("random", "lowest-score", "margin", "certify"), default="random")
     parser.add_argument("--report-json", type=Path, default=None,
                         help="write the agreement of the shown and the zero-shot suggestions with the gold labels")
     args = parser.parse_args(argv)
@@ -81,11 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         chosen = random.Random(args.seed).sample([i for i in present if i in gold], k=min(args.count, len(present)))
     else:
         pending = [i for i in present if i in gold and not list(records[i].responses)]
-        if args.order == "lowest-score":
+        if args.order == "certify":
+            pending = [i for i in pending if records[i].metadata.get("certify") == 1]
+        if args.order in ("lowest-score", "certify"):
             key = lambda i: (records[i].suggestions["label"].score, i)  # noqa: E731
         else:
             key = lambda i: (records[i].metadata.get("margin", 1.0), i)  # noqa: E731
         chosen = sorted(pending, key=key)[:args.count]
+    if not chosen:
+        print(f"nothing to review in {workspace}/{args.dataset} ({args.order})")
+        return 0
     done = submit(dataset, {i: gold[i] for i in chosen}, client.me.id)
     print(f"submitted gold-label responses for {done} records of {workspace}/{args.dataset}")
     if args.report_json is not None:

@@ -121,7 +121,8 @@ def test_fits_are_deterministic_and_the_revision_follows_the_reviews(ag_slice, t
 def test_guard_keeps_zero_shot_when_the_head_would_relabel_too_much(ag_slice):
     s = ag_slice
     strict = adapt(s["x"], s["p0"], AG_LABELS, config=HeadConfig(max_unreviewed_change=0.01))
-    assert strict.head is None and strict.report.mode == "zero-shot" and "guard" in strict.report.note
+    assert strict.head is None and strict.report.mode == "zero-shot" and "no review yet" in strict.report.note
+    assert "would change" in strict.report.note
     np.testing.assert_array_equal(strict.scores, s["p0"])
 
 
@@ -140,7 +141,7 @@ def test_reviews_that_favour_zero_shot_keep_zero_shot(ag_slice):
         np.testing.assert_array_equal(result.scores, s["p0"])
 
 
-def test_single_reviewed_class_falls_back_to_pseudo_labels():
+def test_single_reviewed_class_serves_the_better_of_zero_shot_and_the_pool_head_on_the_reviews():
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(2, 16))
     y = rng.integers(0, 2, 400)
@@ -148,5 +149,123 @@ def test_single_reviewed_class_falls_back_to_pseudo_labels():
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     logits = x @ centers.T * 3
     p0 = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    result = adapt(x, p0, ["a", "b"], reviewed={int(i): 0 for i in np.flatnonzero(y == 0)[:30]})
-    assert result.report.cv_accuracy is None and result.report.reviewed == 30
+    reviewed = {int(i): 0 for i in np.flatnonzero(y == 0)[:30]}
+    result = adapt(x, p0, ["a", "b"], reviewed=reviewed)
+    assert result.report.reviewed == 30 and "only 1 reviewed label" in result.report.note
+    rows = np.array(list(reviewed))
+    served = (result.scores[rows].argmax(1) == 0).mean()
+    assert served >= (p0[rows].argmax(1) == 0).mean() and result.report.cv_accuracy == served
+
+
+@pytest.fixture(scope="module")
+def one_topic(data_dir):
+    """The issue's new user: a 300-text pool of one topic (AG News business descriptions), scored for the four AG News
+    labels by the embedding method; zero-shot gets 0.78 of it right."""
+    from pool.scorers import LocalScorer
+
+    rows = [json.loads(line) for line in (data_dir / "classification/ag_news/train_unlabeled_8k_description_only.jsonl")
+            .open(encoding="utf-8")]
+    texts = [r["text"] for r in rows if r["label"] == "Business"][:300]
+    scorer = LocalScorer(AG_LABELS, "This news article is about {}.", method="embedding", batch_size=128)
+    try:
+        return scorer.embed(texts), scorer.score(texts)
+    finally:
+        scorer.close()
+
+
+@pytest.mark.slow
+def test_forty_reviews_of_one_label_never_serve_worse_than_push_did(one_topic):
+    """push adapts the pool (right on 242 of the 260 pending records against 229 for zero-shot); 40 reviews, all "business",
+    lowest score first; refresh must not fall back to the zero-shot scores that the reviews show are worse (the issue:
+    correct pending suggestions fell from 214 to 181 of 260), and must say what it did and why."""
+    x, p0 = one_topic
+    business = AG_LABELS.index("business")
+    # today's precision guard keeps zero-shot on this pool before any review (the other three classes' pseudo-labels
+    # are expected right 46% of the time); without it push serves the head, the case of the issue, which the refresh
+    # rule under test must then not throw away
+    config = HeadConfig(min_pseudo_precision=0.0)
+    assert adapt(x, p0, AG_LABELS).head is None
+    push = adapt(x, p0, AG_LABELS, config=config)
+    assert push.head is not None and push.report.note.startswith("pool-adapted head")
+    reviewed_rows = np.argsort(push.scores.max(1), kind="stable")[:40]
+    refresh = adapt(x, p0, AG_LABELS, reviewed={int(r): business for r in reviewed_rows}, config=config)
+    pending = np.setdiff1d(np.arange(len(x)), reviewed_rows)
+    right = {name: int((scores[pending].argmax(1) == business).sum())
+             for name, scores in (("push", push.scores), ("refresh", refresh.scores), ("zero-shot", p0))}
+    assert right["zero-shot"] < right["push"], right  # the case of the issue: zero-shot is worse here (229 < 242)
+    assert right["refresh"] >= right["push"], right
+    assert refresh.head.revision == push.head.revision  # the same head, so refresh rewrites nothing
+    assert "kept the pool-adapted head (only 1 reviewed label)" in refresh.report.note
+    assert "against" in refresh.report.note and "for zero-shot" in refresh.report.note
+
+
+@pytest.mark.slow
+def test_never_worse_holds_for_teacher_scores_no_linear_map_reproduces(ag_slice):
+    """nli and ensemble scores are no linear function of the sentence embeddings (the linearization is exact only for
+    the embedding method), so the zero-shot candidate must be measured as served. Teacher scores here (constructed,
+    since no real teacher is this far from linear): 98% accurate, errors and confidences at random, so no linear map
+    of the embeddings (a linear probe on AG News gets ~0.88) comes near it; the heads, measured out of fold, are all
+    worse than the scores as served, and before this guard a correction of the linearized scores served anyway when
+    it beat the linearization."""
+    s = ag_slice
+    rng = np.random.default_rng(3)
+    n, k = len(s["y"]), len(AG_LABELS)
+    top = np.where(rng.random(n) < 0.98, s["y"], rng.integers(0, k, n))
+    logits = rng.normal(scale=0.5, size=(n, k))
+    logits[np.arange(n), top] += rng.uniform(0.5, 3.0, n)
+    p0 = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    reviewed_rows = rng.choice(n, 120, replace=False)
+    result = adapt(s["x"], p0, AG_LABELS, reviewed={int(r): int(s["y"][r]) for r in reviewed_rows})
+    candidates = result.report.candidates
+    assert candidates["base=zero-shot"] < candidates["zero-shot"], candidates  # the linearization is lossy
+    assert max(v for name, v in candidates.items() if name != "zero-shot") <= candidates["zero-shot"], candidates
+    assert result.report.mode == "zero-shot" and result.head is None, result.report
+    np.testing.assert_array_equal(result.scores, p0)
+    assert "no head measured better" in result.report.note  # a tie keeps the scores as served
+    pending = np.setdiff1d(np.arange(n), reviewed_rows)
+    assert (result.scores[pending].argmax(1) == s["y"][pending]).mean() >= (p0[pending].argmax(1) == s["y"][pending]).mean()
+
+
+@pytest.fixture(scope="module")
+def cr_split(data_dir):
+    """The customer-review sentences (dev task cr, 3,771, 36% negative), split as docs/adaptive.md does it
+    (``simulate --holdout 0.3 --split-seed 0``), embedded and scored by the packaged MiniLM (embedding method)."""
+    from annotate.simulate import read_labelled, split_rows
+    from pool.scorers import LocalScorer
+
+    path = data_dir / "classification/dev_tasks/cr/all.jsonl"
+    if not path.is_file():
+        pytest.skip(f"dev task cr not found at {path}")
+    texts, gold = read_labelled(path, ["text"], "label")
+    y = np.array([["negative", "positive"].index(g) for g in gold])
+    pool, evaluation = split_rows(len(texts), holdout=0.3, seed=0)
+    scorer = LocalScorer(["negative", "positive"], "The sentiment of this review is {}.", method="embedding",
+                         batch_size=128)
+    try:
+        out = {}
+        for name, rows in (("pool", pool), ("eval", evaluation)):
+            part = [texts[i] for i in rows]
+            out[name] = (scorer.embed(part).astype(np.float16).astype(np.float32), scorer.score(part), y[rows])
+    finally:
+        scorer.close()
+    return out
+
+
+@pytest.mark.slow
+def test_em_prior_that_runs_the_wrong_way_is_caught_before_any_review(cr_split):
+    """The issue's failure on a held-out binary sentiment task: EM on the self-trained head's probabilities moves the
+    prior the wrong way (0.62 negative where the pool holds 0.36), the pseudo-labels follow it and the head relabels
+    29% of the pool, just under the old 30% guard, losing 3.5 points to zero-shot (measured on this split). The
+    previous defaults reproduce it here; the current ones stay within a point of zero-shot."""
+    x, p0, y = cr_split["pool"]
+    xe, p0e, ye = cr_split["eval"]
+    labels = ["negative", "positive"]
+    zero_shot = (p0e.argmax(1) == ye).mean()
+    previous = HeadConfig(pool_weight=1.0, min_pseudo_precision=0.0)  # the head alone, the change guard alone
+    before = adapt(x, p0, labels, config=previous)
+    assert before.head is not None and before.report.prior[0] > 0.55 > (y == 0).mean() + 0.15, before.report
+    assert before.report.changed_share < previous.max_unreviewed_change  # the old guard let it through
+    assert (before.head.predict_proba(xe).argmax(1) == ye).mean() < zero_shot - 0.02
+    now = adapt(x, p0, labels)
+    served = now.head.predict_proba(xe) if now.head is not None else p0e
+    assert (served.argmax(1) == ye).mean() >= zero_shot - 0.01, (now.report, zero_shot)

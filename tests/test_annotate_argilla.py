@@ -179,6 +179,7 @@ def test_export_has_exactly_the_reviewed_records(pushed, reviewed, argilla_stack
     for row in exported:
         record = records[row["id"]]
         assert row["label"] == reviewed["submitted"][row["id"]] and row["status"] == "submitted"
+        assert row["source"] == "human"
         assert row["annotator"] == argilla_stack.username and row["text"] == record.fields["text"]
         assert row["labels_order"] == LABELS and list(row["teacher_scores"]) == LABELS
         assert row["teacher_scores"] == {label: record.metadata[teacher_key(i)] for i, label in enumerate(LABELS)}
@@ -188,7 +189,9 @@ def test_export_has_exactly_the_reviewed_records(pushed, reviewed, argilla_stack
         correct += row["suggestion"] == row["label"]
 
     summary = json.loads(summary_path.read_text())
-    assert summary["status_counts"] == {"submitted": 40, "discarded": 5, "draft": 0, "pending": 155}
+    assert summary["status_counts"] == {"submitted": 40, "discarded": 5, "draft": 0, "auto-accepted": 0,
+                                        "pending": 155}
+    assert summary["sources"] == {"human": 40, "auto-accept": 0}
     assert summary["compared"] == 40 and summary["accuracy"] == pytest.approx(correct / 40)
     assert sum(map(sum, summary["confusion"])) == 40
     assert sum(summary["confusion"][i][i] for i in range(len(LABELS))) == correct

@@ -13,6 +13,7 @@ from service.calibration import (
     fit_ensemble,
     fit_temperature,
     softmax,
+    supported_temperature,
 )
 from service.zeroshot import scores_from_logits
 
@@ -92,3 +93,33 @@ def test_the_default_models_ship_their_calibrations(minilm_dir):
         calibration, _ = found
         assert calibration.metrics["after"]["ece"] <= calibration.metrics["before"]["ece"]
         assert calibration.fitted_on["tasks"], "a calibration says what it was fitted on"
+
+
+def test_a_temperature_fitted_on_few_points_is_not_sharper_than_they_support():
+    """Ten out-of-fold predictions, all right: the NLL fit sharpens them to near certainty (T at its floor); ten
+    successes support a mean confidence of at most the Wilson 95% lower bound, 0.722 (Wilson 1927)."""
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, 10)
+    logits = rng.normal(scale=0.3, size=(10, 3))
+    logits[np.arange(10), gold] += 1.0  # every top label right, with modest logits
+    unbounded = fit_temperature([logits], [gold])
+    assert unbounded < 0.1 and softmax(logits / unbounded).max(1).mean() > 0.99
+    t = supported_temperature(logits, gold)
+    bound = binomtest(10, 10).proportion_ci(confidence_level=0.95, method="wilson").low
+    assert bound == pytest.approx(0.7225, abs=1e-3)
+    assert t > unbounded and softmax(logits / t).max(1).mean() == pytest.approx(bound, abs=2e-3)
+    # many points: the support is close to the accuracy, so the fit is hardly held back
+    gold_many = rng.integers(0, 3, 2000)
+    raw = rng.normal(size=(2000, 3))
+    raw[np.arange(2000), gold_many] += 1.5
+    t_many = supported_temperature(0.5 * raw, gold_many)  # logits half as sharp as the labels: the fit sharpens
+    t_fit = fit_temperature([0.5 * raw], [gold_many])
+    assert t_fit < 0.7 and t_fit <= t_many < 1.15 * t_fit  # held back by the 2-point width of the interval only
+    accuracy = (raw.argmax(1) == gold_many).mean()
+    assert abs(softmax(0.5 * raw / t_many).max(1).mean() - accuracy) < 0.03
+    # a fit that softens is kept, and fewer than ten points fit nothing
+    assert supported_temperature(3 * raw, gold_many) == pytest.approx(fit_temperature([3 * raw], [gold_many]),
+                                                                      rel=1e-6)
+    assert supported_temperature(logits[:9], gold[:9]) == 1.0

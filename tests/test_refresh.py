@@ -75,9 +75,11 @@ def adapted(argilla_stack, embedding_service, data_dir, annotate_cache, tmp_path
     tmp = tmp_path_factory.mktemp("adaptive")
     rows = ag_news_slice(data_dir, 2000, 80)
     source = write_jsonl(tmp / "ag80.jsonl", rows)
+    requests_before = service_requests(embedding_service.url)
     result = run(argilla_stack, annotate_cache, "push", str(source), *label_args(), "--dataset", "adaptive",
                  "--service-url", embedding_service.url, "--summary-json", str(tmp / "push.json"))
     assert result.returncode == 0, result.stderr
+    requests = {k: v - requests_before.get(k, 0) for k, v in service_requests(embedding_service.url).items()}
     summary = json.loads((tmp / "push.json").read_text())
     before = snapshot(argilla_stack, "adaptive")
     gold = {record_id(r["text"]): r["gold"] for r in rows}
@@ -88,13 +90,29 @@ def adapted(argilla_stack, embedding_service, data_dir, annotate_cache, tmp_path
     dataset = dataset_of(argilla_stack, "adaptive")
     assert submit(dataset, {**submitted, **discarded}, client_for(argilla_stack).me.id) == 35
     return {"rows": rows, "summary": summary, "before": before, "submitted": submitted, "discarded": discarded,
-            "tmp": tmp}
+            "tmp": tmp, "requests": requests}
+
+
+def service_requests(url: str) -> dict[str, float]:
+    """``{endpoint: requests answered}`` of the live service, from its own Prometheus counter."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "zsc_requests_total":
+                counts[sample.labels["endpoint"]] = counts.get(sample.labels["endpoint"], 0) + sample.value
+    return counts
 
 
 def test_adaptive_push_writes_vectors_audit_teacher_scores_and_the_cache(adapted, annotate_cache, argilla_stack,
                                                                          embedding_service):
     summary, before = adapted["summary"], adapted["before"]
     assert summary["pushed"] == 80 and summary["embedded"] == 80 and summary["failed"] == 0
+    # one encoder pass a text: scores and embeddings from one POST /zero-shot a chunk (max_texts 64: 2), no /embed
+    assert adapted["requests"].get("/zero-shot") == 2 and adapted["requests"].get("/embed", 0) == 0
+    assert 0 <= summary["head_changed_label"] <= summary["head_changed"] <= 80
     assert summary["head"]["pool_size"] == 80 and summary["fit_seconds"] is not None
     assert set(before) == {record_id(r["text"]) for r in adapted["rows"]}
     audit = [meta[AUDIT] for *_, meta in before.values()]
@@ -121,6 +139,39 @@ def test_adaptive_push_writes_vectors_audit_teacher_scores_and_the_cache(adapted
     again = json.loads((adapted["tmp"] / "again.json").read_text())
     assert again["pushed"] == 0 and again["skipped_existing"] == 80 and again["scoring_seconds"] == 0
 
+
+
+def test_zero_shot_push_upserts_while_scoring_one_request_a_chunk(argilla_stack, embedding_service, annotate_cache,
+                                                                 data_dir, tmp_path):
+    """--no-adapt: batches of 16 scored and embedded in one request each, upserted by the Upserter while the next
+    batch is scored; every record lands once with its zero-shot suggestion, its vector and the cached embedding."""
+    from annotate.cache import DatasetCache
+    from pool.scorers import HttpScorer
+
+    rows = ag_news_slice(data_dir, 3000, 50)
+    source = write_jsonl(tmp_path / "ag50.jsonl", rows)
+    before = service_requests(embedding_service.url)
+    result = run(argilla_stack, annotate_cache, "push", str(source), *label_args(), "--dataset", "zero-shot-overlap",
+                 "--service-url", embedding_service.url, "--no-adapt", "--batch-size", "16", "--summary-json",
+                 str(tmp_path / "push.json"))
+    assert result.returncode == 0, result.stderr
+    after = service_requests(embedding_service.url)
+    assert after["/zero-shot"] - before.get("/zero-shot", 0) == 4 and after.get("/embed", 0) == before.get("/embed", 0)
+    summary = json.loads((tmp_path / "push.json").read_text())
+    assert summary["pushed"] == 50 and summary["embedded"] == 50 and summary["failed"] == 0
+    records = snapshot(argilla_stack, "zero-shot-overlap")
+    assert set(records) == {record_id(r["text"]) for r in rows}
+    scorer = HttpScorer(embedding_service.url, LABELS, "This text is about {}.")
+    texts = [r["text"] for r in rows]
+    scores, vectors = scorer.score(texts), scorer.embed(texts)  # two separate calls, for reference
+    scorer.close()
+    for i, text in enumerate(texts):
+        value, score, agent, count, has_vector, meta = records[record_id(text)]
+        assert count == 1 and has_vector and agent == summary["agent"] and ":embedding" in agent
+        assert value == LABELS[int(scores[i].argmax())] and score == pytest.approx(scores[i].max(), abs=1e-5)
+    pool = DatasetCache(annotate_cache, argilla_stack.url, argilla_stack.workspace, "zero-shot-overlap").load_pool()
+    order = [pool.ids.index(record_id(t)) for t in texts]
+    np.testing.assert_allclose(pool.embeddings[order], vectors, atol=2e-3)  # the cache keeps float16
 
 
 def test_refresh_updates_only_pending_resumes_after_a_kill_and_is_idempotent(adapted, argilla_stack, annotate_cache):
@@ -194,6 +245,15 @@ def test_refresh_bad_input_one_line_nothing_written(adapted, argilla_stack, anno
                               "--label", "Sports"))
     assert "do not match dataset 'adaptive'" in line
     assert "not found" in one_error_line(run(argilla_stack, annotate_cache, "refresh", "--dataset", "nope"))
+    # --head-output into a folder of other files: refused before anything is written (a head save replaces the
+    # whole folder, so only a previous head may be there)
+    foreign = tmp_path / "my-folder"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    result = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--head-output", str(foreign))
+    assert result.returncode == 2 and "--head-output" in one_error_line(result)
+    assert "non-empty directory of other files" in one_error_line(result)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     assert snapshot(argilla_stack, "adaptive") == state
 
     # a dataset pushed before adaptation: no vector field, no cache
@@ -357,6 +417,55 @@ def test_watch_fine_tunes_the_encoder_in_the_background_and_swaps_it_in(adapted,
     assert json.loads((out / "no-finetune.json").read_text())["updated"] == 45  # the agent kind changed back
     assert all(":adaptive-head:" in agent for rid, (_, _, agent, *_) in snapshot(argilla_stack, "adaptive").items()
                if rid not in reviewed)
+
+
+def test_one_watcher_per_dataset_cache_and_sigterm_stops_it(adapted, argilla_stack, annotate_cache):
+    """A second `refresh --watch` on the same dataset cache exits 2 with one line naming the first (pid, since
+    when); SIGTERM stops the first like Ctrl-C (exit 0, lock released); then a watcher can start again."""
+    import signal
+    import time
+
+    from annotate.cache import LOCK, DatasetCache, holder
+
+    cache = DatasetCache(annotate_cache, argilla_stack.url, argilla_stack.workspace, "adaptive")
+    out = adapted["tmp"]
+    env = {**os.environ, **argilla_stack.env(), "PYTHONUNBUFFERED": "1", "ANNOTATE_CACHE_DIR": str(annotate_cache)}
+    command = [sys.executable, "-m", "annotate", "refresh", "--dataset", "adaptive", "--watch", "--no-finetune",
+               "--poll-seconds", "1"]
+    with open(out / "lock-watch.out", "w") as stdout, open(out / "lock-watch.err", "w") as stderr:
+        first = subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 300
+            while "--- refresh round 1" not in (out / "lock-watch.out").read_text() and time.monotonic() < deadline:
+                assert first.poll() is None, (out / "lock-watch.err").read_text()[-3000:]
+                time.sleep(0.5)
+            held = holder(cache.root / LOCK)
+            assert held["pid"] == first.pid and held["what"] == "refresh --watch"
+            second = run(argilla_stack, annotate_cache, "refresh", "--dataset", "adaptive", "--watch", "--no-finetune")
+            line = one_error_line(second)
+            assert second.returncode == 2 and f"pid {first.pid}" in line and "refresh --watch" in line, line
+            assert "adaptive" in line and held["since"] in line
+        finally:
+            first.send_signal(signal.SIGTERM)
+            code = first.wait(120)
+    assert code == 0, (out / "lock-watch.err").read_text()[-3000:]
+    assert "stopped after" in (out / "lock-watch.out").read_text()
+    assert holder(cache.root / LOCK) is None and not (cache.root / f"{LOCK}.json").exists()
+
+
+def test_watch_polls_count_responses_without_reading_records(adapted, argilla_stack):
+    """count_reviewed (what --watch polls) asks the server for its response counts: the same number as paging
+    through every submitted or discarded record (the former poll, the reference here), in two requests."""
+    import argilla as rg
+
+    from annotate.refresh import count_reviewed
+
+    dataset = dataset_of(argilla_stack, "adaptive")
+    query = rg.Query(filter=rg.Filter(("response.status", "in", ["submitted", "discarded"])))
+    paged = sum(1 for _ in dataset.records(query=query, batch_size=1000, with_suggestions=False,
+                                           with_responses=False))
+    assert paged == len(adapted["submitted"]) + len(adapted["discarded"]) == 35
+    assert count_reviewed(dataset) == paged
 
 
 EKMAN = ["anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"]

@@ -39,6 +39,14 @@ def test_exports_give_hard_and_soft_labels_in_label_order(tmp_path):
     assert added == 1 and data.counts() == {"examples": 3, "with_human_label": 2, "with_teacher_scores": 3, "both": 2}
 
 
+def test_humans_only_skips_the_rows_accepted_in_bulk(tmp_path):
+    auto = {**export_row("j k l", "Business"), "source": "auto-accept", "annotator": "auto-accept"}
+    path = write(tmp_path / "e.jsonl", [{**export_row("a b c", "Sports"), "source": "human"}, auto,
+                                        export_row("d e f", "World")])  # an export made before the source field
+    assert [e.label for e in read_exports([path]).examples] == [1, 2, 0]
+    assert [e.label for e in read_exports([path], humans_only=True).examples] == [1, 0]
+
+
 def test_parquet_and_datasets_exports_read_the_same(tmp_path):
     import pandas as pd
     from datasets import Dataset

@@ -301,6 +301,8 @@ def main(
                                                                  "(default: text).")] = None,
     eval_limit: Annotated[Optional[int], typer.Option(help="First N rows of --eval.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use the first N records of the exports (after merging).")] = None,
+    humans_only: Annotated[bool, typer.Option("--humans-only", help="Train on human labels only: skip export rows "
+                                              "accepted in bulk (source auto-accept).")] = False,
     unlabeled_limit: Annotated[Optional[int], typer.Option(help="First N texts of --unlabeled.")] = None,
     objective: Annotated[str, typer.Option(help="hard, soft, mixed or mse.")] = "mixed",
     student: Annotated[str, typer.Option(help="transformer, fasttext, cnn or bilstm.")] = "transformer",
@@ -369,7 +371,7 @@ def main(
         labels = labels or (None if train else head.labels)
     try:
         if train:
-            data = read_exports(train)
+            data = read_exports(train, humans_only=humans_only)
             if labels and list(labels) != data.labels:
                 _fail(f"--label {list(labels)} differs from the exports' labels {data.labels}")
         else:

@@ -4,7 +4,9 @@ Three sources, merged by text:
 
 - **exports** of ``python -m annotate export`` (JSONL, Parquet, or a ``datasets.save_to_disk`` folder): the
   human label (``label``, or ``labels`` for multi-label; ``None`` for discarded records, which are dropped) and
-  the teacher's score vector (``teacher_scores`` over ``labels_order``);
+  the teacher's score vector (``teacher_scores`` over ``labels_order``); rows whose ``source`` is
+  ``auto-accept`` (suggestions accepted in bulk, ``python -m annotate accept``) count as labelled too, unless
+  ``humans_only``;
 - an **unlabeled** file (``.txt``/``.csv``/``.jsonl``/``.parquet``) scored by the zero-shot teacher on the fly
   (soft labels only), as in Hugging Face's zero-shot distillation example (``distill_classifier.py``);
 - an **evaluation** file (JSONL with the text field(s) and a gold ``label`` / ``labels``), never trained on.
@@ -110,8 +112,15 @@ def _read_table(path: Path) -> list[dict]:
     return rows
 
 
-def read_exports(paths: Sequence[Path]) -> StudentData:
+#: ``source`` of an export row accepted in bulk, not labelled by a person (annotate/export.py).
+AUTO_SOURCE = "auto-accept"
+
+
+def read_exports(paths: Sequence[Path], humans_only: bool = False) -> StudentData:
     """Merge ``annotate export`` files into :class:`StudentData` (labels and mode from ``labels_order``).
+
+    ``humans_only``: skip rows whose ``source`` is ``auto-accept`` (accepted suggestions; exports made before the
+    field existed have no such rows).
 
     Raises:
         StudentDataError: no rows, rows without ``text``/``labels_order``, files that disagree on the label
@@ -155,6 +164,8 @@ def read_exports(paths: Sequence[Path]) -> StudentData:
             example = Example(row["text"], soft=soft)
             if row.get("status", "submitted") == "discarded":
                 continue  # the reviewers said the record is not usable
+            if humans_only and row.get("source") == AUTO_SOURCE:
+                continue
             value = row.get("labels" if multi_label else "label")
             if value is not None:
                 _set_hard(example, value, labels, multi_label, where)

@@ -1,4 +1,14 @@
 """The commands of ``python -m annotate``, one module each; importing this package registers them all on
 :data:`annotate.cli.cli` (shared options and helpers live in :mod:`annotate.cli`)."""
 
-from annotate.commands import adapt, export, push, refresh, score, simulate, stack  # noqa: F401  (registration)
+from annotate.commands import (  # noqa: F401  (registration)
+    accept,
+    adapt,
+    export,
+    push,
+    refresh,
+    score,
+    simulate,
+    stack,
+    suspects,
+)

@@ -33,6 +33,8 @@ def export(
     = "jsonl",
     include_discarded: Annotated[bool, typer.Option("--include-discarded", help="Also export discarded records "
                                                     "(status 'discarded', label null).")] = False,
+    humans_only: Annotated[bool, typer.Option("--humans-only", help="Leave out the suggestions accepted in bulk "
+                                              "(python -m annotate accept --apply; source 'auto-accept').")] = False,
     confusion_png: Annotated[Optional[Path], typer.Option(help="Where to save the confusion matrix PNG; default: "
                                                           "OUTPUT with suffix .confusion.png.", show_default=False)]
     = None,
@@ -42,8 +44,9 @@ def export(
 ) -> None:
     """Export records people reviewed (submitted, optionally discarded) with human labels and teacher scores.
 
-    Prints counts by status, the accuracy of the suggestions on submitted records, and the confusion matrix
-    (also saved as a PNG).
+    Each row's source is human or auto-accept (a suggestion accepted in bulk by python -m annotate accept);
+    --humans-only leaves the latter out. Prints counts by status, the accuracy of the suggestions on records people
+    submitted, and the confusion matrix (also saved as a PNG).
     """
     from annotate.client import ArgillaRefused, ArgillaUnavailable, connect
     from annotate.dataset import DatasetMismatch
@@ -62,7 +65,7 @@ def export(
         client = connect(settings.api_url, settings.api_key)
         setup_logging(log_level)
         summary = run_export(client, settings.dataset, settings.workspace, output, fmt=fmt,
-                             include_discarded=include_discarded, confusion_png=png)
+                             include_discarded=include_discarded, confusion_png=png, humans_only=humans_only)
     except (ArgillaRefused, ArgillaUnavailable, DatasetMismatch) as exc:
         raise fail(str(exc)) from None
     typer.echo(summary.render())

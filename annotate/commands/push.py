@@ -173,7 +173,8 @@ def push(
     total = min(total, limit) if (total and limit) else (total or limit)
     try:
         if settings.service_url:
-            scorer = HttpScorer(settings.service_url, labels, hypothesis_template, multi_label, method=method)
+            scorer = HttpScorer(settings.service_url, labels, hypothesis_template, multi_label, method=method,
+                              api_key=settings.service_api_key)
         else:
             logger.info("no --service-url: scoring in-process with %s on %s", settings.model, settings.engine)
             scorer = LocalScorer(labels, hypothesis_template, multi_label, model=settings.model,

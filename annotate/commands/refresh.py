@@ -65,8 +65,13 @@ def refresh(
                                                         "records comes after).", min=1.0)] = 600.0,
     finetune_threads: Annotated[int, typer.Option(help="Torch threads of the background fine-tune.", min=1)] = 1,
     finetune_margin: Annotated[float, typer.Option(help="Swap the fine-tuned encoder in when its held-out accuracy "
-                                                   "beats the head's by more than this (negative: even when it does "
-                                                   "not, for trials).", min=-1.0, max=1.0)] = 0.0,
+                                                   "beats the head's by more than this, on top of the paired test "
+                                                   "(negative: the accuracies alone decide, even when it does not, "
+                                                   "for trials).", min=-1.0, max=1.0)] = 0.0,
+    finetune_alpha: Annotated[float, typer.Option(help="Swap only when McNemar's exact test on the held-out reviews "
+                                                  "(fine-tuned against head) gives a p-value below this, the "
+                                                  "fine-tune right on more of the reviews they disagree on.",
+                                                  min=0.0, max=1.0)] = 0.1,
     summary_json: Annotated[Optional[Path], typer.Option(help="Also write the (last) summary here as JSON.",
                                                          show_default=False)] = None,
     log_level: LogLevel = "info",
@@ -83,7 +88,7 @@ def refresh(
     background process (annotate/finetune_job.py) while the head keeps refreshing; when it finishes and beats the
     head on held-out reviews, the pending records take its suggestions (agent ...:encoder-finetune:<revision>).
     """
-    from annotate.cache import DatasetCache
+    from annotate.cache import CacheBusy, DatasetCache
     from annotate.client import ArgillaRefused, ArgillaUnavailable, connect, find_dataset
     from annotate.finetune_job import BackgroundFinetune, FinetuneSettings
     from annotate.refresh import RefreshError, count_reviewed
@@ -111,7 +116,7 @@ def refresh(
         background = BackgroundFinetune(
             cache.root, FinetuneSettings(min_reviews=finetune_min_reviews, every=finetune_every,
                                          time_budget=finetune_time_budget, threads=finetune_threads,
-                                         margin=finetune_margin),
+                                         margin=finetune_margin, alpha=finetune_alpha),
             start_jobs=watch, echo=typer.echo)
 
     def one_round():
@@ -130,11 +135,12 @@ def refresh(
             found = find_dataset(client, settings.dataset, settings.workspace)
             if found is None:
                 raise RefreshError(f"dataset {settings.dataset!r} not found in workspace {settings.workspace!r}")
-            run_watch(one_round, lambda: count_reviewed(found), every=every, poll_seconds=poll_seconds,
-                      echo=typer.echo, finished=background.poll if background is not None else None)
+            with cache.lock("refresh --watch"):  # one watcher (and one staging of fine-tunes) per dataset cache
+                run_watch(one_round, lambda: count_reviewed(found), every=every, poll_seconds=poll_seconds,
+                          echo=typer.echo, finished=background.poll if background is not None else None)
         else:
             one_round()
-    except RefreshError as exc:
+    except (RefreshError, CacheBusy) as exc:
         raise fail(str(exc), 2) from None
     except (ArgillaRefused, ArgillaUnavailable) as exc:
         raise fail(str(exc)) from None
