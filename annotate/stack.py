@@ -127,6 +127,10 @@ class ArgillaStack:
     def start(cls, data_dir: str | Path | None = None, timeout: float = 300.0) -> "ArgillaStack":
         """Start Redis, osmem, the Argilla server and worker on free loopback ports; create the owner user.
 
+        A ``data_dir`` that an earlier stack used keeps its datasets and its owner: the owner's credentials are
+        kept beside the database (``credentials.json``, mode 0600) and reused, so ``up`` after ``down`` serves the
+        same datasets to the same login.
+
         Raises:
             RuntimeError: something is not installed (see :func:`missing`) or did not come up in ``timeout``.
         """
@@ -137,6 +141,13 @@ class ArgillaStack:
         data = Path(data_dir or tempfile.mkdtemp(prefix="argilla-stack-")).resolve()
         data.mkdir(parents=True, exist_ok=True)
         stack = cls(data_dir=str(data), owns_data_dir=owns)
+        credentials = data / "credentials.json"
+        if credentials.is_file():  # the database already holds this owner
+            known = json.loads(credentials.read_text(encoding="utf-8"))
+            stack.username, stack.password, stack.api_key = known["username"], known["password"], known["api_key"]
+        elif (data / "argilla.db").exists():
+            raise RuntimeError(f"{data} holds an Argilla database but no credentials.json: remove the folder or pass "
+                               "another --data-dir")
         try:
             stack._start(timeout)
         except BaseException:
@@ -161,14 +172,19 @@ class ArgillaStack:
         python = str(_python())
         _wait(lambda: self._check_alive() or (_port_open(redis_port) and _port_open(search_port)), timeout,
               "redis and osmem to listen")
-        for args in (["database", "migrate"],
-                     ["database", "users", "create", "--first-name", "Owner", "--username", self.username,
-                      "--role", "owner", "--password", self.password, "--api-key", self.api_key,
-                      "--workspace", self.workspace]):
+        steps = [["database", "migrate"]]
+        if not (data / "credentials.json").is_file():  # a new database: its owner
+            steps.append(["database", "users", "create", "--first-name", "Owner", "--username", self.username,
+                          "--role", "owner", "--password", self.password, "--api-key", self.api_key,
+                          "--workspace", self.workspace])
+        for args in steps:
             run = subprocess.run([python, "-m", "argilla_server", *args], env=env, cwd=data, capture_output=True,
                                  text=True, timeout=timeout)
             if run.returncode:
                 raise RuntimeError(f"argilla_server {' '.join(args[:2])} failed: {run.stderr[-2000:]}")
+        fd = os.open(data / "credentials.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"username": self.username, "password": self.password, "api_key": self.api_key}, handle)
         self._spawn("argilla", [python, "-m", "argilla_server", "start", "--host", "127.0.0.1", "--port",
                                 str(argilla_port), "--no-access-log"], env)
         self._spawn("worker", [python, "-m", "argilla_server", "worker", "--num-workers", "1"], env)

@@ -79,3 +79,13 @@ def test_stack_up_push_the_example_export_and_down_without_any_variable(clean_en
         down = annotate("stack", "down", env=clean_env, timeout=120)
     assert down.returncode == 0 and not state.exists()
     assert annotate("stack", "status", env=clean_env).returncode == 1
+    # up again on the same data folder: the same login, the pushed dataset still there
+    try:
+        up = annotate("stack", "up", env=clean_env, timeout=400)
+        assert up.returncode == 0, up.stderr[-2000:]
+        again = json.loads(state.read_text())
+        assert (again["api_key"], again["password"]) == (recorded["api_key"], recorded["password"])
+        client = rg.Argilla(api_url=again["url"], api_key=again["api_key"])
+        assert len(list(client.datasets("example", workspace=again["workspace"]).records())) == 120
+    finally:
+        assert annotate("stack", "down", env=clean_env, timeout=120).returncode == 0
