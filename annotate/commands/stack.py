@@ -47,7 +47,7 @@ def up(
     print_env: Annotated[bool, typer.Option("--print-env", help="Also print `export` lines for shells and "
                                             "scripts.")] = False,
 ) -> None:
-    """Start a stack (about 15 s) and record it; a stack already answering at the state file is reused."""
+    """Start a stack (20-30 s) and record it; a stack already answering at the state file is reused."""
     from annotate.stack import ArgillaStack
 
     path = _state(state)
