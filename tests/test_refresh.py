@@ -193,7 +193,9 @@ def test_refresh_updates_only_pending_resumes_after_a_kill_and_is_idempotent(ada
     assert result.returncode == 0, result.stderr
     first = json.loads((out / "refresh1.json").read_text())
     assert first["submitted"] == 30 and first["discarded"] == 5 and first["pending"] == 45
-    assert first["mode"] != "zero-shot" and first["cv_accuracy"] is not None
+    # a head serves only where it measured better than zero-shot on the 30 reviews (never-worse); either way the
+    # decision is measured and said
+    assert first["cv_accuracy"] is not None and first["mode"]
     assert first["updated"] == first["changed"] == 45 - 20  # what the killed run had not written
     assert "cv accuracy" in result.stdout and "metadata.margin.asc" in result.stdout
     assert "metadata=audit.ge1.le1" in result.stdout and "audit estimate" in result.stdout
