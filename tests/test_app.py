@@ -605,8 +605,8 @@ def test_a_slow_upload_holds_no_slot_and_gets_408(guarded):
         except OSError:  # the server answered and closed the connection
             pass
 
+    began = time.monotonic()  # before the server can start its clock: refused_after is never under the limit
     slow.sendall(head + payload[:1])
-    began = time.monotonic()
     trickler = threading.Thread(target=trickle, daemon=True)
     trickler.start()
     try:

@@ -278,7 +278,7 @@ def test_refresh_bad_input_one_line_nothing_written(adapted, argilla_stack, anno
     assert plain.returncode == 0, plain.stderr
     assert sum(1 for _ in dataset_of(argilla_stack, "oldstyle").records(with_suggestions=False)) == 35
 
-    # --embed computes what is missing; a single reviewed class falls back to pseudo-labels with a warning
+    # --embed computes what is missing; a single reviewed class fits no head on the reviews, with a warning
     dataset = dataset_of(argilla_stack, "oldstyle")
     assert submit(dataset, {record_id(r["text"]): "Sports" for r in rows[:4]}, client.me.id) == 4
     result = run(argilla_stack, annotate_cache, "refresh", "--dataset", "oldstyle", "--embed", "--service-url",
@@ -286,7 +286,8 @@ def test_refresh_bad_input_one_line_nothing_written(adapted, argilla_stack, anno
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "old.json").read_text())
     assert summary["vectors_from"] == {"cache": 0, "embedded": 35} and summary["submitted"] == 4
-    assert "falls back to pseudo-labels" in result.stderr and summary["warnings"]
+    assert "no head is fitted on the reviews until a second label is reviewed" in result.stderr
+    assert any("'Sports'" in warning for warning in summary["warnings"])
     again = run(argilla_stack, annotate_cache, "refresh", "--dataset", "oldstyle", "--summary-json",
                 str(tmp_path / "old2.json"))  # no --embed needed any more: the cache has them
     assert again.returncode == 0, again.stderr
