@@ -65,7 +65,7 @@ def run_push(cwd: Path, pool: Path, dataset: str, service_url: str, env: dict, w
         raise RuntimeError(f"{tag} push exited {completed.returncode}: {completed.stderr.strip().splitlines()[-1:]}")
     summary = json.loads(summary_path.read_text())
     keep = ("read", "pushed", "skipped_existing", "failed", "total_seconds", "scoring_seconds", "argilla_seconds",
-            "fit_seconds", "embedded", "agent", "head_changed_label", "head_changed")
+            "fit_seconds", "embedded", "agent", "head_changed_label", "head_changed", "head_fit_rows", "rewritten")
     return {"step": tag, "checkout": str(cwd), "wall_seconds": round(wall, 1),
             "records_per_s": round(summary["pushed"] / wall, 1), "load_1m_before": round(load_before, 2),
             "load_1m_after": round(os.getloadavg()[0], 2), **{k: summary.get(k) for k in keep}}

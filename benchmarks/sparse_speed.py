@@ -15,6 +15,8 @@ latency of a request, peak RSS of the process that runs the model, and accuracy 
    model's DeepSparse graph - the seed system;
 8. ``service-http``: ``python -m service`` with the shipped default (``engine=auto``) over real HTTP with
    ``--clients`` concurrent clients (micro-batching merges their requests).
+9. ``service-http-baseline``: the same, with the service of an older checkout (``--baseline-src``), on its own
+   cache: the code before a change, side by side with it in one run.
 
 With ``--check-auto``, ``engine=auto``'s timing (``service.engines.timing_shapes``, no budget: speed alone) is run
 for the shipped model in its own child process, and its pick is set against the engine that wins this run on
@@ -54,7 +56,7 @@ logger = logging.getLogger("benchmarks.sparse_speed")
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 CONFIGS = ("hf-pipeline", "hf-pipeline-b32", "ort-dense-fp32", "ort-sparse-int8", "ds-dense-fp32",
-           "ds-sparse-fp32", "ds-sparse-int8", "ds-pipeline", "service-http")
+           "ds-sparse-fp32", "ds-sparse-int8", "ds-pipeline", "service-http", "service-http-baseline")
 DESCRIPTIONS = {
     "hf-pipeline": "transformers pipeline, dense fp32, PyTorch (default batch size)",
     "hf-pipeline-b32": "transformers pipeline, dense fp32, PyTorch, batch_size=32",
@@ -65,6 +67,7 @@ DESCRIPTIONS = {
     "ds-sparse-int8": "DeepSparse, sparse int8",
     "ds-pipeline": "DeepSparse's own zero-shot Pipeline, shipped model (sparse int8)",
     "service-http": "this service over HTTP, concurrent clients (engine=auto, shipped model)",
+    "service-http-baseline": "the --baseline-src checkout's service over HTTP, the same clients and settings",
 }
 TASKS = (
     {"dataset": "ag_news", "file": "classification/ag_news/test.jsonl", "fields": ("title", "description"),
@@ -169,18 +172,22 @@ def _summary(task: dict, predictions: list[str], latencies: list[float], wall: f
 
 
 def run_service(tasks: list[dict], models: dict, threads: int, request_texts: int, clients: int,
-                batch_size: int) -> dict:
-    """Start ``python -m service`` (shipped default NLI model, engine=auto), drive it with concurrent clients."""
+                batch_size: int, src: Path | None = None) -> dict:
+    """Start ``python -m service`` (shipped default NLI model, engine=auto), drive it with concurrent clients;
+    ``src``: another checkout whose ``service`` package runs instead of this one's (on its own cache)."""
     import httpx
 
     from benchmarks.service_process import ServiceProcess
 
     settings = {"ZSC_MODEL": "default", "ZSC_EMBEDDING_MODEL": "none", "ZSC_METHOD": "nli", "ZSC_ENGINE": "auto",
                 "ZSC_NUM_THREADS": str(threads), "ZSC_BATCH_SIZE": str(batch_size), "ZSC_CALIBRATE": "false"}
-    with ServiceProcess(settings) as service:
+    if src is not None:
+        settings["ZSC_CACHE_DIR"] = str(Path(src) / ".zsc-cache")  # its own graphs and auto records
+    with (ServiceProcess(settings, cwd=src) if src is not None else ServiceProcess(settings)) as service:
         url = service.url
         info = httpx.get(url + "/info", timeout=10).json()
-        result = {"config": "service-http", "tasks": {}, "clients": clients,
+        result = {"config": "service-http-baseline" if src is not None else "service-http", "tasks": {},
+                  "clients": clients, "src": str(src) if src is not None else None,
                   "facts": {"engine": info["models"]["nli"]["engine"], "int8": info["models"]["nli"].get("int8"),
                             "sparsity": info["models"]["nli"].get("sparsity"),
                             "auto_selection": info["models"]["nli"].get("auto_selection")}}
@@ -303,7 +310,7 @@ def auto_timing(batch_size: int, threads: int, results: list[dict]) -> dict:
     source = resolve_model(DEFAULT_MODEL)
     max_length = min(512, source.config().get("max_position_embeddings", 512))
     options = dict(cache_dir=default_cache_dir(), batch_size=batch_size, max_length=max_length, num_threads=threads,
-                   task="sequence-classification", quantization="auto", compile="lazy", ort_arena="shrink")
+                   task="sequence-classification", quantization="auto", compile="lazy", ort_arena="on")
     shapes = timing_shapes(batch_size, max_length)
     measured = selection.measure_in_child(source, options, selection.CANDIDATES, shapes=shapes, budget=Budget())
     pick, why, _ = selection.choose(measured, Budget())
@@ -334,6 +341,9 @@ def main(
     batch_size: Annotated[int, typer.Option(help="Pairs per forward pass (this project's engines and the service).")] = 32,
     check_auto: Annotated[bool, typer.Option("--check-auto", help="Also run auto's timing (no budget) and set its "
                                              "pick against this run's winner on real texts.")] = False,
+    baseline_src: Annotated[Optional[Path], typer.Option(help="A checkout of older code (its service/ package) for "
+                                                        "the service-http-baseline configuration, e.g. `git archive "
+                                                        "<commit> service | tar -x -C runs/baseline_src`.")] = None,
     run_config: Annotated[Optional[str], typer.Option(hidden=True)] = None,
     result_file: Annotated[Optional[Path], typer.Option(hidden=True)] = None,
     models_json: Annotated[Optional[str], typer.Option(hidden=True)] = None,
@@ -344,8 +354,9 @@ def main(
     tasks = load_tasks(data_dir, ag_news, emotion)
     if run_config is not None:  # child process
         models = json.loads(models_json)
-        if run_config == "service-http":
-            result = run_service(tasks, models, threads, request_texts, clients, batch_size)
+        if run_config in ("service-http", "service-http-baseline"):
+            result = run_service(tasks, models, threads, request_texts, clients, batch_size,
+                                 baseline_src if run_config == "service-http-baseline" else None)
         else:
             result = run_one(run_config, tasks, models, threads, request_texts, batch_size)
         result_file.write_text(json.dumps(result))
@@ -354,6 +365,10 @@ def main(
     unknown = [c for c in chosen if c not in CONFIGS]
     if unknown:
         typer.echo(f"error: unknown configuration {unknown[0]!r}; choose from {', '.join(CONFIGS)}", err=True)
+        raise typer.Exit(2)
+    if "service-http-baseline" in chosen and not (baseline_src and (Path(baseline_src) / "service").is_dir()):
+        typer.echo("error: service-http-baseline needs --baseline-src, a folder holding an older service/ package",
+                   err=True)
         raise typer.Exit(2)
     if not (data_dir / "classification").is_dir():
         typer.echo(f"error: --data-dir {data_dir} has no classification/ folder", err=True)
@@ -365,13 +380,14 @@ def main(
     models = prepare_models(work, default_cache_dir())
     common = ["--data-dir", str(data_dir), "--ag-news", str(ag_news), "--threads", str(threads),
               "--request-texts", str(request_texts), "--clients", str(clients), "--batch-size", str(batch_size),
-              "--models-json", json.dumps(models)] + (["--emotion", str(emotion)] if emotion else [])
+              "--models-json", json.dumps(models)] + (["--emotion", str(emotion)] if emotion else []) + \
+        (["--baseline-src", str(Path(baseline_src).resolve())] if baseline_src else [])
     results = []
     try:
         for config in chosen:
             logger.info("configuration %s: %s", config, DESCRIPTIONS[config])
             result, child_rss = _spawn(["--run-config", config, *common])
-            if config != "service-http":
+            if not config.startswith("service-http"):
                 result["peak_rss_mb"] = child_rss
             results.append(result)
             logger.info("%s: %s", config, {d: t["pairs_per_s"] for d, t in result["tasks"].items()})

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import __doc__ as service_doc
+from service.allocator import set_mmap_threshold
 from service.batching import QueueFull
 from service.config import Settings
 from service.embedding import scores_and_embeddings
@@ -91,8 +92,11 @@ def create_app(settings: Settings | None = None, *, load_before_serving: bool = 
     slot = ModelSlot()
     metrics = Metrics(lambda: slot.model)
 
+    allocator: dict = {}
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        allocator.update(set_mmap_threshold(settings.malloc_mmap_threshold_kib))  # before any model allocates
         slot.start(settings, metrics.observe_models)
         if load_before_serving and not await asyncio.to_thread(slot.wait):
             raise RuntimeError(f"the models failed to load: {slot.error}")
@@ -149,7 +153,8 @@ def create_app(settings: Settings | None = None, *, load_before_serving: bool = 
                   "max_body_bytes": settings.max_body_bytes, "max_chunks": settings.max_chunks,
                   "max_concurrent_requests": settings.max_concurrent_requests,
                   "body_timeout_s": settings.body_timeout_s}
-        return {**served.info(), "limits": limits, "default_hypothesis_template": settings.hypothesis_template}
+        return {**served.info(), "limits": limits, "allocator": allocator,
+                "default_hypothesis_template": settings.hypothesis_template}
 
     @app.post("/zero-shot", response_model=ZeroShotResponse)
     def zero_shot(request: ZeroShotRequest) -> ZeroShotResponse:

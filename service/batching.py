@@ -37,10 +37,36 @@ class BatchObserver(Protocol):
     def ran(self, seconds: float, rows: int, tokens: int, lengths: Sequence[int]) -> None: ...  # one engine call
 
 
+def plan_batches(lengths: Sequence[int], *, batch_size: int, max_batch_tokens: int | None = None) -> list[np.ndarray]:
+    """The engine calls for sequences of ``lengths`` tokens: indices sorted by length (dynamic padding), cut every
+    ``batch_size`` sequences and, with ``max_batch_tokens``, before a batch's padded size (rows x its longest
+    sequence) would pass ``max_batch_tokens``. A sequence longer than ``max_batch_tokens`` runs alone.
+
+    The token cap bounds each call's activation memory, which grows with rows x width (and width squared in
+    attention): it is text-embeddings-inference's ``--max-batch-tokens``. Long sequences run in smaller batches at
+    about the same rows/s (the cost per row is already dominated by its length), short ones are unaffected.
+
+    Returns:
+        index arrays into ``lengths``, in execution order, together covering each index once.
+    """
+    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        stop = min(start + batch_size, len(order))
+        if max_batch_tokens is not None:  # sorted ascending: the row added last is the batch's widest
+            last, stop = stop, start + 1
+            while stop < last and (stop + 1 - start) * lengths[order[stop]] <= max_batch_tokens:
+                stop += 1
+        batches.append(order[start:stop])
+        start = stop
+    return batches
+
+
 def run_sorted_batches(engine: BatchEngine, input_ids: Sequence[Sequence[int]], *, batch_size: int, pad_id: int,
                        token_type_ids: Sequence[Sequence[int]] | None = None,
                        postprocess: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None,
-                       observer: BatchObserver | None = None) -> np.ndarray:
+                       observer: BatchObserver | None = None, max_batch_tokens: int | None = None) -> np.ndarray:
     """Engine outputs for tokenized sequences, one row per sequence, in input order.
 
     Args:
@@ -49,6 +75,7 @@ def run_sorted_batches(engine: BatchEngine, input_ids: Sequence[Sequence[int]], 
         input_ids: token ids of each sequence (unpadded, already truncated).
         batch_size: sequences per engine call.
         pad_id: the tokenizer's padding id.
+        max_batch_tokens: most padded tokens (rows x width) per engine call (:func:`plan_batches`); ``None``: no cap.
         token_type_ids: segment ids aligned with ``input_ids`` (zeros when ``None``).
         postprocess: applied to each batch's output with that batch's inputs (e.g. pooling token
             states with the attention mask); must return ``(batch, ...)``.
@@ -57,10 +84,8 @@ def run_sorted_batches(engine: BatchEngine, input_ids: Sequence[Sequence[int]], 
     Returns:
         ``(len(input_ids), ...)`` float32; an empty ``(0, 0)`` array for no sequences.
     """
-    order = np.argsort([len(x) for x in input_ids], kind="stable")
     out: np.ndarray | None = None
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in plan_batches([len(x) for x in input_ids], batch_size=batch_size, max_batch_tokens=max_batch_tokens):
         width = max(len(input_ids[i]) for i in idx)
         ids = np.full((len(idx), width), pad_id, dtype=np.int64)
         attention = np.zeros((len(idx), width), dtype=np.int64)
@@ -93,6 +118,7 @@ class SequenceRunner:
         batch_size: sequences per engine call.
         pad_id: the tokenizer's padding id.
         postprocess: per-batch transform of the engine output (see :func:`run_sorted_batches`).
+        max_batch_tokens: most padded tokens per engine call (:func:`plan_batches`); ``None``: no cap.
 
     ``observer`` (none by default) receives the measurements (:class:`BatchObserver`); the service sets it.
     """
@@ -100,14 +126,17 @@ class SequenceRunner:
     observer: BatchObserver | None = None
 
     def __init__(self, engine: BatchEngine, *, batch_size: int, pad_id: int,
-                 postprocess: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None):
+                 postprocess: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None,
+                 max_batch_tokens: int | None = None):
         self.engine, self.batch_size, self.pad_id, self.postprocess = engine, batch_size, pad_id, postprocess
+        self.max_batch_tokens = max_batch_tokens
 
     def __call__(self, input_ids: Sequence[Sequence[int]],
                  token_type_ids: Sequence[Sequence[int]] | None = None) -> np.ndarray:
         """``(len(input_ids), ...)`` float32 outputs, row ``i`` for sequence ``i``."""
         return run_sorted_batches(self.engine, input_ids, batch_size=self.batch_size, pad_id=self.pad_id,
-                                  token_type_ids=token_type_ids, postprocess=self.postprocess, observer=self.observer)
+                                  token_type_ids=token_type_ids, postprocess=self.postprocess, observer=self.observer,
+                                  max_batch_tokens=self.max_batch_tokens)
 
     def tokenized(self, seconds: float) -> None:
         """Report one tokenizer call of the method in front of this runner to the observer, if any."""
@@ -120,7 +149,7 @@ class SequenceRunner:
         return 0
 
     def describe(self) -> dict:
-        return {"micro_batching": False}
+        return {"micro_batching": False, "max_batch_tokens": self.max_batch_tokens}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -162,8 +191,10 @@ class MicroBatcher(SequenceRunner):
 
     def __init__(self, engine: BatchEngine, *, batch_size: int, pad_id: int,
                  postprocess: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None,
-                 max_wait_ms: float = 2.0, max_queue: int = 16384, name: str = "micro-batcher"):
-        super().__init__(engine, batch_size=batch_size, pad_id=pad_id, postprocess=postprocess)
+                 max_wait_ms: float = 2.0, max_queue: int = 16384, name: str = "micro-batcher",
+                 max_batch_tokens: int | None = None):
+        super().__init__(engine, batch_size=batch_size, pad_id=pad_id, postprocess=postprocess,
+                         max_batch_tokens=max_batch_tokens)
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self._queue: list[_Job] = []
@@ -236,13 +267,15 @@ class MicroBatcher(SequenceRunner):
                 job.result = out[start:start + len(job.input_ids)]
                 start += len(job.input_ids)
                 job.done.set()
-            self.stats["batches"] += -(-len(ids) // self.batch_size)
+            self.stats["batches"] += len(plan_batches([len(x) for x in ids], batch_size=self.batch_size,
+                                                      max_batch_tokens=self.max_batch_tokens))
             self.stats["jobs"] += len(jobs)
             self.stats["sequences"] += len(ids)
             self.stats["max_jobs_per_round"] = max(self.stats["max_jobs_per_round"], len(jobs))
 
     def describe(self) -> dict:
         return {"micro_batching": True, "max_wait_ms": self.max_wait * 1000, "max_queue": self.max_queue,
+                "max_batch_tokens": self.max_batch_tokens,
                 **self.stats}
 
     def close(self) -> None:

@@ -64,7 +64,8 @@ class TextClassifier:
 
 def load_classifier(name: str, model_id: str, *, engine: str = "auto", quantization: str = "auto", cache_dir: Path,
                     batch_size: int = 32, num_threads: int | None = None, batch_wait_ms: float = 0.0,
-                    max_queue: int = 16384, max_length: int | None = None) -> TextClassifier:
+                    max_queue: int = 16384, max_length: int | None = None,
+                    max_batch_tokens: int | None = None) -> TextClassifier:
     """Load a classifier directory (a student's output directory, or any HF sequence classifier).
 
     Raises:
@@ -90,8 +91,8 @@ def load_classifier(name: str, model_id: str, *, engine: str = "auto", quantizat
                           num_threads=num_threads, quantization=quantization)
     pad = tokenizer.pad_token_id or 0
     runner = (MicroBatcher(built, batch_size=batch_size, pad_id=pad, max_wait_ms=batch_wait_ms, max_queue=max_queue,
-                           name=f"micro-batcher-{name}") if batch_wait_ms > 0
-              else SequenceRunner(built, batch_size=batch_size, pad_id=pad))
+                           name=f"micro-batcher-{name}", max_batch_tokens=max_batch_tokens) if batch_wait_ms > 0
+              else SequenceRunner(built, batch_size=batch_size, pad_id=pad, max_batch_tokens=max_batch_tokens))
     from service.onnx_export import inspect_onnx
 
     facts = inspect_onnx(built.onnx_path) if getattr(built, "onnx_path", None) else {}

@@ -53,10 +53,15 @@ class Settings(BaseSettings):
                                      "MiB, shared by the models loaded; an engine whose projected memory (e.g. "
                                      "DeepSparse's compiled buckets) exceeds its share is not chosen (issue 23's "
                                      "target: 1 GB)")
-    ort_arena: Literal["shrink", "off", "on"] = Field("shrink", description="ONNX Runtime's CPU memory arena: shrink "
-                                                      "(unused chunks returned after every call: memory flat under "
-                                                      "load), off (no arena), on (ONNX Runtime's default: keeps "
-                                                      "its largest size)")
+    ort_arena: Literal["shrink", "off", "on"] = Field("on", description="ONNX Runtime's CPU memory arena: on "
+                                                      "(ONNX Runtime's default: grows to the largest call and keeps "
+                                                      "it; max_batch_tokens bounds that call), shrink (unused chunks "
+                                                      "returned after every call: a little less memory, slower on "
+                                                      "short texts), off (no arena)")
+    malloc_mmap_threshold_kib: int = Field(1024, ge=0, le=32768, description="glibc: allocations of this many KiB "
+                                           "or more get their own mapping, returned to the OS when freed (memory "
+                                           "flat under load, service/allocator.py); 0 keeps glibc's dynamic "
+                                           "threshold; MALLOC_MMAP_THRESHOLD_ in the environment wins")
     quantization: QuantizationName = Field("auto", description="auto: the int8 form each engine runs best "
                                            "(the model's quantization.json; float32 without one); none: float32; "
                                            "qdq, integer, dynamic: that int8 form on every engine")
@@ -64,6 +69,9 @@ class Settings(BaseSettings):
     embedding_max_length: int | None = Field(None, ge=8, description="max tokens per text for the sentence encoder; "
                                              "default: its max_seq_length")
     batch_size: int = Field(32, ge=1, le=1024, description="pairs per forward pass")
+    max_batch_tokens: int = Field(1024, ge=0, description="most padded tokens (rows x longest sequence) per forward "
+                                  "pass: bounds each call's activation memory, and batches past a few thousand tokens "
+                                  "run slower per row (benchmarks/batch_tokens.py); 0: batch_size alone")
     batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="micro-batching: longest wait (ms) for concurrent "
                                  "requests to fill a batch; 0 turns micro-batching off")
     max_queue: int = Field(16384, ge=1, description="most sequences waiting for the engine; beyond it requests get "

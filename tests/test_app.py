@@ -76,6 +76,9 @@ def test_health_ready_info(server, tiny_model_dir, minilm_dir):
     assert info["limits"] == {"max_texts": 3, "max_labels": 4, "max_labels_embedding": 6, "max_text_chars": 5000,
                               "max_body_bytes": 2 * 1024 * 1024, "max_chunks": 64, "max_concurrent_requests": 128,
                               "body_timeout_s": 30.0}  # the shipped defaults where the fixture sets none
+    if info["allocator"]["applied_by"] != "environment":  # glibc (Linux CI): the shipped 1 MiB threshold is set
+        assert info["allocator"]["malloc_mmap_threshold_kib"] in (1024, None)
+        assert (info["allocator"]["malloc_mmap_threshold_kib"] == 1024) == (sys.platform == "linux")
 
 
 def test_zero_shot_answers_one_sorted_result_per_text_in_order(server, tiny_model_dir):

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import MicroBatcher, QueueFull, SequenceRunner
+from service.batching import MicroBatcher, QueueFull, SequenceRunner, plan_batches
 from service.engines.onnxruntime import OnnxRuntimeEngine
 from service.onnx_export import onnx_for
 from service.sources import resolve_model
@@ -70,3 +70,34 @@ def test_engine_errors_reach_every_waiting_caller(engine):
         batcher([[101, 10**9, 102]])  # an id outside the vocabulary: the engine raises
     assert batcher(sequences(2, 3)).shape[0] == 2  # and the batcher keeps serving
     batcher.close()
+
+
+@pytest.mark.parametrize("cap", [None, 64, 200, 1000])
+def test_plan_batches_sorts_caps_rows_and_tokens_and_covers_every_sequence_once(cap):
+    lengths = np.random.default_rng(cap or 0).integers(1, 120, 300).tolist() + [150, 3]
+    plan = plan_batches(lengths, batch_size=32, max_batch_tokens=cap)
+    flat = np.concatenate(plan)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths)  # one length-sorted pass: minimal padding
+    for batch in plan:
+        assert 1 <= len(batch) <= 32
+        padded = len(batch) * max(lengths[i] for i in batch)
+        assert cap is None or padded <= cap or len(batch) == 1  # a sequence over the cap runs alone
+    if cap is not None:  # greedy: a batch stops only where one more row would pass a cap
+        for batch, following in zip(plan, plan[1:]):
+            assert len(batch) == 32 or (len(batch) + 1) * lengths[following[0]] > cap
+
+
+def test_a_token_cap_splits_long_batches_without_changing_any_output(engine):
+    seen = []
+
+    def recording(inputs):
+        seen.append(inputs["input_ids"].shape)
+        return engine(inputs)
+
+    recording.input_names = engine.input_names
+    rng = np.random.default_rng(3)
+    jobs = [[101, *rng.integers(1000, 5000, n).tolist(), 102] for n in rng.integers(3, 46, 40)]
+    capped = SequenceRunner(recording, batch_size=16, pad_id=0, max_batch_tokens=256)(jobs)
+    assert all(rows * width <= 256 for rows, width in seen) and len(seen) > -(-40 // 16)
+    np.testing.assert_allclose(capped, SequenceRunner(engine, batch_size=16, pad_id=0)(jobs), atol=1e-5)

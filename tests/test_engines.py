@@ -160,9 +160,9 @@ def test_onnx_inspection_measures_sparsity(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_onnxruntime_arena_shrink_gives_the_memory_of_a_large_batch_back(minilm_dir, cache_dir):
-    """ZSC_ORT_ARENA: the same numbers under every policy; with ``shrink`` (the default) a (32, 256) call leaves
-    resident memory where it was, with ``on`` (ONNX Runtime's own default) its arena keeps the activations; ``off``
-    keeps what the C heap keeps (36 MiB in one run here)."""
+    """ZSC_ORT_ARENA: the same numbers under every policy; with ``shrink`` a (32, 256) call leaves resident memory
+    where it was, with ``on`` (ONNX Runtime's own default and the service's) its arena keeps the activations;
+    ``off`` keeps what the C heap keeps (36 MiB in one run here)."""
     from service.engines.onnxruntime import OnnxRuntimeEngine
     from service.engines.selection import rss_mb
     from service.onnx_export import onnx_for
@@ -185,6 +185,8 @@ def test_onnxruntime_arena_shrink_gives_the_memory_of_a_large_batch_back(minilm_
     np.testing.assert_allclose(outputs["shrink"], outputs["on"], atol=1e-5)
     np.testing.assert_allclose(outputs["off"], outputs["on"], atol=1e-5)
     # the attention scores alone are 32 x 12 heads x 256 x 256 float32 = 100 MiB
-    assert grown["on"] > 100 and grown["shrink"] < 25 and grown["off"] < grown["on"] / 2, grown
+    # shrink and off give most of it back (what stays is the C heap's: 24-36 MiB in runs here, depending on the
+    # allocator's state, e.g. a fixed mmap threshold set by an in-process server of an earlier test)
+    assert grown["on"] > 100 and grown["shrink"] < grown["on"] / 4 and grown["off"] < grown["on"] / 2, grown
     with pytest.raises(EngineError, match="arena policy"):
         OnnxRuntimeEngine(graph, arena="bounded")

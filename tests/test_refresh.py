@@ -141,6 +141,39 @@ def test_adaptive_push_writes_vectors_audit_teacher_scores_and_the_cache(adapted
 
 
 
+def test_adaptive_push_streams_after_the_first_fit_rows_and_ends_with_the_whole_pool_heads_labels(
+        argilla_stack, embedding_service, annotate_cache, data_dir, tmp_path):
+    """--fit-rows 16 on 60 texts sorted by their gold label (the worst case: the first records are one class): the
+    head is fitted on the first 16, the other 44 are scored and upserted with its suggestions, then the refit on the
+    whole pool rewrites what it changes, so every record ends with the whole-pool head's label (what an adapted push
+    wrote before streaming), and its score within 0.1 of that head's."""
+    from annotate.adaptive import adapt
+    from annotate.cache import DatasetCache
+
+    rows = sorted(ag_news_slice(data_dir, 3000, 60), key=lambda r: r["gold"])
+    source = write_jsonl(tmp_path / "sorted60.jsonl", rows)
+    result = run(argilla_stack, annotate_cache, "push", str(source), *label_args(), "--dataset", "streamed",
+                 "--fit-rows", "16", "--batch-size", "8", "--service-url", embedding_service.url, "--summary-json",
+                 str(tmp_path / "push.json"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "push.json").read_text())
+    assert summary["pushed"] == 60 and summary["embedded"] == 60 and summary["failed"] == 0
+    assert summary["head_fit_rows"] == 16 and summary["head"]["first_fit"]["pool_size"] == 16
+    assert summary["head"]["pool_size"] == 60 and 0 <= summary["rewritten"] <= 60
+    records = snapshot(argilla_stack, "streamed")
+    assert set(records) == {record_id(r["text"]) for r in rows} and all(r[3] == 1 for r in records.values())
+    pool = DatasetCache(annotate_cache, argilla_stack.url, argilla_stack.workspace, "streamed").load_pool()
+    whole = adapt(pool.embeddings, pool.scores, LABELS, ids=pool.ids)
+    for i, rid in enumerate(pool.ids):
+        value, score, agent, *_ = records[rid]
+        top = int(np.argmax(whole.scores[i]))
+        assert value == LABELS[top], rid
+        assert abs(score - whole.scores[i, top]) <= 0.1 + 1e-6
+    assert sum(agent == summary["agent"] for _, _, agent, *_ in records.values()) >= summary["rewritten"]
+    assert sum(r[1] == pytest.approx(whole.scores[pool.ids.index(rid)].max(), abs=1e-5)
+               for rid, r in records.items()) >= summary["rewritten"]
+
+
 def test_zero_shot_push_upserts_while_scoring_one_request_a_chunk(argilla_stack, embedding_service, annotate_cache,
                                                                  data_dir, tmp_path):
     """--no-adapt: batches of 16 scored and embedded in one request each, upserted by the Upserter while the next

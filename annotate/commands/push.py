@@ -70,6 +70,11 @@ def push(
     audit_fraction: Annotated[float, typer.Option(help="Share of records marked audit=1 (a random sample, from the "
                                                   "record id) to estimate suggestion accuracy without review-order "
                                                   "bias.", min=0.0, max=1.0)] = 0.05,
+    fit_rows: Annotated[Optional[int], typer.Option(help="--adapt: fit the head on the first N new records and upsert "
+                                                    "while the rest is scored (a refit on the whole pool then rewrites "
+                                                    "the suggestions it changes: few on a shuffled input, most on one "
+                                                    "grouped by class). Default: the whole pool first.", min=2,
+                                                    show_default=False)] = None,
     from_scores: Annotated[Optional[Path], typer.Option(help="Push a scored-pool folder written by `python -m annotate "
                                                         "score` (no model runs) instead of INPUT.",
                                                         show_default=False)] = None,
@@ -185,7 +190,8 @@ def push(
         summary = run_push(rows, client=client, api_url=settings.api_url, dataset_name=settings.dataset,
                            workspace=settings.workspace, labels=labels, multi_label=multi_label,
                            template=hypothesis_template, scorer=scorer, batch_size=batch_size, threshold=threshold,
-                           total=total, cache=cache, adaptive=adaptive, audit_fraction=audit_fraction)
+                           total=total, cache=cache, adaptive=adaptive, audit_fraction=audit_fraction,
+                           fit_rows=fit_rows)
     except PushFailed as exc:
         typer.echo(exc.summary.render())
         write_json(summary_json, exc.summary.to_dict())

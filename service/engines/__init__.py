@@ -56,7 +56,7 @@ def int8_mode(kind: str, source: ModelSource, quantization: str = "auto") -> str
 
 def _build(kind: str, source: ModelSource, *, cache_dir: Path, batch_size: int, max_length: int,
            num_threads: int | None, task: str, quantization: str, compile: str = "lazy",
-           ort_arena: str = "shrink") -> Engine:
+           ort_arena: str = "on") -> Engine:
     if kind == "torch":
         from service.engines.torch import TorchEngine
 
@@ -126,7 +126,7 @@ def measure_rate(engine: Engine, *, shapes: tuple[tuple[int, int], ...], repeats
 def create_engine(kind: str, source: ModelSource, *, cache_dir: Path, batch_size: int, max_length: int,
                   num_threads: int | None = None, task: str = "sequence-classification",
                   quantization: str = "auto", compile: str = "lazy", remeasure: bool = False,
-                  budget: Budget | None = None, ort_arena: str = "shrink") -> Engine:
+                  budget: Budget | None = None, ort_arena: str = "on") -> Engine:
     """Build the engine ``kind`` (``auto`` or one of :data:`ENGINES`) for a resolved model.
 
     ``task`` is what the graph computes (:data:`service.onnx_export.TASKS`): NLI logits, or pooled

@@ -24,13 +24,15 @@ class OnnxRuntimeEngine(Engine):
             depends on the machine: ``benchmarks/ort_variants.py`` measures both.
         arena: what ONNX Runtime's CPU memory arena does with the memory of the activations:
 
-            - ``shrink`` (the service's default): the arena serves each call, and at the end of every call
+            - ``shrink``: the arena serves each call, and at the end of every call
               its unused chunks are returned to the system (ONNX Runtime's run option
               ``memory.enable_memory_arena_shrinkage = cpu:0``, ``onnxruntime_run_options_config_keys.h``), so
               resident memory follows the call in progress instead of the largest shape ever seen;
             - ``off``: no arena (``SessionOptions.enable_cpu_mem_arena = False``): every tensor from the C heap;
-            - ``on``: ONNX Runtime's default: the arena grows to the largest (batch, length) seen, rounding each
-              extension to the next power of two (``kNextPowerOfTwo``), and keeps it for the process's life.
+            - ``on`` (ONNX Runtime's and the service's default): the arena grows to the largest (batch, length)
+              seen, rounding each extension to the next power of two (``kNextPowerOfTwo``), and keeps it for the
+              process's life. The service bounds the largest call (``ZSC_MAX_BATCH_TOKENS``), so the arena levels
+              off at that call's size; ``shrink`` pays a system allocation per call for it (slower on short texts).
 
             Measured under 16 clients (``benchmarks/load.py``, ``docs/speed.md#load``).
 
@@ -42,7 +44,7 @@ class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, *, num_threads: int | None = None, allow_spinning: bool | None = None,
-                 arena: str = "shrink"):
+                 arena: str = "on"):
         try:
             import onnxruntime as ort
         except ImportError as exc:
