@@ -63,6 +63,20 @@ def plan_batches(lengths: Sequence[int], *, batch_size: int, max_batch_tokens: i
     return batches
 
 
+#: Engines that run static (batch, length) buckets compiled ahead: their memory is fixed by the buckets, and a call cut
+#: below their smallest row bucket is padded back up to it (DeepSparse's 8 rows: a 2 x 512 call would run as 8 x 512).
+STATIC_SHAPE_ENGINES = ("deepsparse",)
+
+
+def engine_token_cap(max_batch_tokens: int | None, engine_name: str) -> int | None:
+    """The token cap (:func:`plan_batches`) for an engine: ``max_batch_tokens`` (0 or ``None``: no cap) for engines
+    with dynamic shapes (ONNX Runtime, torch), none for :data:`STATIC_SHAPE_ENGINES`, where it saves no memory and
+    costs padded rows."""
+    if not max_batch_tokens or engine_name in STATIC_SHAPE_ENGINES:
+        return None
+    return max_batch_tokens
+
+
 def run_sorted_batches(engine: BatchEngine, input_ids: Sequence[Sequence[int]], *, batch_size: int, pad_id: int,
                        token_type_ids: Sequence[Sequence[int]] | None = None,
                        postprocess: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None,

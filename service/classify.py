@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.batching import MicroBatcher, SequenceRunner
+from service.batching import MicroBatcher, SequenceRunner, engine_token_cap
 from service.calibration import sigmoid, softmax
 from service.long_text import cut_to_budget, special_tokens
 from service.zeroshot import ZeroShotResult, rank
@@ -90,6 +90,7 @@ def load_classifier(name: str, model_id: str, *, engine: str = "auto", quantizat
     built = create_engine(engine, source, cache_dir=cache_dir, batch_size=batch_size, max_length=length,
                           num_threads=num_threads, quantization=quantization)
     pad = tokenizer.pad_token_id or 0
+    max_batch_tokens = engine_token_cap(max_batch_tokens, built.name)
     runner = (MicroBatcher(built, batch_size=batch_size, pad_id=pad, max_wait_ms=batch_wait_ms, max_queue=max_queue,
                            name=f"micro-batcher-{name}", max_batch_tokens=max_batch_tokens) if batch_wait_ms > 0
               else SequenceRunner(built, batch_size=batch_size, pad_id=pad, max_batch_tokens=max_batch_tokens))

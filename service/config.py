@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, le=1024, description="pairs per forward pass")
     max_batch_tokens: int = Field(1024, ge=0, description="most padded tokens (rows x longest sequence) per forward "
                                   "pass: bounds each call's activation memory, and batches past a few thousand tokens "
-                                  "run slower per row (benchmarks/batch_tokens.py); 0: batch_size alone")
+                                  "run slower per row (benchmarks/batch_tokens.py); 0: batch_size alone; engines "
+                                  "with dynamic shapes only (DeepSparse's static buckets take none)")
     batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="micro-batching: longest wait (ms) for concurrent "
                                  "requests to fill a batch; 0 turns micro-batching off")
     max_queue: int = Field(16384, ge=1, description="most sequences waiting for the engine; beyond it requests get "

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from service.batching import MicroBatcher
+from service.batching import MicroBatcher, engine_token_cap
 from service.calibration import IDENTITY, Calibration, calibration_key, find_calibration
 from service.config import NO_MODEL, Settings
 from service.embedding import EmbeddingClassifier, SentenceEncoder
@@ -124,13 +124,13 @@ def load_model(settings: Settings, role: Role = "nli", models: int = 1, models_l
         classifier = EmbeddingClassifier(encoder, calibration=calibration, cache_size=settings.label_cache_size)
         role_info = {"pooling": pooling.mode, "normalize": pooling.normalize}
     runner_owner = classifier if role == "nli" else classifier.encoder  # type: ignore[attr-defined]
-    runner_owner.runner.max_batch_tokens = settings.max_batch_tokens or None
+    runner_owner.runner.max_batch_tokens = engine_token_cap(settings.max_batch_tokens, engine.name)
     if settings.batch_wait_ms > 0:
         plain = runner_owner.runner
         runner_owner.runner = MicroBatcher(engine, batch_size=settings.batch_size, pad_id=plain.pad_id,
                                            postprocess=plain.postprocess, max_wait_ms=settings.batch_wait_ms,
                                            max_queue=settings.max_queue, name=f"micro-batcher-{role}",
-                                           max_batch_tokens=settings.max_batch_tokens or None)
+                                           max_batch_tokens=engine_token_cap(settings.max_batch_tokens, engine.name))
     info = {
         "model_id": source.model_id,
         "model_path": str(source.path),
@@ -216,7 +216,7 @@ def load_methods(settings: Settings) -> ServedMethods:
                                                 cache_dir=settings.cache_dir, batch_size=settings.batch_size,
                                                 num_threads=settings.num_threads, batch_wait_ms=settings.batch_wait_ms,
                                                 max_queue=settings.max_queue,
-                                                max_batch_tokens=settings.max_batch_tokens or None)
+                                                max_batch_tokens=settings.max_batch_tokens)
     except Exception:
         for model in [*models.values(), *classifiers.values()]:
             model.close()

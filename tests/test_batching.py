@@ -101,3 +101,27 @@ def test_a_token_cap_splits_long_batches_without_changing_any_output(engine):
     capped = SequenceRunner(recording, batch_size=16, pad_id=0, max_batch_tokens=256)(jobs)
     assert all(rows * width <= 256 for rows, width in seen) and len(seen) > -(-40 // 16)
     np.testing.assert_allclose(capped, SequenceRunner(engine, batch_size=16, pad_id=0)(jobs), atol=1e-5)
+
+
+def test_the_token_cap_applies_to_dynamic_shape_engines_only(minilm_dir, cache_dir):
+    """ZSC_MAX_BATCH_TOKENS reaches the runner of an ONNX Runtime model; a DeepSparse model gets none (its static
+    buckets fix its memory, and a call cut below its 8-row bucket would be padded back up to 8 rows)."""
+    from service.batching import engine_token_cap
+    from service.config import Settings
+    from service.loader import load_model
+
+    assert engine_token_cap(1024, "onnxruntime") == 1024 and engine_token_cap(0, "onnxruntime") is None
+    assert engine_token_cap(1024, "deepsparse") is None
+    common = dict(model="none", embedding_model=str(minilm_dir), cache_dir=cache_dir, max_batch_tokens=512,
+                  calibrate=False)
+    served = load_model(Settings(engine="onnxruntime", **common), "embedding")
+    try:
+        assert served.runner.max_batch_tokens == 512 and served.runner.describe()["max_batch_tokens"] == 512
+    finally:
+        served.close()
+    pytest.importorskip("deepsparse")
+    served = load_model(Settings(engine="deepsparse", deepsparse_compile="lazy", **common), "embedding")
+    try:
+        assert served.engine.name == "deepsparse" and served.runner.max_batch_tokens is None
+    finally:
+        served.close()
