@@ -43,6 +43,17 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def connect_or_fail(settings):
+    """The Argilla client of ``settings`` (``api_url``, ``api_key``); an unreachable or refusing server exits 1 with
+    one line (:func:`fail`)."""
+    from annotate.client import ArgillaRefused, ArgillaUnavailable, connect
+
+    try:
+        return connect(settings.api_url, settings.api_key)
+    except (ArgillaRefused, ArgillaUnavailable) as exc:
+        raise fail(str(exc)) from None
+
+
 def settings_from_env(**overrides):
     from pydantic import ValidationError
 

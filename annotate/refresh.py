@@ -247,6 +247,51 @@ def read_vectors(dataset, ids: set[str], batch_size: int = 500) -> dict[str, np.
     return argilla_client.call(read, what="read of the vectors")
 
 
+def rows_from_cache(cache, ids: list[str], k: int):
+    """The pool rows of the records ``ids`` (record-id order) that the local cache holds: ``(row_of, cached,
+    embeddings, zero_shot, have)``, with ``embeddings`` ``None`` when there is no cache, ``zero_shot`` ``(n, k)`` and
+    ``have`` the rows filled. Used by ``refresh`` and ``suspects`` alike."""
+    n = len(ids)
+    row_of = {rid: i for i, rid in enumerate(ids)}
+    cached = cache.load_pool()
+    embeddings, zero_shot, have = None, np.zeros((n, k)), np.zeros(n, dtype=bool)
+    if cached is not None:
+        embeddings = np.zeros((n, cached.embeddings.shape[1]), dtype=np.float32)
+        for j, rid in enumerate(cached.ids):
+            i = row_of.get(rid)
+            if i is not None:
+                embeddings[i], zero_shot[i], have[i] = cached.embeddings[j], cached.scores[j], True
+    return row_of, cached, embeddings, zero_shot, have
+
+
+def place_vectors(records: dict, missing: list[str], vectors: dict, embeddings, zero_shot: np.ndarray, row_of: dict,
+                  *, dataset_name: str, cache_root, error: type[Exception] = RuntimeError):
+    """Fill the rows of the ``missing`` records with their ``vectors`` (rounded through float16, as the cache holds
+    them) and their ``teacher_score_<i>`` metadata; ``embeddings`` is allocated when ``None``.
+
+    Returns:
+        ``(embeddings, teacher)``: the filled ``(n, d)`` array and the ``(len(missing), k)`` teacher scores.
+
+    Raises:
+        error: the vectors' dimension differs from the cached embeddings', or a record lacks teacher metadata.
+    """
+    k = zero_shot.shape[1]
+    dim = len(next(iter(vectors.values())))
+    if embeddings is None:
+        embeddings = np.zeros((len(row_of), dim), dtype=np.float32)
+    elif embeddings.shape[1] != dim:
+        raise error(f"cached embeddings have {embeddings.shape[1]} dimensions, the dataset's {dim}: delete "
+                    f"{cache_root} and refresh again")
+    teacher = np.array([[records[rid].metadata.get(teacher_key(j), np.nan) for j in range(k)] for rid in missing])
+    if np.isnan(teacher).any():
+        raise error(f"records of {dataset_name!r} lack the teacher_score metadata: it was not pushed by "
+                    "`python -m annotate push`")
+    rows = [row_of[rid] for rid in missing]
+    embeddings[rows] = np.stack([vectors[rid] for rid in missing]).astype(np.float16).astype(np.float32)
+    zero_shot[rows] = teacher
+    return embeddings, teacher
+
+
 def audit_estimate(records: dict, submitted: dict[str, object], pending_agents: list) -> dict:
     """Accuracy of one head revision's suggestions, estimated on the reviewed records of the random audit sample.
 
@@ -374,19 +419,9 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
     cache.validate(dataset.id, labels)
     ids = sorted(records)
     n = len(ids)
-    row_of = {rid: i for i, rid in enumerate(ids)}
-    cached = cache.load_pool()
-    embeddings = None
-    zero_shot = np.zeros((n, k))
-    have = np.zeros(n, dtype=bool)
+    row_of, cached, embeddings, zero_shot, have = rows_from_cache(cache, ids, k)
     meta = dict(cached.meta) if cached is not None else {}
     meta.setdefault("multi_label", multi_label)
-    if cached is not None:
-        embeddings = np.zeros((n, cached.embeddings.shape[1]), dtype=np.float32)
-        for j, rid in enumerate(cached.ids):
-            i = row_of.get(rid)
-            if i is not None:
-                embeddings[i], zero_shot[i], have[i] = cached.embeddings[j], cached.scores[j], True
     summary.vectors_from["cache"] = int(have.sum())
     missing = [ids[i] for i in np.flatnonzero(~have)]
     if missing:
@@ -404,19 +439,9 @@ def refresh(client, dataset_name: str, workspace: str, api_url: str, cache, *, l
             added.update(zip(rest, vectors.astype(np.float32)))
             summary.vectors_from["embedded"] = len(rest)
             meta.setdefault("encoder", embed_scorer.encoder)
-        dim = len(next(iter(added.values())))
-        if embeddings is None:
-            embeddings = np.zeros((n, dim), dtype=np.float32)
-        elif embeddings.shape[1] != dim:
-            raise RefreshError(f"cached embeddings have {embeddings.shape[1]} dimensions, the dataset's {dim}: delete "
-                               f"{cache.root} and refresh again")
-        teacher = np.array([[records[rid].metadata.get(teacher_key(j), np.nan) for j in range(k)] for rid in missing])
-        if np.isnan(teacher).any():
-            raise RefreshError(f"records of {dataset_name!r} lack the teacher_score metadata: it was not pushed by "
-                               "`python -m annotate push`")
+        embeddings, teacher = place_vectors(records, missing, added, embeddings, zero_shot, row_of,
+                                            dataset_name=dataset_name, cache_root=cache.root, error=RefreshError)
         new_rows = [row_of[rid] for rid in missing]
-        embeddings[new_rows] = np.stack([added[rid] for rid in missing]).astype(np.float16).astype(np.float32)
-        zero_shot[new_rows] = teacher
         _cache_rows(cache, missing, records, teacher, embeddings[new_rows], labels, meta, dataset.id)
 
     if not (meta.get("encoder") or {}).get("model_id"):  # cache rebuilt from Argilla: the encoder the agents name

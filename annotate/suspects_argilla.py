@@ -113,21 +113,12 @@ def _usernames(client) -> dict[str, str]:
 def _pool(dataset, records, labels, cache, dataset_name: str, summary: SuspectsSummary):
     """``(ids, embeddings, zero-shot)`` of every record, in record-id order (as ``refresh`` builds them): the local
     cache first, then Argilla's vectors and ``teacher_score_<i>`` metadata."""
-    from annotate.dataset import has_vectors, teacher_key
-    from annotate.refresh import read_vectors
+    from annotate.dataset import has_vectors
+    from annotate.refresh import place_vectors, read_vectors, rows_from_cache
 
     ids = sorted(records)
-    row_of = {rid: i for i, rid in enumerate(ids)}
-    k = len(labels)
     cache.validate(dataset.id, labels)
-    cached = cache.load_pool()
-    embeddings, zero_shot, have = None, np.zeros((len(ids), k)), np.zeros(len(ids), dtype=bool)
-    if cached is not None:
-        embeddings = np.zeros((len(ids), cached.embeddings.shape[1]), dtype=np.float32)
-        for j, rid in enumerate(cached.ids):
-            i = row_of.get(rid)
-            if i is not None:
-                embeddings[i], zero_shot[i], have[i] = cached.embeddings[j], cached.scores[j], True
+    row_of, _, embeddings, zero_shot, have = rows_from_cache(cache, ids, len(labels))
     summary.vectors_from["cache"] = int(have.sum())
     missing = [ids[i] for i in np.flatnonzero(~have)]
     if missing:
@@ -137,19 +128,8 @@ def _pool(dataset, records, labels, cache, dataset_name: str, summary: SuspectsS
             raise SuspectsError(f"{len(missing) - len(found)} records of {dataset_name!r} have neither a vector in "
                                 f"Argilla nor an embedding in the local cache {cache.root}: run `python -m annotate "
                                 "refresh --embed` first")
-        dim = len(next(iter(found.values())))
-        if embeddings is None:
-            embeddings = np.zeros((len(ids), dim), dtype=np.float32)
-        elif embeddings.shape[1] != dim:
-            raise SuspectsError(f"cached embeddings have {embeddings.shape[1]} dimensions, the dataset's {dim}: "
-                                f"delete {cache.root} and run refresh")
-        teacher = np.array([[records[rid].metadata.get(teacher_key(j), np.nan) for j in range(k)] for rid in missing])
-        if np.isnan(teacher).any():
-            raise SuspectsError(f"records of {dataset_name!r} lack the teacher_score metadata: it was not pushed by "
-                                "`python -m annotate push`")
-        rows = [row_of[rid] for rid in missing]
-        embeddings[rows] = np.stack([found[rid] for rid in missing]).astype(np.float16).astype(np.float32)
-        zero_shot[rows] = teacher
+        embeddings, _ = place_vectors(records, missing, found, embeddings, zero_shot, row_of,
+                                      dataset_name=dataset_name, cache_root=cache.root, error=SuspectsError)
     return ids, embeddings, zero_shot
 
 

@@ -14,6 +14,7 @@ from annotate.cli import (
     LogLevel,
     Workspace,
     cli,
+    connect_or_fail,
     fail,
     settings_from_env,
     setup_logging,
@@ -56,7 +57,7 @@ def accept(
     """
     from annotate.accept import AcceptError
     from annotate.accept import run as run_accept
-    from annotate.client import ArgillaRefused, ArgillaUnavailable, connect
+    from annotate.client import ArgillaRefused, ArgillaUnavailable
 
     settings = settings_from_env(api_url=api_url, api_key=api_key, workspace=workspace, dataset=dataset)
     try:
@@ -70,10 +71,7 @@ def accept(
             raise ValueError(f"--scope {scope!r}: give label or pooled")
     except ValueError as exc:
         raise fail(str(exc), 2) from None
-    try:
-        client = connect(settings.api_url, settings.api_key)
-    except (ArgillaRefused, ArgillaUnavailable) as exc:
-        raise fail(str(exc)) from None
+    client = connect_or_fail(settings)
     setup_logging(log_level)
     mode = "apply" if do_apply else "undo" if undo else "dry run"
     try:

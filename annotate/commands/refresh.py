@@ -14,6 +14,7 @@ from annotate.cli import (
     LogLevel,
     Workspace,
     cli,
+    connect_or_fail,
     embedding_scorer,
     fail,
     read_labels,
@@ -89,7 +90,7 @@ def refresh(
     head on held-out reviews, the pending records take its suggestions (agent ...:encoder-finetune:<revision>).
     """
     from annotate.cache import CacheBusy, DatasetCache
-    from annotate.client import ArgillaRefused, ArgillaUnavailable, connect, find_dataset
+    from annotate.client import ArgillaRefused, ArgillaUnavailable, find_dataset
     from annotate.finetune_job import BackgroundFinetune, FinetuneSettings
     from annotate.refresh import RefreshError, count_reviewed
     from annotate.refresh import refresh as run_refresh
@@ -104,10 +105,7 @@ def refresh(
         labels = read_labels(label, labels_file) if (label or labels_file) else None
     except ValueError as exc:
         raise fail(str(exc), 2) from None
-    try:
-        client = connect(settings.api_url, settings.api_key)
-    except (ArgillaRefused, ArgillaUnavailable) as exc:
-        raise fail(str(exc)) from None
+    client = connect_or_fail(settings)
     setup_logging(log_level)
     cache = DatasetCache(settings.cache_dir, settings.api_url, settings.workspace, settings.dataset)
     scorer = None

@@ -14,6 +14,7 @@ from annotate.cli import (
     LogLevel,
     Workspace,
     cli,
+    connect_or_fail,
     fail,
     settings_from_env,
     setup_logging,
@@ -47,7 +48,7 @@ def suspects(
     per label and per annotator, the most suspect records and a review link sorted by `suspect`, descending.
     """
     from annotate.cache import DatasetCache
-    from annotate.client import ArgillaRefused, ArgillaUnavailable, connect
+    from annotate.client import ArgillaRefused, ArgillaUnavailable
     from annotate.suspects import SuspectsError
     from annotate.suspects_argilla import suspects as run_suspects
     from annotate.upsert import UpsertFailed
@@ -58,10 +59,7 @@ def suspects(
         settings.require("api_url", "api_key", "dataset")
     except ValueError as exc:
         raise fail(str(exc), 2) from None
-    try:
-        client = connect(settings.api_url, settings.api_key)
-    except (ArgillaRefused, ArgillaUnavailable) as exc:
-        raise fail(str(exc)) from None
+    client = connect_or_fail(settings)
     setup_logging(log_level)
     cache = DatasetCache(settings.cache_dir, settings.api_url, settings.workspace, settings.dataset)
     try:
