@@ -160,12 +160,15 @@ def test_onnx_inspection_measures_sparsity(tiny_model_dir, tmp_path):
 
 # One arena policy in a fresh interpreter: the resident memory a (32, 256) call leaves behind depends on the C
 # allocator's state, which earlier tests in the pytest process change (an in-process server fixes glibc's mmap
-# threshold, service/allocator.py), so each policy is measured in a process of its own.
+# threshold, service/allocator.py), so each policy is measured in a process of its own, set up as the service sets
+# itself up (the 1 MiB threshold: without it, glibc's heap kept 24-264 MiB after an ``off`` call in runs here).
 ARENA_PROBE = r"""
 import sys
 import numpy as np
+from service.allocator import set_mmap_threshold
 from service.engines.onnxruntime import OnnxRuntimeEngine
 from service.engines.selection import rss_mb
+set_mmap_threshold(1024)  # as the service does at start-up
 graph, arena, out = sys.argv[1:4]
 rng = np.random.default_rng(0)
 big = {"input_ids": rng.integers(1000, 20000, (32, 256)), "attention_mask": np.ones((32, 256), np.int64),
