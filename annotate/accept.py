@@ -249,6 +249,7 @@ class LabelRow:
         status: ``certified``, ``review`` (waiting for reviews before the first test can run), ``failed`` (the
             first test failed), ``no plan`` (no region can reach the precision by the planning estimate).
         tests: each threshold tested, highest first (:func:`annotate.acceptance.certify`).
+        members: with ``scope="auto"``, the labels of the pooled group ``"*"`` (certified together).
     """
 
     label: str
@@ -265,6 +266,7 @@ class LabelRow:
     lower: float | None = None
     status: str = "no plan"
     tests: list = field(default_factory=list)
+    members: list = field(default_factory=list)
 
 
 @dataclass
@@ -298,7 +300,7 @@ class Assessment:
 
 
 def assess(states: Sequence[RecordState], labels: Sequence[str], *, target: float = 0.95, confidence: float = 0.95,
-           scope: str = "label") -> Assessment:
+           scope: str = "auto") -> Assessment:
     """Map records onto :func:`annotate.acceptance.plan_certification` and :func:`annotate.acceptance.certify`.
 
     The lot: records with a suggestion that are pending, auto-accepted earlier (so that a rerun reproduces the same
@@ -310,7 +312,8 @@ def assess(states: Sequence[RecordState], labels: Sequence[str], *, target: floa
         states: every record (:func:`read_state`).
         labels: the question's labels, in order.
         target, confidence: in (0, 1).
-        scope: ``label`` (one threshold per label) or ``pooled`` (one for all).
+        scope: ``auto`` (a threshold per label that has the records for it, one for the others together),
+            ``label`` (one threshold per label) or ``pooled`` (one for all); :mod:`annotate.acceptance`, "Groups".
 
     Returns:
         :class:`Assessment`.
@@ -350,9 +353,17 @@ def assess(states: Sequence[RecordState], labels: Sequence[str], *, target: floa
     takeable = result.accepted & (pending | auto)
 
     rows = []
-    for name in ([POOLED] if scope == "pooled" else labels):
-        member = np.ones(n, dtype=bool) if name == POOLED else suggested == index[name]
+    planned = plan.members(suggested)
+    if scope == "pooled":
+        names = [POOLED]
+    else:  # a row per label certified on its own (or not at all), and one for the labels certified together
+        names = [label for i, label in enumerate(labels) if plan.group_of(i) in (None, label)]
+        names += [POOLED] if POOLED in plan.groups else []
+    for name in names:
+        member = planned[name] if name in planned else suggested == index[name]
         row = LabelRow(name, lot=int((member & lot).sum()))
+        if name == POOLED and scope == "auto":
+            row.members = [labels[i] for i in plan.groups[POOLED].labels]
         g, c = plan.groups.get(name), result.groups.get(name)
         if g is not None:
             in_sample = member & lot & (priority < g.rate)
@@ -390,8 +401,7 @@ def assess(states: Sequence[RecordState], labels: Sequence[str], *, target: floa
     rows.append(overall)
 
     thresholds = result.thresholds
-    accept = {ids[i]: thresholds[POOLED if scope == "pooled" else labels[suggested[i]]]
-              for i in np.flatnonzero(result.accepted & pending)}
+    accept = {ids[i]: thresholds[plan.group_of(int(suggested[i]))] for i in np.flatnonzero(result.accepted & pending)}
     flag = [ids[i] for i in np.flatnonzero(requests & pending & ~flagged)]
     unflag = [ids[i] for i in np.flatnonzero(pending & ~requests) if CERTIFY in states[i].metadata]
     return Assessment(rows, flag, unflag, accept, already=int((result.accepted & auto).sum()),
@@ -562,7 +572,7 @@ class AcceptSummary:
     mode: str = "dry run"
     target: float = 0.95
     confidence: float = 0.95
-    scope: str = "label"
+    scope: str = "auto"
     records: int = 0
     pending: int = 0
     human: int = 0
@@ -588,7 +598,8 @@ class AcceptSummary:
         threshold tested, and what to do next."""
         head = (f"dataset {self.dataset}: {self.records} records, {self.pending} pending, {self.human} with a human "
                 f"response; precision >= {self.target:g} at confidence {self.confidence:g} (one threshold "
-                f"{'per label' if self.scope == 'label' else 'for all labels'})")
+                + {"label": "per label", "pooled": "for all labels"}.get(
+                    self.scope, "per label that has the records for it, one for the others together") + ")")
         if self.mode == "undo":
             return "\n".join([f"dataset {self.dataset}: {self.records} records",
                               f"undone: {self.revoked} auto-accepted records are pending again (their "
@@ -611,6 +622,8 @@ class AcceptSummary:
                     status = f"not certified: the highest threshold fails ({sampling})"
             elif status == "no plan":
                 status = f"no plan: too few high scores for {self.target:g} ({r['lot']} records)"
+            if r.get("members"):
+                status += f" [certified together: {', '.join(r['members'])}]"
             lines.append(f"{r['label'][:16]:<16} {threshold:>9} {accepted:>8}  {precision:<24} {r['reviews']:>7}  "
                          f"{status}")
         for r in self.rows:
@@ -642,7 +655,7 @@ class AcceptSummary:
 
 
 def run(client, dataset_name: str, workspace: str, api_url: str, *, target: float = 0.95, confidence: float = 0.95,
-        scope: str = "label", mode: str = "dry run", batch_size: int = 256, concurrency: int = 2,
+        scope: str = "auto", mode: str = "dry run", batch_size: int = 256, concurrency: int = 2,
         progress: bool = True) -> AcceptSummary:
     """``python -m annotate accept``: assess, sync the sample flags, and (``mode``) apply or undo.
 
@@ -661,8 +674,8 @@ def run(client, dataset_name: str, workspace: str, api_url: str, *, target: floa
     for name, value in (("--precision", target), ("--confidence", confidence)):
         if not 0.0 < value < 1.0 or math.isnan(value):
             raise AcceptError(f"{name} {value:g}: give a number strictly between 0 and 1, e.g. 0.95")
-    if scope not in ("label", "pooled"):
-        raise AcceptError(f"--scope {scope!r}: give label (one threshold per label) or pooled")
+    if scope not in ("auto", "label", "pooled"):
+        raise AcceptError(f"--scope {scope!r}: give auto, label (one threshold per label) or pooled")
     dataset = argilla_client.find_dataset(client, dataset_name, workspace)
     if dataset is None:
         raise AcceptError(f"dataset {dataset_name!r} not found in workspace {workspace!r}")

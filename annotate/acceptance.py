@@ -15,7 +15,17 @@ the candidate region itself, and accept the region when a one-sided lower confid
 reaches the target. The sample's suggestions must not have been fitted on those records (callers keep sampled
 records out of the head's training), otherwise the sample is an optimistic training-set estimate.
 
-**The procedure** (per label by default, or pooled over all labels):
+**Groups.** Each group is certified on its own: ``scope="label"`` makes one group per label (each label's precision
+is promised), ``"pooled"`` one group of every label (only the union's precision is), and ``"auto"`` (the default of
+``accept`` and ``simulate``) one group per label that has the records for a plan of its own, and one pooled group
+:data:`POOLED` of the labels that do not (a label's plan needs a region of at least ``first_test`` times the
+zero-defect sample, e.g. 118 sampled records, at the planned rate: a small label of a pool of hundreds, or a label
+among many, has none). The promise still holds per group: the partition into groups is decided from the scores, the
+lot and the planning estimate alone, before any sampled record's label is read, so each group is a fixed set of
+records and its fixed-sequence test below controls its own error at ``1 - confidence`` exactly as a label's does
+(the pooled group's promise is on the precision of its labels' accepted records together, not on each of them).
+
+**The procedure** (in each group):
 
 1. :func:`plan_certification`: in each group (the records whose suggestion is that label, among the ``lot`` of
    records that may be accepted or were sampled from it), candidate regions are the ``k`` highest-scoring records.
@@ -219,6 +229,7 @@ class GroupPlan:
     Attributes:
         group: label name, or ``"*"`` for the pooled plan.
         rate: sampling rate: the group's lot rows whose priority is below it form the sample.
+        labels: indices of the labels whose suggestions form the group.
         thresholds: the scores tested, highest first (fixed before any sampled label is seen): region ``j`` is
             the group's lot rows scoring at least ``thresholds[j]``.
         planned_region: region size the rate was planned for (``k*``).
@@ -230,10 +241,12 @@ class GroupPlan:
     thresholds: np.ndarray
     planned_region: int
     expected_precision: float
+    labels: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return {"group": self.group, "rate": round(self.rate, 4), "planned_region": self.planned_region,
-                "expected_precision": round(self.expected_precision, 4), "tests": len(self.thresholds)}
+                "expected_precision": round(self.expected_precision, 4), "tests": len(self.thresholds),
+                "labels": list(self.labels)}
 
 
 @dataclass
@@ -253,11 +266,23 @@ class SamplePlan:
     method: str
     scope: str
 
+    def members(self, suggested: np.ndarray) -> dict[str, np.ndarray]:
+        """``{group: (n,) bool}``: the rows whose suggestion belongs to each planned group."""
+        suggested = np.asarray(suggested)
+        return {name: np.isin(suggested, list(group.labels)) for name, group in self.groups.items()}
 
-def _group_keys(suggested: np.ndarray, labels: list[str], scope: str) -> list[tuple[str, np.ndarray]]:
+    def group_of(self, label: int) -> str | None:
+        """The group holding suggestions of label index ``label`` (``None``: no plan covers it)."""
+        return next((name for name, group in self.groups.items() if label in group.labels), None)
+
+
+SCOPES = ("auto", "label", "pooled")
+
+
+def _group_keys(suggested: np.ndarray, labels: list[str], scope: str) -> list[tuple[str, tuple[int, ...]]]:
     if scope == "pooled":
-        return [(POOLED, np.ones(len(suggested), dtype=bool))]
-    return [(label, suggested == i) for i, label in enumerate(labels)]
+        return [(POOLED, tuple(range(len(labels))))]
+    return [(label, (i,)) for i, label in enumerate(labels)]
 
 
 def _validate(scores, suggested, lot, labels, target, confidence, scope):
@@ -269,8 +294,9 @@ def _validate(scores, suggested, lot, labels, target, confidence, scope):
                          "of the same length (one entry per pool row)")
     if len(suggested) and (suggested.min() < 0 or suggested.max() >= len(labels)):
         raise ValueError(f"suggested label indices must lie in [0, {len(labels)}) (one per label name)")
-    if scope not in ("label", "pooled"):
-        raise ValueError(f"scope must be 'label' (one threshold per label) or 'pooled'; got {scope!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be 'auto' (a threshold per label that has the records, one for the rest), "
+                         f"'label' (one threshold per label) or 'pooled'; got {scope!r}")
     return scores, suggested, lot, _check_level("target", target), _check_level("confidence", confidence)
 
 
@@ -289,7 +315,8 @@ def plan_certification(scores, suggested, lot, labels, expected_correct, priorit
             probability); only the sampling rate depends on it, never what is certified.
         priority: ``(n,)`` the session's random numbers (:func:`sample_priority`).
         target, confidence: the precision to certify and the confidence of the one-sided bound, in (0, 1).
-        scope: ``"label"`` (one threshold per label, the default) or ``"pooled"`` (one for all).
+        scope: ``"label"`` (one threshold per label, the default), ``"pooled"`` (one for all) or ``"auto"`` (one per
+            label that has a plan of its own, one pooled group for the others; module docstring, "Groups").
         steps: thresholds are tested every ``1 / steps`` of the group's lot, from the first test down to its
             lowest score.
         first_test: the first (highest) threshold is the one whose region holds ``first_test`` times the
@@ -311,25 +338,38 @@ def plan_certification(scores, suggested, lot, labels, expected_correct, priorit
     if expected.shape != scores.shape or priority.shape != scores.shape:
         raise ValueError("expected_correct and priority must have one entry per pool row")
     first_n = first_test * zero_defect_sample_size(target, confidence)
-    groups: dict[str, GroupPlan] = {}
-    for name, member in _group_keys(suggested, list(labels), scope):
-        rows = np.flatnonzero(member & lot)
+
+    def plan_group(name: str, members: tuple[int, ...]) -> GroupPlan | None:
+        rows = np.flatnonzero(np.isin(suggested, members) & lot)
         if not len(rows):
-            continue
+            return None
         rows = rows[np.argsort(-scores[rows], kind="stable")]  # the group's lot, most confident first
         running = np.cumsum(expected[rows]) / np.arange(1, len(rows) + 1)  # expected precision of the top k
         ks = np.unique(np.linspace(1, len(rows), min(len(rows), 200)).round().astype(np.int64))
         best = _best_plan(running[ks - 1], ks, target, confidence, method, max_n, max_rate)
         if best is None:
-            continue
+            return None
         k, size, _ = best
         rate = min(max_rate, size / k)
         start = int(math.ceil(first_n / rate))
         if start > len(rows):
-            continue
+            return None
         step = max(1, len(rows) // steps)
         positions = np.unique(np.r_[np.arange(start, len(rows) + 1, step), len(rows)])
-        groups[name] = GroupPlan(name, rate, scores[rows[positions - 1]], k, float(running[k - 1]))
+        return GroupPlan(name, rate, scores[rows[positions - 1]], k, float(running[k - 1]), members)
+
+    groups: dict[str, GroupPlan] = {}
+    left: list[int] = []
+    for name, members in _group_keys(suggested, list(labels), "pooled" if scope == "pooled" else "label"):
+        planned = plan_group(name, members)
+        if planned is not None:
+            groups[name] = planned
+        else:
+            left += members
+    if scope == "auto" and len(left) > 1:  # the labels without a plan of their own, certified together
+        planned = plan_group(POOLED, tuple(left))
+        if planned is not None:
+            groups[POOLED] = planned
     return SamplePlan(groups, priority, target, confidence, method, scope)
 
 
@@ -424,7 +464,7 @@ def certify(scores, suggested, lot, labels, plan: SamplePlan, correct) -> Certif
     accepted = np.zeros(len(scores), dtype=bool)
     groups: dict[str, GroupCertification] = {}
     requests = []
-    members = dict(_group_keys(suggested, list(labels), plan.scope))
+    members = plan.members(suggested)
     for name, group in plan.groups.items():
         rows = np.flatnonzero(members[name] & lot)
         in_sample = plan.priority[rows] < group.rate

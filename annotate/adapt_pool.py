@@ -47,7 +47,7 @@ def encoder_of(scorer, embeddings: np.ndarray, texts: list[str]) -> dict:
 
 
 def adapt_pool(texts: list[str], labels: list[str], hypothesis_template: str, scorer, output: Path,
-               cache_root: Path, *, method: str = "embedding", meta: dict | None = None) -> AdaptResult:
+               cache_root: Path, *, method: str = "embedding", meta: dict | None = None, config=None) -> AdaptResult:
     """Score, embed (cached), fit the pool-adapted head with zero reviews, and save it in ``output``.
 
     Args:
@@ -57,6 +57,7 @@ def adapt_pool(texts: list[str], labels: list[str], hypothesis_template: str, sc
             ``labels`` and ``hypothesis_template``.
         cache_root: folder of cached scored pools (one sub-folder per texts + key).
         meta: extra fields stored in ``head.json``.
+        config: the head's :class:`annotate.adaptive.HeadConfig` (default: its defaults).
 
     Returns:
         :class:`AdaptResult`.
@@ -70,11 +71,14 @@ def adapt_pool(texts: list[str], labels: list[str], hypothesis_template: str, sc
 
     key = {"labels": list(labels), "hypothesis_template": hypothesis_template, "method": method,
            "model": scorer.model_id}
+    descriptions = getattr(scorer, "label_descriptions", None)
+    if descriptions:
+        key["label_descriptions"] = descriptions
     embeddings, scores = scored_split(list(texts), scorer, cache_root, key)
     encoder = encoder_of(scorer, embeddings, texts)
-    adapted = adapt(embeddings, scores, labels, config=None, encoder=encoder,
+    adapted = adapt(embeddings, scores, labels, config=config, encoder=encoder,
                     meta={"hypothesis_template": hypothesis_template, "teacher_agent": scorer.agent,
-                          **(meta or {})})
+                          **({"label_descriptions": descriptions} if descriptions else {}), **(meta or {})})
     if adapted.head is None:
         raise KeptZeroShot(adapted.report.note or "the guard kept the zero-shot scores")
     directory = adapted.head.save(output)

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from service.bias import FLOOR_SHARE, BiasEstimate, estimate_bias
 from service.calibration import softmax
 from service.head import AdaptError, AdaptiveHead
 
@@ -139,6 +140,11 @@ class HeadConfig:
         prior_count: the pseudo-labels' total weight, in reviews, before cross-validation takes over.
         cv_folds: folds of the cross-validation on reviewed records.
         seed: seeds the fold split.
+        bias_correction: how the label bias of the zero-shot scores is removed over the pool before anything else
+            uses them (:func:`service.bias.estimate_bias`: ``floor``, ``batch`` or ``none``); the corrected scores
+            are the zero-shot suggestions, the self-training teacher and the reference the reviews measure heads
+            against.
+        floor_share: the ``floor`` correction's share of ``1 / K`` (:data:`service.bias.FLOOR_SHARE`).
     """
 
     pseudo_fraction: float = 0.3
@@ -154,6 +160,14 @@ class HeadConfig:
     prior_count: float = 200.0
     cv_folds: int = 5
     seed: int = 0
+    bias_correction: str = "floor"
+    floor_share: float = FLOOR_SHARE
+
+
+def correct_zero_shot(zero_shot: np.ndarray, config: "HeadConfig") -> BiasEstimate:
+    """The label-bias correction of a pool's zero-shot probabilities ``(n, K)`` under ``config``
+    (:func:`service.bias.estimate_bias`); ``.apply`` corrects the pool's or any other scores of the same teacher."""
+    return estimate_bias(zero_shot, config.bias_correction, floor_share=config.floor_share)
 
 
 @dataclass
@@ -175,6 +189,7 @@ class FitReport:
     correction_c: float | None = None
     fit_seconds: float = 0.0
     note: str = ""
+    bias: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -256,9 +271,12 @@ def pool_adaptation(x: np.ndarray, zero_shot: np.ndarray, labels, config: HeadCo
     from threadpoolctl import threadpool_limits
 
     config = config or HeadConfig()
+    bias = correct_zero_shot(zero_shot, config)
+    zero_shot = bias.apply(zero_shot)
     with threadpool_limits(1):
         rows, y, prior = pool_pseudo_labels(np.asarray(x, dtype=np.float64), zero_shot, config)
-        zero = _adapt(x, zero_shot, labels, None, {}, (), config, encoder, None, (rows, y, prior))
+        zero = _adapt(x, zero_shot, labels, None, {}, (), config, encoder, None, (rows, y, prior), corrected=True)
+    zero.bias, zero.report.bias = bias, bias.to_dict(list(labels))
     return rows, y, prior, zero
 
 
@@ -293,10 +311,20 @@ class Adapted:
     head: AdaptiveHead | None
     scores: np.ndarray
     report: FitReport
+    bias: BiasEstimate | None = None
 
     @property
     def agent_suffix(self) -> str:
         return self.head.agent if self.head is not None else "zero-shot"
+
+    def zero_shot(self, probabilities: np.ndarray) -> np.ndarray:
+        """Other texts' zero-shot probabilities ``(m, K)`` (same teacher) with this pool's bias correction."""
+        return self.bias.apply(probabilities) if self.bias is not None else np.asarray(probabilities)
+
+    def predict(self, embeddings: np.ndarray, zero_shot: np.ndarray) -> np.ndarray:
+        """The suggestions' probabilities ``(m, K)`` for other texts: the head's, or their corrected zero-shot
+        scores when the zero-shot scores are kept."""
+        return self.head.predict_proba(embeddings) if self.head is not None else self.zero_shot(zero_shot)
 
 
 def adapt(embeddings: np.ndarray, zero_shot: np.ndarray, labels, *, ids=None,
@@ -304,9 +332,14 @@ def adapt(embeddings: np.ndarray, zero_shot: np.ndarray, labels, *, ids=None,
           encoder: dict | None = None, meta: dict | None = None, pseudo: tuple | None = None) -> Adapted:
     """Fit the adapted head on a pool and its reviews, and score every pool row.
 
+    The zero-shot probabilities are first corrected for label bias over the pool (:func:`correct_zero_shot`,
+    ``config.bias_correction``): every later step, and the suggestions when the zero-shot scores are kept, use the
+    corrected scores; ``Adapted.bias`` and ``report.bias`` say what was done.
+
     Args:
         embeddings: ``(n, d)`` unit sentence embeddings of the pool.
-        zero_shot: ``(n, K)`` zero-shot probabilities (the teacher), columns in ``labels`` order.
+        zero_shot: ``(n, K)`` zero-shot probabilities (the teacher), columns in ``labels`` order, as the teacher
+            gave them.
         labels: the ``K`` class names.
         ids: ``n`` record ids (for the revision hash; row numbers when ``None``).
         reviewed: ``{row: label index}`` of records people submitted.
@@ -332,7 +365,9 @@ def adapt(embeddings: np.ndarray, zero_shot: np.ndarray, labels, *, ids=None,
                       encoder, meta, pseudo)
 
 
-def _adapt(embeddings, zero_shot, labels, ids, reviewed, discarded, config, encoder, meta, pseudo) -> Adapted:
+def _adapt(embeddings, zero_shot, labels, ids, reviewed, discarded, config, encoder, meta, pseudo,
+           corrected: bool = False) -> Adapted:
+    """:func:`adapt`; ``corrected``: ``zero_shot`` is already bias-corrected (the correction is then ``none``)."""
     started = time.perf_counter()
     x = np.asarray(embeddings, dtype=np.float64)
     p0 = np.asarray(zero_shot, dtype=np.float64)
@@ -340,6 +375,15 @@ def _adapt(embeddings, zero_shot, labels, ids, reviewed, discarded, config, enco
     if n == 0 or x.shape[0] != n or k != len(labels) or k < 2:
         raise AdaptError(f"need a non-empty pool with matching embeddings {x.shape} and zero-shot scores "
                          f"{p0.shape} for {len(labels)} labels (at least 2)")
+    bias = correct_zero_shot(p0, config) if not corrected else estimate_bias(p0, "none")
+    p0 = bias.apply(p0)
+    adapted = _fit(x, p0, labels, ids, reviewed, discarded, config, encoder, meta, pseudo, started, n, k)
+    adapted.bias = bias
+    adapted.report.bias = bias.to_dict(list(labels))
+    return adapted
+
+
+def _fit(x, p0, labels, ids, reviewed, discarded, config, encoder, meta, pseudo, started, n, k) -> Adapted:
     if any(not 0 <= v < k for v in reviewed.values()) or any(not 0 <= r < n for r in reviewed):
         raise AdaptError("a review names a label index or a row outside the pool")
     ids = [str(i) for i in range(n)] if ids is None else list(ids)
@@ -379,7 +423,7 @@ def _adapt(embeddings, zero_shot, labels, ids, reviewed, discarded, config, enco
     if pseudo is not None and len(pseudo) > 3:
         pool_head = pseudo[3]
     else:
-        pool_head = _adapt(x, p0, labels, ids, {}, (), config, encoder, meta, pseudo)
+        pool_head = _adapt(x, p0, labels, ids, {}, (), config, encoder, meta, pseudo, corrected=True)
     if n_h < config.min_reviews_for_cv or len(np.unique(y_h)) < 2:
         return _few_reviews(p0, pool_head, rows_h, y_h, zero_shot_acc, config, base, started)
 

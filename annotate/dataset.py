@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from annotate.tools import record_id  # noqa: F401  (the loop's content id; pushes and exports name records by it)
+
 FIELD = "text"
 QUESTION = "label"
 UNCERTAINTY = ("confidence", "margin", "entropy")
@@ -60,23 +62,29 @@ def teacher_key(index: int) -> str:
     return f"teacher_score_{index}"
 
 
-def record_id(text: str, source_id: str | None = None) -> str:
-    """Content-derived record id: 32 hex chars of SHA-256 over the id column's value (if any) and the text.
+#: Longest question description Argilla 2.8 accepts (``QUESTION_CREATE_DESCRIPTION_MAX_LENGTH``).
+QUESTION_DESCRIPTION_CHARS = 1000
 
-    The same text (with the same source id) always maps to the same record, so pushing again neither
-    duplicates nor loses records.
-    """
-    key = ("" if source_id is None else source_id) + "\x1f" + text
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+def question_description(descriptions: dict[str, list[str]] | None = None) -> str:
+    """The label question's description: what the suggestion is, then each described label's descriptions (so
+    reviewers read what the zero-shot teacher was told each label means)."""
+    text = "Suggestion from the zero-shot teacher; correct it if needed."
+    for label, sentences in (descriptions or {}).items():
+        text += f"\n{label}: " + " ".join(sentences)
+    if len(text) > QUESTION_DESCRIPTION_CHARS:  # Argilla refuses longer question descriptions
+        text = text[:QUESTION_DESCRIPTION_CHARS - 1] + "\u2026"
+    return text
 
 
 def build_settings(labels: Sequence[str], multi_label: bool, guidelines: str, vector_dim: int | None = None,
-                   audit: bool = False):
+                   audit: bool = False, descriptions: dict[str, list[str]] | None = None):
     """Argilla ``Settings`` for a new pre-annotation dataset (see the module docstring for the layout).
 
     ``vector_dim``: add the vector field :data:`VECTOR` of that many dimensions (the sentence embedding of each
     text: Argilla's "find similar" for reviewers, and the adapted head's features). ``audit``: add the integer
-    metadata :data:`AUDIT` (0/1, visible) marking the random audit sample."""
+    metadata :data:`AUDIT` (0/1, visible) marking the random audit sample. ``descriptions``: label descriptions,
+    shown in the question's description (:func:`question_description`)."""
     import argilla as rg
 
     question_cls = rg.MultiLabelQuestion if multi_label else rg.LabelQuestion
@@ -93,7 +101,7 @@ def build_settings(labels: Sequence[str], multi_label: bool, guidelines: str, ve
         guidelines=guidelines,
         fields=[rg.TextField(name=FIELD, title="Text", use_markdown=False)],
         questions=[question_cls(name=QUESTION, title="Which label fits this text?", labels=list(labels),
-                                description="Suggestion from the zero-shot teacher; correct it if needed.")],
+                                description=question_description(descriptions))],
         metadata=metadata,
         vectors=[rg.VectorField(name=VECTOR, title="Sentence embedding", dimensions=int(vector_dim))]
         if vector_dim else [],

@@ -149,7 +149,8 @@ def _batches(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
 def push(rows: Iterable[InputRow] | None, *, client, api_url: str, dataset_name: str, workspace: str,
          labels: list[str], multi_label: bool, template: str, scorer, batch_size: int = 64, threshold: float = 0.5,
          total: int | None = None, progress: bool = True, cache=None, adaptive: bool = False,
-         audit_fraction: float = 0.05, from_scores=None, head_config=None, fit_rows: int | None = None) -> PushSummary:
+         audit_fraction: float = 0.05, from_scores=None, head_config=None, fit_rows: int | None = None,
+         label_descriptions: dict[str, list[str]] | None = None) -> PushSummary:
     """Score ``rows`` with ``scorer`` and upsert them into ``workspace/dataset_name`` (created on first write).
 
     The dataset is looked up (and checked against ``labels``/``multi_label``) before anything is scored; it is
@@ -169,6 +170,8 @@ def push(rows: Iterable[InputRow] | None, *, client, api_url: str, dataset_name:
     whole pool, rewriting only the records whose suggestion it changes (:func:`_push_adapted`). Agent ``<encoder>:adaptive-head:<revision>``;
     ``teacher_score_<i>`` keeps the zero-shot scores; the head is saved in ``cache.head_dir``. ``from_scores``: a :class:`pool.store.PoolStore` written by
     ``python -m annotate score`` (checked by the caller) whose records are pushed instead of ``rows``, unscored.
+    ``label_descriptions`` (those the scorer was given) are shown in the question of a new dataset and kept in the
+    cache's meta.
 
     Raises:
         annotate.dataset.DatasetMismatch: the existing dataset has other labels or another label mode, or (with
@@ -200,7 +203,8 @@ def push(rows: Iterable[InputRow] | None, *, client, api_url: str, dataset_name:
         cache.validate(dataset.id if dataset is not None else None, labels)
     state = _State(client=client, api_url=api_url, name=dataset_name, workspace=workspace, labels=labels,
                    multi_label=multi_label, template=template, scorer=scorer, dataset=dataset, summary=summary,
-                   cache=cache, audit_on=audit_on, audit_fraction=audit_fraction, audit_order_on=audit_order_on)
+                   cache=cache, audit_on=audit_on, audit_fraction=audit_fraction, audit_order_on=audit_order_on,
+                   descriptions=label_descriptions)
     label_counts: Counter = Counter()
     try:
         if adaptive:
@@ -244,12 +248,13 @@ class _State:
     audit_fraction: float
     audit_order_on: bool = True
     created: bool = False
+    descriptions: dict | None = None
 
     def ensure_dataset(self, vector_dim: int | None, agent: str):
         """The dataset, created (with the vector field and the audit metadata) on first use; binds the cache."""
         if self.dataset is None:
             self.dataset = _create(self.client, self.name, self.workspace, self.labels, self.multi_label,
-                                   self.template, agent, vector_dim)
+                                   self.template, agent, vector_dim, self.descriptions)
             self.created = True
             self.summary.dataset_id = str(self.dataset.id)
             self.summary.url = deep_link(self.api_url, self.dataset.id)
@@ -282,7 +287,7 @@ def _store_meta(state: _State) -> dict:
     scorer = state.scorer
     return {"labels": list(state.labels), "hypothesis_template": state.template, "multi_label": state.multi_label,
             "method": scorer.served_method, "model": scorer.model_id, "engine": scorer.engine, "agent": scorer.agent,
-            "encoder": scorer.encoder}
+            "encoder": scorer.encoder, **({"label_descriptions": state.descriptions} if state.descriptions else {})}
 
 
 def _write_shard(state: _State, ids, texts, sources, scores, embeddings) -> None:
@@ -681,11 +686,12 @@ def _delete_quietly(dataset) -> None:
 
 
 def _create(client, name: str, workspace: str, labels: list[str], multi_label: bool, template: str, agent: str,
-            vector_dim: int | None = None):
+            vector_dim: int | None = None, descriptions: dict | None = None):
     import argilla as rg
 
     guidelines = GUIDELINES.format(agent=agent, template=template)
-    settings = build_settings(labels, multi_label, guidelines, vector_dim=vector_dim, audit=True)
+    settings = build_settings(labels, multi_label, guidelines, vector_dim=vector_dim, audit=True,
+                              descriptions=descriptions)
     dataset = rg.Dataset(name=name, workspace=workspace, settings=settings, client=client)
     argilla_client.call(dataset.create, attempts=1, what=f"creation of dataset {name!r}")
     logger.info("created dataset %s/%s (%s)", workspace, name, dataset.id)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from annotate.acceptance import certify, plan_certification, sample_priority
-from annotate.adaptive import HeadConfig, _logistic, adapt, pool_adaptation
+from annotate.adaptive import HeadConfig, _logistic, adapt, correct_zero_shot, pool_adaptation
 from annotate.strategies import QueryStrategy
 
 logger = logging.getLogger(__name__)
@@ -98,14 +98,22 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
         raise ValueError(f"budgets must lie in [0, {n}] (the pool size); got {budgets}")
     rng = np.random.default_rng(seed)
     config = config or HeadConfig(seed=seed)
+    if hasattr(strategy, "prepare"):  # strategies that read the pool's geometry (TypiClust)
+        strategy.prepare(pool.embeddings, seed=seed)
     target = evaluation or pool
     zs_acc, zs_f1 = _metrics(target.zero_shot, target.gold)
+    bias = correct_zero_shot(pool.zero_shot, config)
+    corrected_acc, corrected_f1 = _metrics(bias.apply(target.zero_shot), target.gold)
     report: dict = {"pool_size": n, "labels": list(labels), "strategy": strategy.name, "round_size": round_size,
                     "evaluated_on": "eval" if evaluation is not None else "pending pool records",
                     "eval_size": len(target.gold),
                     "zero_shot": {"eval_accuracy": zs_acc, "eval_macro_f1": zs_f1,
                                   "pool_accuracy": _metrics(pool.zero_shot, pool.gold)[0],
                                   "eval_calibration": reliability(target.zero_shot, target.gold)},
+                    "corrected_zero_shot": {"eval_accuracy": corrected_acc, "eval_macro_f1": corrected_f1,
+                                            "bias": bias.to_dict(list(labels)),
+                                            "eval_calibration": reliability(bias.apply(target.zero_shot),
+                                                                            target.gold)},
                     "curve": []}
     reviewed: dict[int, int] = {}
     answers, flipped = _reviewer_answers(pool.gold, k, noise, seed)
@@ -113,7 +121,7 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
         report["noise"] = noise
     audit = AcceptanceState.start(n, acceptance, seed) if acceptance is not None else None
     if audit is not None:
-        report["zero_shot"]["accept"] = acceptance_entry(pool, labels, pool.zero_shot, {},
+        report["zero_shot"]["accept"] = acceptance_entry(pool, labels, bias.apply(pool.zero_shot), {},
                                                               AcceptanceState.start(n, acceptance, seed))
 
     began = time.perf_counter()
@@ -123,7 +131,7 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
     adapted = None
     for budget in budgets:
         while len(reviewed) < budget:
-            current = adapted.scores if adapted is not None else pool.zero_shot
+            current = adapted.scores if adapted is not None else bias.apply(pool.zero_shot)
             pending = np.setdiff1d(np.arange(n), np.fromiter(reviewed, dtype=np.int64, count=len(reviewed)))
             if audit is not None:  # certification records are reviewed already: the loop does not show them again
                 pending = np.setdiff1d(pending, audit.rows())
@@ -136,8 +144,7 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
         refit_seconds = time.perf_counter() - began
         pending = np.setdiff1d(np.arange(n), np.fromiter(reviewed, dtype=np.int64, count=len(reviewed)))
         if evaluation is not None:
-            eval_scores = adapted.head.predict_proba(evaluation.embeddings) if adapted.head is not None \
-                else evaluation.zero_shot
+            eval_scores = adapted.predict(evaluation.embeddings, evaluation.zero_shot)
             eval_gold = evaluation.gold
         else:
             eval_scores, eval_gold = adapted.scores[pending], pool.gold[pending]
@@ -153,14 +160,18 @@ def simulate(pool: LabelledSplit, labels, budgets, *, strategy: QueryStrategy, r
                  "eval_calibration": reliability(eval_scores, eval_gold),
                  "pending_calibration": reliability(adapted.scores[pending], pool.gold[pending]) if len(pending)
                  else None,
-                 "pending_zero_shot_calibration": reliability(pool.zero_shot[pending], pool.gold[pending])
-                 if len(pending) else None,
+                 "pending_zero_shot_calibration": reliability(adapted.zero_shot(pool.zero_shot[pending]),
+                                                              pool.gold[pending]) if len(pending) else None,
                  "note": adapted.report.note}
         entry["eval_ece"] = entry["eval_calibration"]["ece"]
         if noise > 0:
             entry["suspects"] = _suspects_entry(pool, labels, reviewed, flipped, config, pseudo)
         if audit is not None:
-            entry.update(acceptance_entry(pool, labels, adapted.scores, reviewed, audit))
+            def refit(extra, reviewed=reviewed):
+                return adapt(pool.embeddings, pool.zero_shot, labels, reviewed={**reviewed, **extra}, config=config,
+                             pseudo=pseudo).scores
+
+            entry.update(acceptance_entry(pool, labels, adapted.scores, reviewed, audit, refit=refit))
         report["curve"].append(entry)
         logger.info("reviewed %d: accuracy %.4f (zero-shot %.4f, reviews only %s), %s, refit %.2f s",
                     entry["reviewed"], accuracy, zs_acc, entry["reviews_only_eval_accuracy"], entry["mode"],
@@ -195,6 +206,8 @@ def _suspects_entry(pool: LabelledSplit, labels, reviewed: dict[int, int], flipp
     logger.info("suspects at %d reviews: %d flipped, %d flagged, precision %s, recall %s (%.1f s)", len(reviewed),
                 metrics["flipped"], metrics["flagged"], metrics["precision"], metrics["recall"], metrics["seconds"])
     return metrics
+
+
 @dataclass
 class AcceptanceSettings:
     """Bulk acceptance in ``simulate`` (see :mod:`annotate.acceptance`).
@@ -202,45 +215,60 @@ class AcceptanceSettings:
     Attributes:
         precision: target precision of the accepted records, in (0, 1).
         confidence: confidence of the one-sided lower bound, in (0, 1).
-        scope: ``"label"`` (one threshold per label, the default: each label's precision is guaranteed) or
-            ``"pooled"`` (one threshold and one sample for all labels: only the union's precision is).
+        scope: ``"auto"`` (the default: one threshold per label that has the records for it, one for the other
+            labels together; :mod:`annotate.acceptance`, "Groups"), ``"label"`` (one per label: each label's
+            precision is guaranteed) or ``"pooled"`` (one threshold and one sample for all labels: only the union's
+            precision is).
         planning_inflation: the sample is planned for a region error ``inflation * (1 - head probability)``: the
             head's probabilities overstate precision (issue 22: 0.95 claimed, 0.91 real at 300 AG News reviews).
             Only the number of reviews spent depends on it. Chosen on the tune halves of the dev tasks
             (docs/adaptive.md, "Bulk acceptance").
         first_test: the highest threshold tested holds this many times the zero-defect sample size
             (:func:`annotate.acceptance.plan_certification`); chosen with ``planning_inflation``.
+        cross_fit: use the certification reviews for the head too, cross-fitted (:func:`acceptance_entry`).
     """
 
     precision: float = 0.95
     confidence: float = 0.95
-    scope: str = "label"
+    scope: str = "auto"
     planning_inflation: float = 2.0
     first_test: float = 2.0
+    cross_fit: bool = False
 
 
 @dataclass
 class AcceptanceState:
-    """The certification sample of one simulated session: a seeded random priority over the pool and the records
-    reviewed for certification so far (``{row: gold index}``), reused across budgets."""
+    """The certification sample of one simulated session: a seeded random priority over the pool, a seeded fold (0
+    or 1) per row for cross-fitting, and the records reviewed for certification so far (``{row: gold index}``),
+    reused across budgets."""
 
     settings: AcceptanceSettings
     priority: np.ndarray
     audited: dict
+    folds: np.ndarray | None = None
 
     @classmethod
     def start(cls, n: int, settings: AcceptanceSettings, seed: int) -> "AcceptanceState":
-        return cls(settings, sample_priority(n, seed + 7919), {})  # its own stream, apart from the review order
+        folds = np.random.default_rng(seed + 104729).integers(0, 2, n)  # a third stream: apart from the sample
+        return cls(settings, sample_priority(n, seed + 7919), {}, folds)  # its own stream, apart from the review order
 
     def rows(self) -> np.ndarray:
         return np.fromiter(self.audited, dtype=np.int64, count=len(self.audited))
 
 
 def acceptance_entry(pool: LabelledSplit, labels, scores: np.ndarray, reviewed: dict[int, int],
-                     state: AcceptanceState) -> dict:
+                     state: AcceptanceState, refit=None) -> dict:
     """Bulk acceptance after one budget, from the simulated reviews only: plan the certification sample of each
-    label on the records not reviewed in the loop, review the sample's new records (their gold labels, counted),
+    group on the records not reviewed in the loop, review the sample's new records (their gold labels, counted),
     certify (:func:`annotate.acceptance.certify`) and measure the accepted records against gold.
+
+    Cross-fitting (``state.settings.cross_fit`` and ``refit`` given): the rows are split into two seeded folds; the
+    suggestions of fold ``f`` come from a head fitted on the loop's reviews plus the certification reviews of the
+    *other* fold made before this budget (``refit(extra reviews) -> (n, K) scores``), and each fold is certified on
+    its own, groups named ``<group>@<fold>``. So the certification reviews teach the head, yet no certified
+    suggestion was fitted on its own fold's sample: each fold's test is exactly the uncrossed one on a head that
+    never saw that fold's labels, and the promise holds per fold and group. Reviews the certification asks for
+    during this budget join the heads at the next budget.
 
     Args:
         pool: the pool; gold labels are read for reviewed records only, and to measure the accepted ones.
@@ -248,9 +276,10 @@ def acceptance_entry(pool: LabelledSplit, labels, scores: np.ndarray, reviewed: 
         scores: ``(n, K)`` current suggestions' probabilities (the head is not fitted on the certification records).
         reviewed: ``{row: gold}`` the loop's reviews (fitted on: outside the lot).
         state: the session's certification sample, updated in place.
+        refit: for cross-fitting, ``extra -> scores`` of the head fitted on ``reviewed`` and ``extra``.
 
     Returns:
-        ``{"accept": {"share", "precision", "threshold": {label: t}, "certification_reviews", "accepted",
+        ``{"accept": {"share", "precision", "threshold": {group: t}, "certification_reviews", "accepted",
         "pending", "oracle_share", "naive", "certification"}, "human_share"}``: ``share`` = accepted / records not
         reviewed in the loop; ``precision`` = accuracy of the accepted suggestions on gold (``None`` when none);
         ``certification_reviews`` = every certification review so far; ``human_share`` = (loop reviews +
@@ -259,33 +288,53 @@ def acceptance_entry(pool: LabelledSplit, labels, scores: np.ndarray, reviewed: 
     settings = state.settings
     n = len(pool.gold)
     labels = [str(label) for label in labels]
-    suggested, top = scores.argmax(axis=1), scores.max(axis=1)
     lot = np.ones(n, dtype=bool)
     lot[list(reviewed)] = False
+    crossed = settings.cross_fit and refit is not None and state.folds is not None
+    if crossed:
+        before = dict(state.audited)
+        scores = np.asarray(scores, dtype=np.float64).copy()
+        for fold in (0, 1):
+            extra = {r: g for r, g in before.items() if state.folds[r] != fold}
+            if extra:
+                fitted = refit(extra)
+                scores[state.folds == fold] = fitted[state.folds == fold]
+        parts = [(f"@{fold}", lot & (state.folds == fold)) for fold in (0, 1)]
+    else:
+        parts = [("", lot)]
+    suggested, top = scores.argmax(axis=1), scores.max(axis=1)
     expected = 1.0 - settings.planning_inflation * (1.0 - top)
-    plan = plan_certification(top, suggested, lot, labels, expected, state.priority, target=settings.precision,
-                              confidence=settings.confidence, scope=settings.scope, first_test=settings.first_test)
+    accepted = np.zeros(n, dtype=bool)
     correct = np.full(n, np.nan)
-    while True:
-        rows = state.rows()
-        correct[rows] = (suggested[rows] == pool.gold[rows]).astype(np.float64)
-        result = certify(top, suggested, lot, labels, plan, correct)
-        if not len(result.requests):
-            break
-        state.audited.update({int(r): int(pool.gold[r]) for r in result.requests})  # the sample's reviews
-    accepted = result.accepted
+    thresholds, plans, certifications = {}, {}, {}
+    for suffix, part in parts:
+        plan = plan_certification(top, suggested, part, labels, expected, state.priority, target=settings.precision,
+                                  confidence=settings.confidence, scope=settings.scope,
+                                  first_test=settings.first_test)
+        while True:
+            rows = state.rows()
+            correct[rows] = (suggested[rows] == pool.gold[rows]).astype(np.float64)
+            result = certify(top, suggested, part, labels, plan, correct)
+            if not len(result.requests):
+                break
+            state.audited.update({int(r): int(pool.gold[r]) for r in result.requests})  # the sample's reviews
+        accepted |= result.accepted
+        thresholds.update({g + suffix: round(t, 6) for g, t in result.thresholds.items()})
+        plans.update({g + suffix: p.to_dict() for g, p in plan.groups.items()})
+        certifications.update({g + suffix: c.to_dict() for g, c in result.groups.items()})
+    rows = state.rows()
+    correct[rows] = (suggested[rows] == pool.gold[rows]).astype(np.float64)
     pending = lot & np.isnan(correct)
     right = suggested == pool.gold
     base = int(lot.sum())  # records not reviewed in the loop: the pending pool before certification
     return {"accept": {"share": float(accepted.sum() / base) if base else 0.0,
                        "precision": float(right[accepted].mean()) if accepted.any() else None,
-                       "threshold": {g: round(t, 6) for g, t in result.thresholds.items()}, "certification_reviews": len(state.audited),
+                       "threshold": thresholds, "certification_reviews": len(state.audited),
                        "accepted": int(accepted.sum()), "pending": int(pending.sum()),
                        "oracle_share": _oracle_share(top[lot], right[lot], settings.precision),
                        "naive": _naive(top[lot], right[lot], settings.precision),
                        "scope": settings.scope, "target": settings.precision, "confidence": settings.confidence,
-                       "plan": {g: p.to_dict() for g, p in plan.groups.items()},
-                       "certification": {g: c.to_dict() for g, c in result.groups.items()}},
+                       "cross_fit": bool(crossed), "plan": plans, "certification": certifications},
             "human_share": float((len(reviewed) + len(state.audited) + int((pending & ~accepted).sum())) / n)}
 
 
@@ -480,7 +529,7 @@ def scored_split(texts: list[str], scorer, cache_root, key_parts: dict) -> tuple
     import json
     from pathlib import Path
 
-    from annotate.dataset import record_id
+    from annotate.tools import record_id
     from pool.store import PoolStore, StoreError, shard_table
 
     digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode())

@@ -174,13 +174,14 @@ class HttpScorer(_Scorer):
     def __init__(self, url: str, labels: Sequence[str], hypothesis_template: str, multi_label: bool = False,
                  method: str | None = None, timeout: float = 300.0, max_attempts: int = 6,
                  max_wait: float = 20.0, ready_timeout: float = 300.0, in_flight: int = 2,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, label_descriptions: dict[str, list[str]] | None = None) -> None:
         import httpx
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
         super().__init__()
         self.url = url.rstrip("/")
         self.labels, self.template, self.multi_label, self.method = list(labels), hypothesis_template, multi_label, method
+        self.label_descriptions = label_descriptions or None
         self.in_flight = max(1, int(in_flight))
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None  # a service with ZSC_API_KEY set
         self._client = httpx.Client(base_url=self.url, timeout=timeout, headers=headers,
@@ -212,6 +213,8 @@ class HttpScorer(_Scorer):
                 "multi_label": self.multi_label}
         if self.method is not None:
             body["method"] = self.method
+        if self.label_descriptions:
+            body["label_descriptions"] = self.label_descriptions
         return {**body, **extra}
 
     def _chunks(self, texts: Sequence[str]) -> Iterator[list[str]]:
@@ -309,25 +312,31 @@ class LocalScorer(_Scorer):
     :meth:`service.config.Settings.resolve_method`) loads only the models it needs, plus the sentence encoder
     when ``embeddings`` is true (for :meth:`embed`; the embedding and ensemble methods share it).
 
+    ``label_descriptions`` (``{label: [sentence, ...]}``) adds hypotheses to those labels
+    (:func:`service.zeroshot.label_hypotheses`), as the service's ``label_descriptions`` field does.
+
     Raises:
         ScoringError: the model cannot be loaded.
     """
 
     def __init__(self, labels: Sequence[str], hypothesis_template: str, multi_label: bool = False,
                  model: str = "default", engine: str = "onnxruntime", method: str | None = None,
-                 batch_size: int = 64, embeddings: bool = True) -> None:
+                 batch_size: int = 64, embeddings: bool = True,
+                 label_descriptions: dict[str, list[str]] | None = None) -> None:
         super().__init__()
         from service.config import Settings
         from service.loader import load_methods
 
         self.labels, self.template, self.multi_label, self.method = list(labels), hypothesis_template, multi_label, method
+        self.label_descriptions = label_descriptions or None
+        self._options = {"label_descriptions": self.label_descriptions} if self.label_descriptions else {}
         self.batch_size = batch_size
         chosen = method or "auto"
         try:
             chosen = Settings(model=model, engine=engine).resolve_method(method, multi_label or len(self.labels) == 1)
             settings = Settings(model=model if chosen != "embedding" else "none", method=chosen, engine=engine,
                                 embedding_model="default" if (chosen != "nli" or embeddings) else "none")
-            self._served = load_methods(settings)
+            self._served = load_methods(settings, embedded=True)  # not the service: its own memory budget
         except Exception as exc:  # model source, engine and config errors all end the run the same way
             raise ScoringError(f"cannot load the {chosen} method ({model!r} on {engine}): {exc}") from None
         self._method = self._served.methods[chosen]
@@ -339,7 +348,8 @@ class LocalScorer(_Scorer):
                             "dim": None}
 
     def _score(self, texts: list[str]) -> list[list[float]]:
-        results = self._method(texts, self.labels, hypothesis_template=self.template, multi_label=self.multi_label)
+        results = self._method(texts, self.labels, hypothesis_template=self.template, multi_label=self.multi_label,
+                               **self._options)
         return [_reorder(r.labels, r.scores, self.labels) for r in results]
 
     def _embed(self, texts: list[str]) -> np.ndarray:
@@ -362,7 +372,7 @@ class LocalScorer(_Scorer):
             raise ScoringError("no sentence encoder loaded: build the LocalScorer with embeddings=True")
         results, vectors, _ = scores_and_embeddings(self._method, model.classifier.encoder, texts,  # type: ignore[attr-defined]
                                                     self.labels, hypothesis_template=self.template,
-                                                    multi_label=self.multi_label)
+                                                    multi_label=self.multi_label, **self._options)
         self.encoder = {**(self.encoder or {}), "dim": int(vectors.shape[1])}
         return [_reorder(r.labels, r.scores, self.labels) for r in results], vectors
 

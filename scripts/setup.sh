@@ -39,3 +39,6 @@ if ! command -v redis-server > /dev/null || [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 .venv/bin/python -m annotate stack install && echo "setup ok: .venv-argilla (argilla-server 2.8.0, osmem-server)"
+# Label Studio 1.23.2 in its own virtualenv .venv-labelstudio (annotate/labelstudio/stack.py): `stack up --tool
+# labelstudio` and the Label Studio tests.
+.venv/bin/python -m annotate stack install --tool labelstudio && echo "setup ok: .venv-labelstudio (label-studio 1.23.2)"

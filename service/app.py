@@ -37,6 +37,7 @@ from service.loader import ServedMethods, load_methods
 from service.long_text import cut_to_budget, special_tokens
 from service.metrics import Metrics, MetricsMiddleware
 from service.schemas import (
+    BiasInfo,
     ClassifyRequest,
     ClassifyResponse,
     EmbedRequest,
@@ -46,9 +47,35 @@ from service.schemas import (
     ZeroShotRequest,
     ZeroShotResponse,
 )
-from service.zeroshot import InputError
+from service.zeroshot import InputError, ZeroShotResult, rank
 
 logger = logging.getLogger(__name__)
+
+
+def correct_results(results: list[ZeroShotResult], labels: list[str], method: str
+                    ) -> tuple[list[ZeroShotResult], BiasInfo]:
+    """The results with their label bias removed over these texts (:func:`service.bias.estimate_bias`), re-ranked,
+    and what was done."""
+    import numpy as np
+
+    from service.bias import estimate_bias
+
+    index = {label: i for i, label in enumerate(labels)}
+    scores = np.zeros((len(results), len(labels)))
+    for row, result in enumerate(results):
+        for label, score in zip(result.labels, result.scores):
+            scores[row, index[label]] = score
+    estimate = estimate_bias(scores, method)
+    corrected = rank([r.text for r in results], labels, estimate.apply(scores), [r.truncated for r in results])
+
+    def by_label(values) -> dict[str, float]:
+        return {label: round(float(v), 6) for label, v in zip(labels, values)}
+
+    note = estimate.note
+    for i in estimate.raised:
+        note = note.replace(f"#{i} ", f"{labels[i]!r} ")
+    return corrected, BiasInfo(method=method, shift=by_label(estimate.shift), shares_before=by_label(
+        estimate.shares_before), shares_after=by_label(estimate.shares_after), note=note)
 
 
 class ModelSlot:
@@ -163,7 +190,8 @@ def create_app(settings: Settings | None = None, *, load_before_serving: bool = 
             raise HTTPException(422, detail=[{"type": "method_not_loaded", "loc": ["body"], "msg": "this service "
                                               "loads no zero-shot model, only classifiers: use POST /classify"}])
         method = settings.resolve_method(request.method, request.multi_label or len(request.labels) == 1)
-        check_limits(settings, request.texts, labels=request.labels, method=method)
+        check_limits(settings, request.texts, labels=request.labels, method=method,
+                     descriptions=sum(map(len, (request.label_descriptions or {}).values())))
         served = ready_model()
         if method not in served.methods:
             raise HTTPException(422, detail=[{"type": "method_not_loaded", "loc": ["body", "method"],
@@ -173,6 +201,8 @@ def create_app(settings: Settings | None = None, *, load_before_serving: bool = 
         run = served.methods[method]
         options = dict(hypothesis_template=template, multi_label=request.multi_label, long_text=request.long_text,
                        max_windows=settings.max_chunks, max_sequences=settings.max_queue)
+        if request.label_descriptions:
+            options["label_descriptions"] = request.label_descriptions
         encoder_model = served.models.get("embedding")
         if request.return_embeddings:
             if encoder_model is None:
@@ -193,12 +223,15 @@ def create_app(settings: Settings | None = None, *, load_before_serving: bool = 
             embeddings = vectors.tolist()
             encoder_info = EncoderInfo(model=encoder_model.source.model_id, fingerprint=encoder_model.info["fingerprint"],
                                        dim=int(vectors.shape[1]), engine=encoder_model.engine.name, shared_pass=shared)
+        bias_info = None
+        if request.bias_correction != "none":
+            answer, bias_info = correct_results(answer, request.labels, request.bias_correction)
         return ZeroShotResponse(
             results=[ZeroShotItem(text=r.text, labels=r.labels, scores=r.scores, truncated=r.truncated)
                      for r in answer],
             method=method, model=served.model_id(method), engine=served.engine_name(method),
             hypothesis_template=template, multi_label=request.multi_label or len(request.labels) == 1,
-            embeddings=embeddings, encoder=encoder_info)
+            embeddings=embeddings, encoder=encoder_info, bias=bias_info)
 
     @app.post("/embed", response_model=EmbedResponse)
     def embed(request: EmbedRequest) -> EmbedResponse:

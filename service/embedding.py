@@ -25,7 +25,7 @@ from service.batching import SequenceRunner
 from service.calibration import IDENTITY, Calibration, sigmoid, softmax
 from service.long_text import cut_to_budget, special_tokens
 from service.pooling import PoolingConfig, pool_numpy
-from service.zeroshot import Engine, ZeroShotMethod, ZeroShotResult, fill_template
+from service.zeroshot import Descriptions, Engine, ZeroShotMethod, ZeroShotResult, label_hypotheses, merge_hypotheses
 
 #: Per-thread sink for the text embeddings :meth:`EmbeddingClassifier.raw` computes (see :func:`scores_and_embeddings`).
 _capture = threading.local()
@@ -108,21 +108,26 @@ class EmbeddingClassifier(ZeroShotMethod):
                     found[h] = e
         return np.stack([found[h] for h in hypotheses])
 
-    def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str) -> np.ndarray:
-        """Cosine similarities ``(len(texts), len(labels))`` float64, in [-1, 1]."""
-        hypotheses = [fill_template(hypothesis_template, label) for label in labels]
+    def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
+            label_descriptions: Descriptions | None = None) -> np.ndarray:
+        """Cosine similarities ``(len(texts), len(labels))`` float64, in [-1, 1]; a label with descriptions gets the
+        mean cosine of its hypotheses (:func:`service.zeroshot.label_hypotheses`)."""
+        groups = label_hypotheses(labels, hypothesis_template, label_descriptions)
+        hypotheses = [h for group in groups for h in group]
         label_vectors = self.hypothesis_embeddings(hypotheses)
         text_vectors = self.encoder.encode(texts)
         sink = getattr(_capture, "sink", None)
         if sink is not None and sink[0] is self.encoder:  # scores_and_embeddings() wants these vectors too
             sink[1].append(text_vectors)
-        return text_vectors.astype(np.float64) @ label_vectors.astype(np.float64).T
+        return merge_hypotheses(text_vectors.astype(np.float64) @ label_vectors.astype(np.float64).T,
+                                [len(g) for g in groups])
 
     def sequences(self, n_texts: int, n_labels: int) -> int:
         """One pass per text (the labels' embeddings are cached)."""
         return n_texts
 
-    def window(self, labels: list[str], *, hypothesis_template: str) -> tuple[Any, int]:
+    def window(self, labels: list[str], *, hypothesis_template: str,
+               label_descriptions: Descriptions | None = None) -> tuple[Any, int]:
         """The encoder's max sequence length less its special tokens (labels do not share the text's window)."""
         tokenizer = self.encoder.tokenizer
         return tokenizer, self.encoder.max_length - special_tokens(tokenizer, pair=False)
@@ -149,7 +154,8 @@ def embed_texts(encoder: SentenceEncoder, texts: list[str]) -> np.ndarray:
 
 def scores_and_embeddings(method: ZeroShotMethod, encoder: SentenceEncoder, texts: list[str], labels: list[str], *,
                           hypothesis_template: str, multi_label: bool = False, long_text: str = "truncate",
-                          max_windows: int = 64, max_sequences: int | None = None
+                          max_windows: int = 64, max_sequences: int | None = None,
+                          label_descriptions: Descriptions | None = None
                           ) -> tuple[list[ZeroShotResult], np.ndarray, bool]:
     """Zero-shot results and sentence embeddings of ``texts`` from one encoder pass where the method allows it.
 
@@ -178,7 +184,8 @@ def scores_and_embeddings(method: ZeroShotMethod, encoder: SentenceEncoder, text
     _capture.sink = sink
     try:
         results = method(texts, labels, hypothesis_template=hypothesis_template, multi_label=multi_label,
-                         long_text=long_text, max_windows=max_windows, max_sequences=max_sequences)
+                         long_text=long_text, max_windows=max_windows, max_sequences=max_sequences,
+                         **({"label_descriptions": label_descriptions} if label_descriptions else {}))
     finally:
         _capture.sink = previous
     captured = sink[1]

@@ -16,7 +16,7 @@ import numpy as np
 
 from service.calibration import Calibration, ensemble_logits, sigmoid, softmax
 from service.embedding import EmbeddingClassifier
-from service.zeroshot import ZeroShotClassifier, ZeroShotMethod
+from service.zeroshot import Descriptions, ZeroShotClassifier, ZeroShotMethod
 
 _EPS = 1e-12
 
@@ -44,25 +44,28 @@ class EnsembleClassifier(ZeroShotMethod):
         self.embedding = embedding
         self.calibration = calibration
 
-    def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str) -> tuple[np.ndarray, np.ndarray]:
+    def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
+            label_descriptions: Descriptions | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(nli logits (n, k, classes), cosine similarities (n, k))``."""
-        return (self.nli.raw(texts, labels, hypothesis_template=hypothesis_template),
-                self.embedding.raw(texts, labels, hypothesis_template=hypothesis_template))
+        options = dict(hypothesis_template=hypothesis_template, label_descriptions=label_descriptions)
+        return self.nli.raw(texts, labels, **options), self.embedding.raw(texts, labels, **options)
 
     def sequences(self, n_texts: int, n_labels: int) -> int:
         """Both methods' sequences."""
         return self.nli.sequences(n_texts, n_labels) + self.embedding.sequences(n_texts, n_labels)
 
-    def window(self, labels: list[str], *, hypothesis_template: str) -> tuple[Any, int]:
+    def window(self, labels: list[str], *, hypothesis_template: str,
+               label_descriptions: Descriptions | None = None) -> tuple[Any, int]:
         """The narrower of the two models' windows (with its tokenizer), so both read every chunk whole."""
-        return min(self.nli.window(labels, hypothesis_template=hypothesis_template),
-                   self.embedding.window(labels, hypothesis_template=hypothesis_template), key=lambda w: w[1])
+        options = dict(hypothesis_template=hypothesis_template, label_descriptions=label_descriptions)
+        return min(self.nli.window(labels, **options), self.embedding.window(labels, **options), key=lambda w: w[1])
 
-    def cut_long(self, texts: list[str], labels: list[str], *, hypothesis_template: str
-                 ) -> tuple[list[str], list[bool]]:
+    def cut_long(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
+                 label_descriptions: Descriptions | None = None) -> tuple[list[str], list[bool]]:
         """Each text cut past the wider of the two windows; truncated when either model reads only part of it."""
-        nli, nli_cut = self.nli.cut_long(texts, labels, hypothesis_template=hypothesis_template)
-        emb, emb_cut = self.embedding.cut_long(texts, labels, hypothesis_template=hypothesis_template)
+        options = dict(hypothesis_template=hypothesis_template, label_descriptions=label_descriptions)
+        nli, nli_cut = self.nli.cut_long(texts, labels, **options)
+        emb, emb_cut = self.embedding.cut_long(texts, labels, **options)
         return [max(a, b, key=len) for a, b in zip(nli, emb)], [a or b for a, b in zip(nli_cut, emb_cut)]
 
     def probabilities(self, raw: tuple[np.ndarray, np.ndarray], *, multi_label: bool) -> np.ndarray:

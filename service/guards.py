@@ -167,7 +167,7 @@ class BodyLimit:
 
 
 def limit_problems(settings, texts: Sequence[str], *, labels: Sequence[str] | None = None,
-                   method: str | None = None) -> list[dict]:
+                   method: str | None = None, descriptions: int = 0) -> list[dict]:
     """The request limits a request breaks, as pydantic-shaped 422 errors (``type`` ``limit_exceeded``, ``loc``,
     ``msg`` naming the setting and what to do); empty when it breaks none.
 
@@ -180,6 +180,7 @@ def limit_problems(settings, texts: Sequence[str], *, labels: Sequence[str] | No
         texts: the request's texts.
         labels: the request's candidate labels, for endpoints that take them.
         method: the method serving the request (resolved, not ``auto``), when ``labels`` is given.
+        descriptions: label descriptions of the request: each is one more hypothesis and counts as a label.
     """
     problems = []
     if len(texts) > settings.max_texts:
@@ -189,9 +190,10 @@ def limit_problems(settings, texts: Sequence[str], *, labels: Sequence[str] | No
         max_labels = settings.max_labels_embedding if method == "embedding" else settings.max_labels
         hint = (" (ZSC_MAX_LABELS_EMBEDDING)" if method == "embedding" else f" with the {method} method "
                 f"(ZSC_MAX_LABELS; the embedding method takes up to {settings.max_labels_embedding})")
-        if len(labels) > max_labels:
-            problems.append((["body", "labels"], f"{len(labels)} labels exceed the limit of {max_labels} per "
-                             f"request{hint}"))
+        if len(labels) + descriptions > max_labels:
+            counted = (f"{len(labels)} labels and {descriptions} label descriptions (each counts as a label)"
+                       if descriptions else f"{len(labels)} labels")
+            problems.append((["body", "labels"], f"{counted} exceed the limit of {max_labels} per request{hint}"))
     too_long = next((i for i, text in enumerate(texts) if len(text) > settings.max_text_chars), None)
     if too_long is not None:
         problems.append((["body", "texts", too_long], f"texts[{too_long}] has {len(texts[too_long])} characters, over "
@@ -201,12 +203,12 @@ def limit_problems(settings, texts: Sequence[str], *, labels: Sequence[str] | No
 
 
 def check_limits(settings, texts: Sequence[str], *, labels: Sequence[str] | None = None,
-                 method: str | None = None) -> None:
+                 method: str | None = None, descriptions: int = 0) -> None:
     """:func:`limit_problems`, raised as one 422 listing them all.
 
     Raises:
         HTTPException: 422, ``detail`` the list of problems, when there is any.
     """
-    problems = limit_problems(settings, texts, labels=labels, method=method)
+    problems = limit_problems(settings, texts, labels=labels, method=method, descriptions=descriptions)
     if problems:
         raise HTTPException(422, detail=problems)

@@ -71,12 +71,13 @@ def _calibration(settings: Settings, method: str, *fingerprints: str) -> tuple[C
                                          **({"weight": calibration.weight} if method == "ensemble" else {})}}
 
 
-def load_model(settings: Settings, role: Role = "nli", models: int = 1, models_left: int = 1) -> LoadedModel:
+def load_model(settings: Settings, role: Role = "nli", models: int = 1, models_left: int = 1,
+               embedded: bool = False) -> LoadedModel:
     """Resolve the model of ``role``, build ``settings.engine`` (with fallbacks) and its classifier.
 
     ``models``, ``models_left``: the models this process loads, and those still to load, this one included;
     ``engine=auto``'s start-up and memory budget (``settings.max_start_s``, ``settings.max_rss_mb``) is shared among
-    them (:func:`service.engines.selection.service_budget`).
+    them (:func:`service.engines.selection.service_budget`; ``embedded``: this process is not the service).
 
     Raises:
         service.sources.ModelSourceError: the model cannot be found.
@@ -97,7 +98,8 @@ def load_model(settings: Settings, role: Role = "nli", models: int = 1, models_l
     tokenizer = AutoTokenizer.from_pretrained(source.path, use_fast=True)
     model_limit = min(tokenizer.model_max_length, config.get("max_position_embeddings", 512))
     fingerprint = source.fingerprint()
-    budget = service_budget(settings.max_start_s, settings.max_rss_mb, models=models, models_left=models_left)
+    budget = service_budget(settings.max_start_s, settings.max_rss_mb, models=models, models_left=models_left,
+                            embedded=embedded)
     engine_options = dict(cache_dir=settings.cache_dir, batch_size=settings.batch_size,
                           num_threads=settings.num_threads, quantization=settings.quantization,
                           compile=settings.deepsparse_compile, remeasure=settings.remeasure, budget=budget,
@@ -193,8 +195,11 @@ class ServedMethods:
             classifier.close()
 
 
-def load_methods(settings: Settings) -> ServedMethods:
+def load_methods(settings: Settings, embedded: bool = False) -> ServedMethods:
     """Load every model the settings name (NLI and/or sentence encoder) and build the methods.
+
+    ``embedded``: the models serve another process's work (the in-process scorer), so ``engine=auto``'s memory
+    budget is the service's own share, not what that process leaves (:func:`service.engines.selection.service_budget`).
 
     Raises:
         the errors of :func:`load_model`; models already loaded are closed first.
@@ -207,7 +212,8 @@ def load_methods(settings: Settings) -> ServedMethods:
     try:
         roles = [r for r, m in (("nli", settings.model), ("embedding", settings.embedding_model)) if m != NO_MODEL]
         for position, role in enumerate(roles):
-            models[role] = load_model(settings, role, models=len(roles), models_left=len(roles) - position)
+            models[role] = load_model(settings, role, models=len(roles), models_left=len(roles) - position,
+                                      embedded=embedded)
         for name, path in settings.classifiers.items():
             if is_head_dir(path):  # an adapted head (annotate refresh): on the loaded sentence encoder
                 classifiers[name] = load_head_classifier(name, path, models.get("embedding"))

@@ -9,13 +9,42 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from service.bias import FLOOR_SHARE, BiasCorrection
 from service.config import MethodChoice
 from service.long_text import LongText
 from service.zeroshot import validate_template
 
 MAX_LABEL_CHARS = 200
+MAX_DESCRIPTION_CHARS = 500
+MAX_DESCRIPTIONS_PER_LABEL = 10
+#: Fewest texts a request with ``bias_correction`` may send: the correction is estimated over them.
+MIN_TEXTS_BIAS = 20
+
+
+def check_descriptions(descriptions: dict[str, list[str]] | None, labels: list[str]) -> dict[str, list[str]] | None:
+    """``descriptions`` if every key is one of ``labels`` and every description is a non-blank sentence of at most
+    :data:`MAX_DESCRIPTION_CHARS` characters, at most :data:`MAX_DESCRIPTIONS_PER_LABEL` a label; ``ValueError``
+    saying what to fix otherwise. Empty lists are dropped; ``None`` when nothing is left."""
+    if not descriptions:
+        return None
+    unknown = [key for key in descriptions if key not in labels]
+    if unknown:
+        raise ValueError(f"label_descriptions names {unknown[0]!r}, which is not among the labels "
+                         f"{labels}: describe candidate labels only")
+    for label, texts in descriptions.items():
+        if len(texts) > MAX_DESCRIPTIONS_PER_LABEL:
+            raise ValueError(f"label_descriptions[{label!r}] has {len(texts)} descriptions; give at most "
+                             f"{MAX_DESCRIPTIONS_PER_LABEL} a label")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise ValueError(f"label_descriptions[{label!r}][{i}] is empty or whitespace")
+            if len(text) > MAX_DESCRIPTION_CHARS:
+                raise ValueError(f"label_descriptions[{label!r}][{i}] has {len(text)} characters; keep descriptions "
+                                 f"under {MAX_DESCRIPTION_CHARS}")
+    kept = {label: list(texts) for label, texts in descriptions.items() if texts}
+    return kept or None
 
 
 def check_texts(texts: list[str]) -> list[str]:
@@ -51,6 +80,15 @@ class ZeroShotRequest(BaseModel):
                                     "returns) in `embeddings`: with the embedding and ensemble methods and "
                                     "long_text=truncate from the same encoder pass as the scores, else one more "
                                     "encoder pass; needs a sentence encoder (422 without one)")
+    label_descriptions: dict[str, list[str]] | None = Field(
+        None, description="more hypotheses for some labels, as full sentences: {label: [description, ...]}; a "
+        "label's score is the mean over its hypotheses (the filled template and its descriptions); each description "
+        "costs what a label costs", examples=[{"sports": ["A team won or lost a game."]}])
+    bias_correction: BiasCorrection = Field(
+        "none", description="single-label only: remove the label bias of the scores estimated over the texts of "
+        "this request (send a whole pool, at least 20 texts): floor raises each label that is the top label of "
+        f"fewer than {FLOOR_SHARE:g}/K of the texts just enough to reach it; batch removes each label's mean "
+        "log-probability (assumes a balanced pool); none (default) returns the scores as the model gives them")
 
     @field_validator("texts")
     @classmethod
@@ -76,6 +114,28 @@ class ZeroShotRequest(BaseModel):
     @classmethod
     def _template(cls, template: str | None) -> str | None:
         return None if template is None else validate_template(template)
+
+    @model_validator(mode="after")
+    def _pool_options(self) -> "ZeroShotRequest":
+        self.label_descriptions = check_descriptions(self.label_descriptions, self.labels)
+        if self.bias_correction != "none":
+            if self.multi_label or len(self.labels) < 2:
+                raise ValueError("bias_correction applies to single-label scores over at least two labels: drop it, "
+                                 "or set multi_label to false")
+            if len(self.texts) < MIN_TEXTS_BIAS:
+                raise ValueError(f"bias_correction is estimated over the request's texts: send the whole pool, at "
+                                 f"least {MIN_TEXTS_BIAS} texts (got {len(self.texts)})")
+        return self
+
+
+class BiasInfo(BaseModel):
+    """What ``bias_correction`` did to a response's scores."""
+
+    method: str
+    shift: dict[str, float] = Field(..., description="added to each label's log-probability before renormalising")
+    shares_before: dict[str, float] = Field(..., description="share of the texts whose top label each label was")
+    shares_after: dict[str, float]
+    note: str
 
 
 class ZeroShotItem(BaseModel):
@@ -113,6 +173,7 @@ class ZeroShotResponse(BaseModel):
     embeddings: list[list[float]] | None = Field(None, description="with return_embeddings: one sentence embedding "
                                                  "per text, equal to POST /embed's")
     encoder: EncoderInfo | None = Field(None, description="with return_embeddings: the encoder that made them")
+    bias: BiasInfo | None = Field(None, description="with bias_correction: what was estimated and applied")
 
 
 class EmbedRequest(BaseModel):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -69,6 +70,34 @@ def fill_template(template: str, label: str) -> str:
     """
     head, tail = validate_template(template).split(PLACEHOLDER)
     return head + label + tail
+
+
+#: Label descriptions: ``{label: [description, ...]}`` (see :func:`label_hypotheses`).
+Descriptions = Mapping[str, Sequence[str]]
+
+
+def label_hypotheses(labels: Sequence[str], hypothesis_template: str, descriptions: Descriptions | None = None
+                     ) -> list[list[str]]:
+    """The hypotheses of each candidate label: the template filled with the label, then the label's descriptions as
+    written (full sentences, e.g. ``"The reviewer enjoyed it and would recommend it."``), in order.
+
+    Several hypotheses a label are a prompt ensemble (Radford et al. 2021, CLIP, averaged the text embeddings of
+    several prompts a class; the NLI methods average the entailment logits, as in Schick and Schütze 2021's use of
+    several patterns): a label's score is the mean of its hypotheses' raw scores (:func:`merge_hypotheses`).
+    """
+    descriptions = descriptions or {}
+    return [[fill_template(hypothesis_template, label), *[str(d) for d in descriptions.get(label, ())]]
+            for label in labels]
+
+
+def merge_hypotheses(raw: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
+    """Mean of ``raw`` over each label's consecutive hypotheses along axis 1: ``(n, sum(sizes), ...)`` ->
+    ``(n, len(sizes), ...)``; the identity when every label has one hypothesis."""
+    if all(size == 1 for size in sizes):
+        return raw
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    return np.add.reduceat(np.asarray(raw, dtype=np.float64), starts, axis=1) / np.reshape(
+        np.asarray(sizes, dtype=np.float64), (1, -1) + (1,) * (np.ndim(raw) - 2))
 
 
 def entailment_index(label2id: dict[str, int]) -> int:
@@ -162,35 +191,40 @@ class ZeroShotMethod(ABC):
     calibration: Calibration
 
     @abstractmethod
-    def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str) -> Any:
-        """The model outputs the scores derive from (method-specific arrays)."""
+    def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
+            label_descriptions: Descriptions | None = None) -> Any:
+        """The model outputs the scores derive from (method-specific arrays), one entry a label (a label with
+        descriptions: the mean over its hypotheses, :func:`merge_hypotheses`)."""
 
     @abstractmethod
     def probabilities(self, raw: Any, *, multi_label: bool) -> np.ndarray:
         """``(n_texts, n_labels)`` probabilities from :meth:`raw`'s output."""
 
     def scores(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
-               multi_label: bool = False) -> np.ndarray:
+               multi_label: bool = False, label_descriptions: Descriptions | None = None) -> np.ndarray:
         """``(len(texts), len(labels))`` scores in input order; rows sum to 1 unless multi-label."""
-        raw = self.raw(texts, labels, hypothesis_template=hypothesis_template)
+        raw = self.raw(texts, labels, hypothesis_template=hypothesis_template, label_descriptions=label_descriptions)
         return self.probabilities(raw, multi_label=multi_label or len(labels) == 1)
 
-    def window(self, labels: list[str], *, hypothesis_template: str) -> tuple[Any, int]:
+    def window(self, labels: list[str], *, hypothesis_template: str,
+               label_descriptions: Descriptions | None = None) -> tuple[Any, int]:
         """``(tokenizer, budget)``: most tokens of a text (special tokens excluded) the model reads next to these
-        labels, counted by that tokenizer (see :mod:`service.long_text`)."""
+        labels (and their descriptions), counted by that tokenizer (see :mod:`service.long_text`)."""
         raise NotImplementedError(f"the {self.name} method does not say its window")
 
-    def cut_long(self, texts: list[str], labels: list[str], *, hypothesis_template: str
-                 ) -> tuple[list[str], list[bool]]:
+    def cut_long(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
+                 label_descriptions: Descriptions | None = None) -> tuple[list[str], list[bool]]:
         """The texts cut a little past the window (the model truncates the rest exactly as on the whole text), and
         whether each is longer than the window (:func:`service.long_text.cut_to_budget`)."""
-        tokenizer, budget = self.window(labels, hypothesis_template=hypothesis_template)
+        tokenizer, budget = self.window(labels, hypothesis_template=hypothesis_template,
+                                        label_descriptions=label_descriptions)
         return cut_to_budget(tokenizer, texts, max(1, budget))
 
-    def windows(self, text: str, labels: list[str], *, hypothesis_template: str, max_windows: int
-                ) -> tuple[list[str], bool]:
+    def windows(self, text: str, labels: list[str], *, hypothesis_template: str, max_windows: int,
+                label_descriptions: Descriptions | None = None) -> tuple[list[str], bool]:
         """The text as overlapping windows the model reads whole (:func:`service.long_text.split_windows`)."""
-        tokenizer, budget = self.window(labels, hypothesis_template=hypothesis_template)
+        tokenizer, budget = self.window(labels, hypothesis_template=hypothesis_template,
+                                        label_descriptions=label_descriptions)
         return split_windows(tokenizer, text, max(1, budget), max_windows=max_windows)
 
     def sequences(self, n_texts: int, n_labels: int) -> int:
@@ -199,10 +233,13 @@ class ZeroShotMethod(ABC):
 
     def __call__(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
                  multi_label: bool = False, long_text: LongText = "truncate",
-                 max_windows: int = 64, max_sequences: int | None = None) -> list[ZeroShotResult]:
+                 max_windows: int = 64, max_sequences: int | None = None,
+                 label_descriptions: Descriptions | None = None) -> list[ZeroShotResult]:
         """Classify ``texts`` against candidate ``labels``; one :class:`ZeroShotResult` per text, in order.
 
         Args:
+            label_descriptions: ``{label: [description, ...]}``: more hypotheses for those labels
+                (:func:`label_hypotheses`); each costs what a label costs (NLI: one pair a text).
             long_text: ``truncate``: a text longer than the model's window is read up to it (``truncated`` says
                 so); ``chunks``: every text is scored as overlapping windows (at most ``max_windows``, the
                 first ones) whose scores :func:`service.long_text.aggregate` combines - the maximum per label for
@@ -215,25 +252,28 @@ class ZeroShotMethod(ABC):
                 ``max_sequences``.
         """
         multi = multi_label or len(labels) == 1
+        described = dict(label_descriptions=label_descriptions) if label_descriptions else {}
         if long_text == "truncate":
-            cut, truncated = self.cut_long(texts, labels, hypothesis_template=hypothesis_template)
-            scores = self.scores(cut, labels, hypothesis_template=hypothesis_template, multi_label=multi)
+            cut, truncated = self.cut_long(texts, labels, hypothesis_template=hypothesis_template, **described)
+            scores = self.scores(cut, labels, hypothesis_template=hypothesis_template, multi_label=multi, **described)
         elif long_text == "chunks":
             pieces: list[str] = []
             owners: list[int] = []
             truncated = []
             for i, text in enumerate(texts):
                 windows, dropped = self.windows(text, labels, hypothesis_template=hypothesis_template,
-                                                max_windows=max_windows)
+                                                max_windows=max_windows, **described)
                 pieces += windows
                 owners += [i] * len(windows)
                 truncated.append(dropped)
-            cost = self.sequences(len(pieces), len(labels))
+            cost = self.sequences(len(pieces), sum(map(len, label_hypotheses(labels, hypothesis_template,
+                                                                              label_descriptions))))
             if max_sequences is not None and cost > max_sequences:
                 raise InputError(f"with long_text=chunks these texts make {len(pieces)} windows, {cost} sequences for "
                                  f"the {self.name} method, over the limit of {max_sequences} (ZSC_MAX_QUEUE): send "
                                  "fewer or shorter texts, or fewer labels")
-            window_scores = self.scores(pieces, labels, hypothesis_template=hypothesis_template, multi_label=multi)
+            window_scores = self.scores(pieces, labels, hypothesis_template=hypothesis_template, multi_label=multi,
+                                        **described)
             owner = np.asarray(owners)
             scores = np.stack([aggregate(window_scores[owner == i], multi_label=multi) for i in range(len(texts))])
         else:
@@ -294,18 +334,22 @@ class ZeroShotClassifier(ZeroShotMethod):
         self.runner.tokenized(time.perf_counter() - started)
         return self.runner(encoded["input_ids"], encoded.get("token_type_ids"))
 
-    def window(self, labels: list[str], *, hypothesis_template: str) -> tuple[Any, int]:
+    def window(self, labels: list[str], *, hypothesis_template: str,
+               label_descriptions: Descriptions | None = None) -> tuple[Any, int]:
         """The premise tokens every pair keeps: ``max_length`` less the longest hypothesis and the pair's specials."""
-        hypotheses = [fill_template(hypothesis_template, label) for label in labels]
+        hypotheses = [h for group in label_hypotheses(labels, hypothesis_template, label_descriptions) for h in group]
         longest = max(token_counts(self.tokenizer, hypotheses))
         return self.tokenizer, self.max_length - special_tokens(self.tokenizer, pair=True) - longest
 
-    def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str) -> np.ndarray:
-        """NLI logits of every (text, label) pair: ``(len(texts), len(labels), n_classes)`` float32."""
-        hypotheses = [fill_template(hypothesis_template, label) for label in labels]
-        premises = [text for text in texts for _ in labels]
+    def raw(self, texts: list[str], labels: list[str], *, hypothesis_template: str,
+            label_descriptions: Descriptions | None = None) -> np.ndarray:
+        """NLI logits of every (text, label) pair: ``(len(texts), len(labels), n_classes)``; a label with
+        descriptions gets the mean logits of its hypotheses (one pair each)."""
+        groups = label_hypotheses(labels, hypothesis_template, label_descriptions)
+        hypotheses = [h for group in groups for h in group]
+        premises = [text for text in texts for _ in hypotheses]
         logits = self.logits(premises, hypotheses * len(texts))
-        return logits.reshape(len(texts), len(labels), -1)
+        return merge_hypotheses(logits.reshape(len(texts), len(hypotheses), -1), [len(g) for g in groups])
 
     def probabilities(self, raw: np.ndarray, *, multi_label: bool) -> np.ndarray:
         """Scores from :meth:`raw`'s logits (see :func:`scores_from_logits`)."""

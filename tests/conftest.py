@@ -155,3 +155,35 @@ def zeroshot_service(cache_dir):
     with LiveServer(create_app(settings)) as live:
         assert live.wait_ready(300).status_code == 200
         yield live
+
+
+# --- Label Studio ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def labelstudio(tmp_path_factory):
+    """A real Label Studio 1.23 server (SQLite, loopback port) for a test module, started from a migrated template
+    folder (:func:`annotate.labelstudio.stack.template`: migrations once per machine, seconds a server after that).
+
+    Skips when it is not installed (``bash scripts/setup.sh`` installs it); under CI (``CI`` set) a missing server is a
+    failure instead.
+    """
+    from annotate.labelstudio.stack import LabelStudioStack, missing
+
+    reason = missing()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"Label Studio not installed in CI: {reason}")
+        pytest.skip(f"Label Studio not available: {reason}")
+    stack = LabelStudioStack.start(tmp_path_factory.mktemp("labelstudio"))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def labelstudio_client(labelstudio):
+    from annotate.labelstudio.client import LabelStudio
+
+    client = LabelStudio(labelstudio.url, labelstudio.api_key)
+    yield client
+    client.close()

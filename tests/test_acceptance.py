@@ -192,3 +192,58 @@ def test_precision_above():
     rows = precision_above([0.9, 0.8, 0.7, 0.6], [True, True, False, True], [0.75, 0.5])
     assert [(r["sampled"], r["correct"]) for r in rows] == [(2, 2), (4, 3)]
     assert rows[0]["lower_bound"] == pytest.approx(beta.ppf(0.05, 2, 1))
+
+
+def _many_labels(seed, n=2000, k=12):
+    """The issue's case: a pool of 2,000 records over 12 labels of uneven size, suggestions about 0.95 accurate
+    (higher the higher the score)."""
+    rng = np.random.default_rng(seed)
+    weights = np.linspace(3, 1, k)
+    suggested = rng.choice(k, size=n, p=weights / weights.sum())
+    scores = rng.uniform(0.5, 1.0, size=n)
+    p_right = 0.90 + 0.09 * (scores - 0.5) / 0.5
+    right = rng.uniform(size=n) < p_right
+    return scores, suggested, right, p_right
+
+
+def test_auto_scope_certifies_labels_too_small_for_a_plan_of_their_own_together():
+    """Per label, no label of a 2,000-record, 12-label pool has the records for a sample of its own; ``auto`` certifies
+    them as one pooled group (the labels without a plan), each group its own fixed-sequence test."""
+    labels = [f"l{i}" for i in range(12)]
+    scores, suggested, right, p_right = _many_labels(0)
+    lot = np.ones(len(scores), dtype=bool)
+    priority = sample_priority(len(scores), 1)
+    per_label = plan_certification(scores, suggested, lot, labels, p_right, priority, scope="label")
+    auto = plan_certification(scores, suggested, lot, labels, p_right, priority, scope="auto")
+    assert len(per_label.groups) < len(labels)  # some labels have no plan of their own
+    assert POOLED in auto.groups
+    pooled = set(auto.groups[POOLED].labels)
+    assert pooled == {i for i, name in enumerate(labels) if name not in per_label.groups}
+    assert all(auto.group_of(i) == (POOLED if i in pooled else labels[i]) for i in range(12))
+    result, _ = _certify(scores, suggested, lot, labels, auto, right)
+    label_result, _ = _certify(scores, suggested, lot, labels, per_label, right)
+    assert result.accepted.sum() > label_result.accepted.sum()
+    assert right[result.accepted].mean() >= TARGET - 0.02
+
+
+def test_auto_scope_keeps_its_promise_per_group():
+    """Over 200 pools, the pooled group's region (and every label's own) falls under the target in at most
+    1 - confidence of the runs (plus binomial slack)."""
+    labels = [f"l{i}" for i in range(12)]
+    broken, tested = {}, {}
+    for seed in range(200):
+        scores, suggested, right, p_right = _many_labels(seed)
+        lot = np.ones(len(scores), dtype=bool)
+        plan = plan_certification(scores, suggested, lot, labels, np.clip(p_right + 0.03, 0, 1),
+                                  sample_priority(len(scores), seed + 5), scope="auto", max_n=1500)
+        result, _ = _certify(scores, suggested, lot, labels, plan, right)
+        members = plan.members(suggested)
+        for name, group in result.groups.items():
+            tested[name] = tested.get(name, 0) + 1
+            if group.threshold is not None:
+                region = members[name] & (scores >= group.threshold)
+                broken[name] = broken.get(name, 0) + int(right[region].mean() < TARGET)
+    slack = 3 * math.sqrt(0.05 * 0.95 / 200)
+    assert tested.get(POOLED, 0) > 100
+    for name, count in broken.items():
+        assert count / 200 <= 1 - CONFIDENCE + slack, (name, count)

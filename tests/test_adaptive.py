@@ -183,8 +183,10 @@ def test_forty_reviews_of_one_label_never_serve_worse_than_push_did(one_topic):
     # today's precision guard keeps zero-shot on this pool before any review (the other three classes' pseudo-labels
     # are expected right 46% of the time); without it push serves the head, the case of the issue, which the refresh
     # rule under test must then not throw away
-    config = HeadConfig(min_pseudo_precision=0.0)
-    assert adapt(x, p0, AG_LABELS).head is None
+    # the floor correction (on by default) would give the three absent labels 12.5% of this one-label pool: a pool
+    # whose candidate labels do not all occur is the case for ANNOTATE_BIAS_CORRECTION=none, tested here
+    config = HeadConfig(min_pseudo_precision=0.0, bias_correction="none")
+    assert adapt(x, p0, AG_LABELS, config=HeadConfig(bias_correction="none")).head is None
     push = adapt(x, p0, AG_LABELS, config=config)
     assert push.head is not None and push.report.note.startswith("pool-adapted head")
     reviewed_rows = np.argsort(push.scores.max(1), kind="stable")[:40]
@@ -255,16 +257,18 @@ def cr_split(data_dir):
 def test_em_prior_that_runs_the_wrong_way_is_caught_before_any_review(cr_split):
     """The issue's failure on a held-out binary sentiment task: EM on the self-trained head's probabilities moves the
     prior the wrong way (0.62 negative where the pool holds 0.36), the pseudo-labels follow it and the head relabels
-    29% of the pool, just under the old 30% guard, losing 3.5 points to zero-shot (measured on this split). The
-    previous defaults reproduce it here; the current ones stay within a point of zero-shot."""
+    29% of the pool, just under the old 30% guard (on the Xeon it was measured on; 32% on an AVX2 EPYC, whose int8
+    embeddings differ in the last bits), losing 3.5 points to zero-shot. The head alone, with no guard, reproduces it
+    here; the current defaults stay within a point of zero-shot."""
     x, p0, y = cr_split["pool"]
     xe, p0e, ye = cr_split["eval"]
     labels = ["negative", "positive"]
     zero_shot = (p0e.argmax(1) == ye).mean()
-    previous = HeadConfig(pool_weight=1.0, min_pseudo_precision=0.0)  # the head alone, the change guard alone
+    previous = HeadConfig(pool_weight=1.0, min_pseudo_precision=0.0, max_unreviewed_change=1.0,
+                          bias_correction="none")  # the head alone, no guard
     before = adapt(x, p0, labels, config=previous)
     assert before.head is not None and before.report.prior[0] > 0.55 > (y == 0).mean() + 0.15, before.report
-    assert before.report.changed_share < previous.max_unreviewed_change  # the old guard let it through
+    assert before.report.changed_share > 0.25  # relabels about a third of the pool with no review
     assert (before.head.predict_proba(xe).argmax(1) == ye).mean() < zero_shot - 0.02
     now = adapt(x, p0, labels)
     served = now.head.predict_proba(xe) if now.head is not None else p0e

@@ -178,11 +178,59 @@ def test_template_braces_are_never_formatted(server):
     ({"texts": ["a"], "labels": LABELS, "temperature": 2}, "Extra inputs are not permitted"),
     ({"texts": ["a"], "labels": ["a " * 99]}, "shorten the label or the template"),  # > the tiny model's 48 tokens
     ({"texts": "a single string", "labels": LABELS}, "valid list"),
+    ({"texts": ["a"], "labels": LABELS, "label_descriptions": {"music": ["Songs."]}},
+     "label_descriptions names 'music', which is not among the labels"),
+    ({"texts": ["a"], "labels": LABELS, "label_descriptions": {"sports": ["  "]}},
+     "label_descriptions['sports'][0] is empty"),
+    ({"texts": ["a"], "labels": ["a", "b", "c"], "label_descriptions": {"a": ["One.", "Two."]}},
+     "3 labels and 2 label descriptions (each counts as a label) exceed the limit of 4"),
+    ({"texts": ["a", "b"], "labels": LABELS, "bias_correction": "floor"}, "send the whole pool, at least 20 texts"),
+    ({"texts": ["a"], "labels": LABELS, "bias_correction": "floor", "multi_label": True},
+     "bias_correction applies to single-label scores"),
+    ({"texts": ["a"], "labels": LABELS, "bias_correction": "median"}, "Input should be 'none', 'floor' or 'batch'"),
 ])
 def test_bad_input_is_a_422_that_says_what_to_fix(server, body, fragment):
     response = post(server, **body)
     assert response.status_code == 422, response.text
     assert fragment in response.text
+
+
+def test_label_descriptions_change_the_scores_of_the_described_label_only_through_its_hypotheses(server):
+    body = {"texts": ["The striker scored twice.", "Shares fell."], "labels": ["sports", "business"],
+            "method": "embedding"}
+    plain = post(server, **body).json()
+    described = post(server, **body, label_descriptions={"business": ["Stock markets and company earnings."]})
+    assert described.status_code == 200, described.text
+    assert [r["scores"] for r in described.json()["results"]] != [r["scores"] for r in plain["results"]]
+    assert described.json()["bias"] is None
+
+
+@pytest.fixture(scope="module")
+def pool_server(minilm_dir, cache_dir):
+    """The embedding method alone, with room for a pool in one request (bias_correction)."""
+    settings = Settings(model="none", embedding_model=str(minilm_dir), method="embedding", engine="onnxruntime",
+                        cache_dir=cache_dir, max_texts=64)
+    with LiveServer(create_app(settings)) as live:
+        assert live.wait_ready().status_code == 200
+        yield live
+
+
+def test_bias_correction_over_a_pool_raises_the_starved_label_and_says_so(pool_server):
+    """Forty texts, all but four about sports, scored for two labels: ``business`` is the top label of fewer than
+    half its fair share; floor raises it to a quarter of the texts, and the answer says what it did."""
+    texts = [f"The team won match number {i} in the league." for i in range(36)] + [
+        "Quarterly earnings beat forecasts.", "The bank raised its rates.", "Oil prices fell.", "The merger closed."]
+    body = {"texts": texts, "labels": ["sports", "business"], "method": "embedding"}
+    plain = httpx.post(pool_server.url + "/zero-shot", json=body, timeout=60).json()
+    corrected = httpx.post(pool_server.url + "/zero-shot", json={**body, "bias_correction": "floor"}, timeout=60)
+    assert corrected.status_code == 200, corrected.text
+    answer = corrected.json()
+    tops = [r["labels"][0] for r in answer["results"]]
+    assert sum(t == "business" for t in tops) >= 10 > sum(r["labels"][0] == "business" for r in plain["results"])
+    assert answer["bias"]["method"] == "floor" and answer["bias"]["shift"]["business"] > 0
+    assert answer["bias"]["shift"]["sports"] == 0 and "'business'" in answer["bias"]["note"]
+    none = httpx.post(pool_server.url + "/zero-shot", json={**body, "bias_correction": "none"}, timeout=60).json()
+    assert none["results"] == plain["results"] and none["bias"] is None
 
 
 CJK = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(5000))  # no whitespace; one token a character

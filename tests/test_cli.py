@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from annotate.cli import read_labels
+from annotate.cli import read_descriptions, read_labels
 
 
 def test_labels_from_options_or_file(tmp_path):
@@ -15,6 +15,24 @@ def test_labels_from_options_or_file(tmp_path):
                          ((["a"], tmp_path / "labels.txt"), "not both"), ((None, tmp_path / "no.txt"), "cannot read")]:
         with pytest.raises(ValueError, match=message):
             read_labels(*bad)
+
+
+def test_label_descriptions_from_options_or_a_json_file(tmp_path):
+    labels = ["positive", "negative"]
+    assert read_descriptions(None, None, labels) is None
+    assert read_descriptions(["positive=Loved it.", "positive= Great. ", "negative=Awful."], None, labels) == {
+        "positive": ["Loved it.", "Great."], "negative": ["Awful."]}
+    (tmp_path / "d.json").write_text('{"negative": ["Bad service."]}')
+    assert read_descriptions(None, tmp_path / "d.json", labels) == {"negative": ["Bad service."]}
+    (tmp_path / "bad.json").write_text('{"negative": "not a list"}')
+    for values, path, message in [(["positive Loved it."], None, "write LABEL=TEXT"),
+                                  (["neutral=Meh."], None, "'neutral', which is not among the labels"),
+                                  (["positive="], None, "is empty or whitespace"),
+                                  (["positive=x"], tmp_path / "d.json", "not both"),
+                                  (None, tmp_path / "bad.json", "must hold an object of string lists"),
+                                  (None, tmp_path / "none.json", "cannot read")]:
+        with pytest.raises(ValueError, match=message):
+            read_descriptions(values, path, labels)
 
 
 COMMAND_LINES = [

@@ -171,3 +171,20 @@ def test_calibration_turns_similarities_into_probabilities(minilm_dir):
     np.testing.assert_allclose(method.probabilities(cos, multi_label=True), 1 / (1 + np.exp(-(8.0 * cos - 3.0))), rtol=1e-12)
     one_label = method.scores(["a text"], ["sports"], hypothesis_template=TEMPLATE)  # one label: scored multi-label
     assert one_label.shape == (1, 1) and 0 < one_label[0, 0] < 1
+
+
+@pytest.mark.slow
+def test_descriptions_average_the_cosines_of_a_labels_hypotheses(minilm_dir, cache_dir):
+    """The real encoder: a label with descriptions scores the mean cosine of its filled template and descriptions."""
+    loaded = load_model(embedding_settings(minilm_dir, cache_dir, "onnxruntime"), role="embedding")
+    try:
+        method = loaded.classifier
+        described = method.raw(TEXTS, LABELS[:2], hypothesis_template=TEMPLATE,
+                               label_descriptions={LABELS[1]: ["Stock markets and company earnings."]})
+        text_vectors = method.encoder.encode(TEXTS).astype(np.float64)
+        h = method.encoder.encode([TEMPLATE.format(LABELS[0]), TEMPLATE.format(LABELS[1]),
+                                   "Stock markets and company earnings."]).astype(np.float64)
+        np.testing.assert_allclose(described[:, 0], text_vectors @ h[0], atol=1e-5)
+        np.testing.assert_allclose(described[:, 1], (text_vectors @ h[1] + text_vectors @ h[2]) / 2, atol=1e-5)
+    finally:
+        loaded.close()

@@ -166,6 +166,18 @@ def test_budget_is_shared_by_the_models():
     assert selection.service_budget(None, None, models=2, models_left=2) == Budget()
 
 
+def test_a_process_holding_more_than_the_budget_gets_the_service_share_not_a_negative_one():
+    """A training process that already holds more than ZSC_MAX_RSS_MB (a student in training) once got a negative
+    memory budget for its teacher; embedded, the share is the service's own; in the service it never goes below 0."""
+    held = bytearray(64 << 20)  # 64 MiB more than this process held before
+    held[::4096] = b"x" * len(held[::4096])
+    small = selection.rss_mb() - 10  # a budget this process already exceeds
+    assert selection.service_budget(15, small, models=1, models_left=1).rss_mb == 0.0
+    embedded = selection.service_budget(15, small, models=2, models_left=1, embedded=True)
+    assert embedded.rss_mb == pytest.approx(small / 2) and embedded.start_s == 7.5
+    del held
+
+
 def test_timing_shapes_include_part_filled_batches():
     shapes = timing_shapes(32, 512)
     assert {rows for rows, _ in shapes} > {32}  # real requests end with part-filled batches

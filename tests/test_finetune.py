@@ -42,6 +42,7 @@ def _train(kind, objective, export, minilm_dir, steps=12):
     from transformers import AutoTokenizer
 
     from train.finetune import seed_everything
+    from train.student_defaults import LEARNING_RATES
     from train.students import build_student
 
     seed_everything(0)
@@ -49,7 +50,7 @@ def _train(kind, objective, export, minilm_dir, steps=12):
     train, valid = data.split(0.2, 0)
     model = build_student(kind, labels=data.labels, multi_label=False, base_dir=minilm_dir)
     history = train_student(model, train, valid, AutoTokenizer.from_pretrained(minilm_dir), objective=objective,
-                            device=torch.device("cpu"), epochs=10, batch_size=16, lr=5e-5 if kind == "transformer" else 3e-3,
+                            device=torch.device("cpu"), epochs=10, batch_size=16, lr=LEARNING_RATES[kind],
                             weight_decay=0.0, warmup_ratio=0.0, max_length=64, temperature=2.0, w_hard=0.5, w_soft=0.5,
                             patience=100, seed=0, eval_every=steps, max_steps=steps)
     return history

@@ -59,6 +59,7 @@ from train.student_data import (
     read_eval,
     read_exports,
 )
+from train.student_defaults import BATCH_SIZES, EPOCHS, LEARNING_RATES, describe
 
 logger = logging.getLogger("train.finetune")
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0], pretty_exceptions_enable=False,
@@ -164,19 +165,38 @@ def warn_few_reviews(data: StudentData, objective: str, minimum: int = MIN_REVIE
     return line
 
 
-def make_batches(data: StudentData, tokenizer, *, batch_size: int, max_length: int, seed: int | None):
-    """Tokenized batches as tensors: ``input_ids``, ``attention_mask``, ``hard``, ``soft`` (see :func:`student_loss`).
-    Shuffled with ``seed`` (``None``: in order)."""
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text (truncated to ``max_length``, special tokens included, no padding), in one call of the
+    fast tokenizer: training tokenizes its data once, not once an epoch."""
+    if not texts:
+        return []
+    return tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
+                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+def make_batches(data: StudentData, tokenizer, *, batch_size: int, max_length: int, seed: int | None,
+                 encoded: list[list[int]] | None = None):
+    """Tokenized batches as tensors: ``input_ids``, ``attention_mask`` (padded to the batch's longest text),
+    ``hard``, ``soft`` (see :func:`student_loss`). Shuffled with ``seed`` (``None``: in order). ``encoded``: the
+    examples' token ids from :func:`encode_texts` (tokenized here when ``None``)."""
     import torch
 
+    if encoded is None:
+        encoded = encode_texts(tokenizer, [e.text for e in data.examples], max_length)
+    pad = tokenizer.pad_token_id or 0
     order = list(range(len(data.examples)))
     if seed is not None:
         random.Random(seed).shuffle(order)
     k = len(data.labels)
     for start in range(0, len(order), batch_size):
-        chunk = [data.examples[i] for i in order[start:start + batch_size]]
-        enc = tokenizer([e.text for e in chunk], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+        rows = order[start:start + batch_size]
+        chunk = [data.examples[i] for i in rows]
+        width = max(len(encoded[i]) for i in rows)
+        ids = np.full((len(rows), width), pad, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for j, i in enumerate(rows):
+            ids[j, :len(encoded[i])] = encoded[i]
+            mask[j, :len(encoded[i])] = 1
         if data.multi_label:
             hard = torch.tensor(np.stack([e.labels if e.labels is not None else np.full(k, np.nan) for e in chunk]),
                                 dtype=torch.float32)
@@ -184,20 +204,26 @@ def make_batches(data: StudentData, tokenizer, *, batch_size: int, max_length: i
             hard = torch.tensor([e.label if e.label is not None else -1 for e in chunk], dtype=torch.long)
         soft = torch.tensor(np.stack([e.soft if e.soft is not None else np.full(k, np.nan) for e in chunk]),
                             dtype=torch.float32)
-        yield {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "hard": hard, "soft": soft}
+        yield {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "hard": hard,
+               "soft": soft}
 
 
 def train_student(model, train: StudentData, valid: StudentData, tokenizer, *, objective: str, device, epochs: float,
                   batch_size: int, lr: float, weight_decay: float, warmup_ratio: float, max_length: int,
                   temperature: float, w_hard: float, w_soft: float, patience: int, seed: int,
                   eval_every: int | None = None, max_steps: int | None = None) -> dict:
-    """Train with AdamW (linear warmup and decay), evaluating the objective on ``valid`` every ``eval_every`` steps
+    """Train with linear warmup and decay, evaluating the objective on ``valid`` every ``eval_every`` steps
     (default: once per epoch) and keeping the best weights (early stopping after ``patience`` evaluations
     without improvement). Returns the history: train loss curve, validation loss curve, initial losses, steps.
+
+    Dense weights take AdamW (gradients clipped to norm 1); sparse embedding tables (the tiny students',
+    :mod:`train.students`) take ``torch.optim.SparseAdam``, which keeps moments and updates only for the rows a batch
+    touched (fastText's sparse updates, Joulin et al. 2016): a step costs the batch, not the table. (Plain sparse
+    SGD, fastText's own optimizer, is 4x cheaper a step but was 0.6-8 points less accurate at every learning rate
+    tried, 1-10, on the dev tasks' tune halves.)
     """
     import torch
     from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     loss_args = dict(objective=objective, multi_label=train.multi_label, temperature=temperature, w_hard=w_hard,
                      w_soft=w_soft)
@@ -207,8 +233,22 @@ def train_student(model, train: StudentData, valid: StudentData, tokenizer, *, o
         total = min(total, max_steps)
     eval_every = eval_every or steps_per_epoch
     model.to(device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
+    sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
+    sparse = [p for p in model.parameters() if p.requires_grad and id(p) in sparse_ids]
+    optimizers = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)]
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+    warmup = int(warmup_ratio * total)
+
+    def schedule(step: int) -> float:  # linear warmup, then linear decay to 0 (transformers' linear schedule)
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
+    train_ids = encode_texts(tokenizer, [e.text for e in train.examples], max_length)  # once, not each epoch
+    valid_ids = encode_texts(tokenizer, [e.text for e in valid.examples], max_length)
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -219,7 +259,8 @@ def train_student(model, train: StudentData, valid: StudentData, tokenizer, *, o
         model.eval()
         losses, weights = [], []
         with torch.inference_mode():
-            for batch in make_batches(valid, tokenizer, batch_size=128, max_length=max_length, seed=None):
+            for batch in make_batches(valid, tokenizer, batch_size=128, max_length=max_length, seed=None,
+                                      encoded=valid_ids):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     logits = model(batch["input_ids"], batch["attention_mask"])
@@ -228,7 +269,8 @@ def train_student(model, train: StudentData, valid: StudentData, tokenizer, *, o
         model.train()
         return float(np.average(losses, weights=weights))
 
-    history = {"train_loss": [], "valid_loss": [], "steps": total, "steps_per_epoch": steps_per_epoch}
+    history = {"train_loss": [], "valid_loss": [], "steps": total, "steps_per_epoch": steps_per_epoch,
+               "sparse_parameters": int(sum(p.numel() for p in sparse))}
     history["initial_valid_loss"] = evaluate()
     best, best_state, bad, step = history["initial_valid_loss"], None, 0, 0
     model.train()
@@ -236,7 +278,8 @@ def train_student(model, train: StudentData, valid: StudentData, tokenizer, *, o
     epoch, stop, running = 0, False, []
     began = time.perf_counter()
     while step < total and not stop:
-        for batch in make_batches(train, tokenizer, batch_size=batch_size, max_length=max_length, seed=seed + epoch):
+        for batch in make_batches(train, tokenizer, batch_size=batch_size, max_length=max_length, seed=seed + epoch,
+                                  encoded=train_ids):
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(batch["input_ids"], batch["attention_mask"])
@@ -244,12 +287,15 @@ def train_student(model, train: StudentData, valid: StudentData, tokenizer, *, o
             if step == 0:
                 history["initial_train_loss"] = loss.item()
             scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
+            for optimizer in optimizers:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(dense, 1.0)  # norms of sparse gradients are not defined on CPU
+            for optimizer in optimizers:
+                scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            for scheduler, optimizer in zip(schedulers, optimizers):
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
             running.append(loss.item())
             step += 1
             bar.update(1)
@@ -305,7 +351,8 @@ def main(
                                               "accepted in bulk (source auto-accept).")] = False,
     unlabeled_limit: Annotated[Optional[int], typer.Option(help="First N texts of --unlabeled.")] = None,
     objective: Annotated[str, typer.Option(help="hard, soft, mixed or mse.")] = "mixed",
-    student: Annotated[str, typer.Option(help="transformer, fasttext, cnn or bilstm.")] = "transformer",
+    student: Annotated[str, typer.Option(help="transformer, fasttext, cnn or bilstm (tiny students by default: "
+                                          f"{describe()}; sizes and times in docs/students.md).")] = "transformer",
     base_model: Annotated[str, typer.Option(help="Encoder to start from (transformer student) or whose vocabulary and "
                                             "embeddings the tiny students use: packaged:all-MiniLM-L6-v2, a "
                                             "directory or a hub id.")] = "packaged:all-MiniLM-L6-v2",
@@ -320,10 +367,12 @@ def main(
     temperature: Annotated[float, typer.Option(min=0.05, help="Softening temperature of the soft labels.")] = 2.0,
     w_hard: Annotated[float, typer.Option(help="Weight of the hard-label loss (mixed).")] = 0.5,
     w_soft: Annotated[float, typer.Option(help="Weight of the soft-label loss (mixed).")] = 0.5,
-    epochs: Annotated[float, typer.Option(min=0.01)] = 3.0,
+    epochs: Annotated[Optional[float], typer.Option(min=0.01, help="Passes over the training data (default: per "
+                                                    "student, see --student).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 5e-5 transformer, 2e-3 tiny).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Examples a step (default: per student, see "
+                                                      "--student).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: per student, see --student).")] = None,
     weight_decay: float = 0.01,
     warmup_ratio: float = 0.06,
     max_length: Annotated[int, typer.Option(help="Tokens per text.")] = 128,
@@ -346,8 +395,9 @@ def main(
     augment: Annotated[int, typer.Option(min=0, help="Augmented copies per training text (Tang et al. 2019: masking, "
                                          "embedding-neighbour replacement, n-gram sampling), labelled by the teacher; "
                                          "0: none.")] = 0,
-    student_config: Annotated[Optional[str], typer.Option(help="JSON hyperparameters of a tiny student, e.g. "
-                                                          "'{\"dim\": 64, \"buckets\": 65536}' (fasttext).")] = None,
+    student_config: Annotated[Optional[str], typer.Option(help="JSON hyperparameters of a tiny student overriding "
+                                                          "its defaults key by key, e.g. '{\"dim\": 32, \"buckets\": "
+                                                          "32768}' (fasttext).")] = None,
     output_dir: Annotated[Path, typer.Option(help="Model directory, ONNX files and report.")] = Path("runs/student"),
 ) -> None:
     """Train a student, export it, and write its report (accuracy, calibration, size, speed against the teacher)."""
@@ -430,6 +480,12 @@ def main(
         _fail(str(exc))
     warn_few_reviews(data, objective)
 
+    from service.allocator import set_mmap_threshold
+    from service.config import Settings as ServiceSettings
+
+    # as the service does: large freed buffers (teacher scores, tokenized batches, ONNX sessions) leave the process
+    set_mmap_threshold(ServiceSettings().malloc_mmap_threshold_kib)
+
     import torch
     from transformers import AutoTokenizer
 
@@ -457,7 +513,8 @@ def main(
     logger.info("data: %s; train %d, validation %d; student %s on %s", data.counts(), len(train_split.examples),
                 len(valid_split.examples), student, dev)
     history = train_student(model, train_split, valid_split, tokenizer, objective=objective, device=dev,
-                            epochs=epochs, batch_size=batch_size, lr=lr or (5e-5 if student == "transformer" else 2e-3),
+                            epochs=epochs or EPOCHS[student], batch_size=batch_size or BATCH_SIZES[student],
+                            lr=lr or LEARNING_RATES[student],
                             weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_length=max_length,
                             temperature=temperature, w_hard=w_hard, w_soft=w_soft, patience=patience, seed=seed,
                             eval_every=eval_every, max_steps=max_steps)
@@ -466,16 +523,20 @@ def main(
     run = {"command": "python train/finetune.py " + " ".join(sys.argv[1:]), "student": student, "objective": objective,
            "base_model": base_model, "device": str(dev), "data": data.counts(), "labels": data.labels,
            "multi_label": data.multi_label, "teacher": teacher_info, "history": history,
-           "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "temperature": temperature,
+           "hyperparameters": {"epochs": epochs or EPOCHS[student], "batch_size": batch_size or BATCH_SIZES[student],
+                               "lr": lr or LEARNING_RATES[student], "temperature": temperature,
                                "w_hard": w_hard, "w_soft": w_soft, "max_length": max_length, "seed": seed,
                                "valid_fraction": valid_fraction, "patience": patience, "augment": augment,
-                               "student": hyperparameters}}
+                               "student": getattr(model, "student_hyperparameters", hyperparameters)}}
     write_outputs(model, tokenizer, output_dir, run, eval_set=eval_set, max_length=max_length,
                   teacher=dict(url=teacher_url, model=teacher_model, method=teacher_method, engine=teacher_engine,
                                template=hypothesis_template, compare_methods=compare_method or []),
                   speed_texts=speed_texts,
                   calibration_texts=[e.text for e in train_split.examples[:256]])
-    typer.echo(f"wrote {output_dir} (report: {output_dir / 'report.md'})")
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    typer.echo(f"wrote {output_dir} (report: {output_dir / 'report.md'}); peak resident memory {peak:.0f} MiB")
 
 
 def _student_config(text: str | None, student: str) -> dict:

@@ -12,9 +12,15 @@
   so this one max-pools the outputs over the real tokens instead.
 
 The tiny students read the encoder's WordPiece ids (the same tokenizer as the teacher) and start their word
-embeddings from the encoder's embedding table when the dimensions match (a projection otherwise), as Kim 2014
-started from pre-trained vectors. Every student maps ``(input_ids, attention_mask)`` int64 ``(batch, seq)`` to
-logits ``(batch, K)``.
+embeddings from the encoder's embedding table when the dimensions match (its top principal directions when narrower),
+as Kim 2014 started from pre-trained vectors. Their embedding tables are ``sparse``: a batch's gradient holds only the
+rows its texts touch, and :func:`train.finetune.train_student` updates them with ``torch.optim.SparseAdam``, as
+fastText updates only a text's rows (Joulin et al. 2016), so a step costs what the batch reads, not the table's size.
+Every student maps ``(input_ids, attention_mask)`` int64 ``(batch, seq)`` to logits ``(batch, K)``.
+
+Defaults (:data:`train.student_defaults.TINY_DEFAULTS`, what ``train/finetune.py --student fasttext|cnn|bilstm`` builds without
+``--student-config``) were chosen by ``benchmarks/tiny_defaults.py`` on the tune halves of the dev tasks (size,
+accuracy, texts/s; report in ``benchmarks/results/tiny_defaults/``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.student_defaults import TINY_DEFAULTS
+
 STUDENTS = ("transformer", "fasttext", "cnn", "bilstm")
+
 TINY_CONFIG = "student_config.json"
 TINY_WEIGHTS = "student.safetensors"
 OPSET = 14
@@ -37,15 +46,16 @@ OPSET = 14
 class FastTextStudent(nn.Module):
     """Bag of token and hashed bigram embeddings (mean over real tokens) -> linear. Joulin et al. 2016.
 
-    Bigram ids are ``(id_i * 1_000_003 + id_{i+1}) mod buckets``, computed inside the graph.
+    Bigram ids are ``(id_i * 1_000_003 + id_{i+1}) mod buckets``, computed inside the graph. Parameters:
+    ``(vocab_size + buckets) * dim + (dim + 1) * num_labels``; both tables are sparse (module docstring).
     """
 
-    def __init__(self, vocab_size: int, num_labels: int, *, dim: int = 384, buckets: int = 1 << 18,
+    def __init__(self, vocab_size: int, num_labels: int, *, dim: int = 16, buckets: int = 1 << 15,
                  dropout: float = 0.1):
         super().__init__()
         self.buckets = buckets
-        self.unigram = nn.Embedding(vocab_size, dim)
-        self.bigram = nn.Embedding(buckets, dim)
+        self.unigram = nn.Embedding(vocab_size, dim, sparse=True)
+        self.bigram = nn.Embedding(buckets, dim, sparse=True)
         nn.init.normal_(self.bigram.weight, std=0.02)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(dim, num_labels)
@@ -64,10 +74,10 @@ class KimCNNStudent(nn.Module):
     """Conv1d of widths 3/4/5 (100 filters each) over word embeddings, ReLU, max over real tokens, dropout,
     linear. Kim 2014."""
 
-    def __init__(self, vocab_size: int, num_labels: int, *, dim: int = 384, filters: int = 100,
+    def __init__(self, vocab_size: int, num_labels: int, *, dim: int = 128, filters: int = 100,
                  widths: tuple[int, ...] = (3, 4, 5), dropout: float = 0.5):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, dim)
+        self.embedding = nn.Embedding(vocab_size, dim, sparse=True)
         self.widths = tuple(widths)
         self.convs = nn.ModuleList(nn.Conv1d(dim, filters, w, padding=w - 1) for w in widths)
         self.dropout = nn.Dropout(dropout)
@@ -86,9 +96,9 @@ class KimCNNStudent(nn.Module):
 class BiLSTMStudent(nn.Module):
     """Bidirectional LSTM over word embeddings, max-pooled over real tokens, ReLU layer, linear. Tang et al. 2019."""
 
-    def __init__(self, vocab_size: int, num_labels: int, *, dim: int = 384, hidden: int = 256, dropout: float = 0.2):
+    def __init__(self, vocab_size: int, num_labels: int, *, dim: int = 64, hidden: int = 128, dropout: float = 0.2):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, dim)
+        self.embedding = nn.Embedding(vocab_size, dim, sparse=True)
         self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
         self.dense = nn.Linear(2 * hidden, hidden)
         self.dropout = nn.Dropout(dropout)
@@ -120,7 +130,8 @@ def build_student(kind: str, *, labels: list[str], multi_label: bool, base_dir: 
     """A fresh student of ``kind`` for ``labels``.
 
     ``base_dir`` is the encoder directory: the transformer student starts from it; the tiny ones take its
-    vocabulary size and, where the width matches, its word embeddings.
+    vocabulary size and, where the width matches, its word embeddings. A tiny student's ``hyperparameters`` override
+    :data:`TINY_DEFAULTS` key by key; the full set is kept on the model (``student_hyperparameters``) and saved.
 
     Raises:
         ValueError: unknown ``kind``.
@@ -139,6 +150,7 @@ def build_student(kind: str, *, labels: list[str], multi_label: bool, base_dir: 
         raise ValueError(f"unknown student {kind!r}; choose one of {', '.join(STUDENTS)}")
     embeddings = _encoder_embeddings(base_dir)
     vocab_size = embeddings.shape[0]
+    hyperparameters = {**TINY_DEFAULTS[kind], **hyperparameters}
     model = _TINY[kind](vocab_size, len(labels), **hyperparameters)
     table = model.unigram if kind == "fasttext" else model.embedding
     with torch.no_grad():
@@ -215,10 +227,22 @@ def load_student(model_dir: Path) -> tuple[nn.Module, str]:
 
     meta = json.loads((model_dir / TINY_CONFIG).read_text(encoding="utf-8"))
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    model = _TINY[meta["student"]](meta["vocab_size"], len(config["id2label"]), **meta["hyperparameters"])
-    model.load_state_dict(load_file(str(model_dir / TINY_WEIGHTS)))
-    model.student_kind, model.student_hyperparameters = meta["student"], meta["hyperparameters"]
+    weights = load_file(str(model_dir / TINY_WEIGHTS))
+    hyperparameters = {**_shapes_of(meta["student"], weights), **meta["hyperparameters"]}
+    model = _TINY[meta["student"]](meta["vocab_size"], len(config["id2label"]), **hyperparameters)
+    model.load_state_dict(weights)
+    model.student_kind, model.student_hyperparameters = meta["student"], hyperparameters
     return model.eval(), meta["student"]
+
+
+def _shapes_of(kind: str, weights: dict) -> dict:
+    """The size hyperparameters of a saved tiny student read off its weights (students saved before the defaults
+    were stored with them)."""
+    if kind == "fasttext":
+        return {"dim": int(weights["unigram.weight"].shape[1]), "buckets": int(weights["bigram.weight"].shape[0])}
+    if kind == "cnn":
+        return {"dim": int(weights["embedding.weight"].shape[1]), "filters": int(weights["convs.0.weight"].shape[0])}
+    return {"dim": int(weights["embedding.weight"].shape[1]), "hidden": int(weights["dense.weight"].shape[0])}
 
 
 def export_onnx(model: nn.Module, target: Path) -> Path:

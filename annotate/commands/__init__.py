@@ -5,6 +5,7 @@ from annotate.commands import (  # noqa: F401  (registration)
     accept,
     adapt,
     export,
+    labelstudio,
     push,
     refresh,
     score,

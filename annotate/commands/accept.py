@@ -12,6 +12,7 @@ from annotate.cli import (
     ApiUrl,
     DatasetName,
     LogLevel,
+    ToolOption,
     Workspace,
     cli,
     connect_or_fail,
@@ -25,6 +26,7 @@ from annotate.cli import (
 @cli.command()
 def accept(
     dataset: DatasetName = None,
+    tool: ToolOption = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     workspace: Workspace = None,
@@ -32,8 +34,9 @@ def accept(
     = 0.95,
     confidence: Annotated[float, typer.Option(help="Confidence of the one-sided lower bound on that precision "
                                               "(Clopper-Pearson), in (0, 1).")] = 0.95,
-    scope: Annotated[str, typer.Option(help="label: one threshold and sample per label (each label's precision "
-                                       "certified); pooled: one for all labels.")] = "label",
+    scope: Annotated[str, typer.Option(help="auto: one threshold and sample per label that has the records for "
+                                       "it, one for the other labels together; label: one per label (each label's "
+                                       "precision certified); pooled: one for all labels.")] = "auto",
     do_apply: Annotated[bool, typer.Option("--apply", help="Accept the certified suggestions: responses of the user "
                                            "'auto-accept' and metadata accepted_by / accept_threshold / "
                                            "accept_revision.")] = False,
@@ -59,7 +62,21 @@ def accept(
     from annotate.accept import run as run_accept
     from annotate.client import ArgillaRefused, ArgillaUnavailable
 
-    settings = settings_from_env(api_url=api_url, api_key=api_key, workspace=workspace, dataset=dataset)
+    settings = settings_from_env(api_url=api_url, api_key=api_key, workspace=workspace, dataset=dataset, tool=tool)
+    if settings.tool == "labelstudio":
+        from annotate.commands import labelstudio
+
+        if do_apply and undo:
+            raise fail("give --apply or --undo, not both", 2)
+        for name, value in (("--precision", precision), ("--confidence", confidence)):
+            if not 0 < value < 1:
+                raise fail(f"{name} {value:g}: give a number strictly between 0 and 1, e.g. 0.95", 2)
+        if scope not in ("auto", "label", "pooled"):
+            raise fail(f"--scope {scope!r}: give auto, label or pooled", 2)
+        setup_logging(log_level)
+        return labelstudio.accept(settings, target=precision, confidence=confidence, scope=scope,
+                                  mode="apply" if do_apply else "undo" if undo else "dry run",
+                                  summary_json=summary_json)
     try:
         settings.require("api_url", "api_key", "dataset")
         if do_apply and undo:
@@ -67,8 +84,8 @@ def accept(
         for name, value in (("--precision", precision), ("--confidence", confidence)):
             if not 0 < value < 1:
                 raise ValueError(f"{name} {value:g}: give a number strictly between 0 and 1, e.g. 0.95")
-        if scope not in ("label", "pooled"):
-            raise ValueError(f"--scope {scope!r}: give label or pooled")
+        if scope not in ("auto", "label", "pooled"):
+            raise ValueError(f"--scope {scope!r}: give auto, label or pooled")
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     client = connect_or_fail(settings)

@@ -7,7 +7,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from annotate.cli import LogLevel, cli, fail, read_labels, settings_from_env, setup_logging, zero_shot_scorer
+from annotate.cli import (
+    BiasCorrectionOption,
+    LabelDescription,
+    LabelDescriptionsFile,
+    LogLevel,
+    cli,
+    fail,
+    head_config,
+    read_descriptions,
+    read_labels,
+    settings_from_env,
+    setup_logging,
+    zero_shot_scorer,
+)
 
 
 @cli.command("adapt")
@@ -21,6 +34,9 @@ def adapt_command(
     text_column: Annotated[str, typer.Option(help="Text column of POOL (ignored for .txt).")] = "text",
     hypothesis_template: Annotated[str, typer.Option(help="Hypothesis, exactly one {} for the label.")]
     = "This text is about {}.",
+    label_description: LabelDescription = None,
+    label_descriptions_file: LabelDescriptionsFile = None,
+    bias_correction: BiasCorrectionOption = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Head directory to write (head.json, weights.npz).",
                                          show_default=False)] = ...,
     service_url: Annotated[Optional[str], typer.Option(help="Zero-shot service URL (env ANNOTATE_SERVICE_URL); unset: "
@@ -41,11 +57,12 @@ def adapt_command(
     from pool import readers
     from pool.scorers import ScoringError
 
-    settings = settings_from_env(service_url=service_url)
+    settings = settings_from_env(service_url=service_url, bias_correction=bias_correction)
     try:
         labels = read_labels(label, labels_file)
         if len(labels) < 2:
             raise ValueError("the adapted head needs at least two candidate labels")
+        descriptions = read_descriptions(label_description, label_descriptions_file, labels)
         from service.zeroshot import validate_template
 
         validate_template(hypothesis_template)
@@ -55,11 +72,11 @@ def adapt_command(
     except (ValueError, readers.InputError) as exc:
         raise fail(str(exc), 2) from None
     setup_logging(log_level)
-    scorer = zero_shot_scorer(settings, labels, hypothesis_template, method)
+    scorer = zero_shot_scorer(settings, labels, hypothesis_template, method, label_descriptions=descriptions)
     root = cache_dir or Path.home() / ".cache" / "zeroshot-preannotate" / "annotate" / "simulate"
     try:
         result = adapt_pool(texts, labels, hypothesis_template, scorer, output, root, method=method,
-                            meta={"pool": str(pool_path)})
+                            meta={"pool": str(pool_path)}, config=head_config(settings))
     except KeptZeroShot as exc:
         raise fail(f"no head written: {exc}; the zero-shot scores stay the better suggestions for this pool") from None
     except (ScoringError, AdaptError) as exc:

@@ -12,6 +12,7 @@ from annotate.cli import (
     ApiUrl,
     DatasetName,
     LogLevel,
+    ToolOption,
     Workspace,
     cli,
     fail,
@@ -26,6 +27,7 @@ def export(
     output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Training file to write (a folder with --format "
                                            "hf).", show_default=False)],
     dataset: DatasetName = None,
+    tool: ToolOption = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     workspace: Workspace = None,
@@ -53,7 +55,13 @@ def export(
     from annotate.export import FORMATS
     from annotate.export import export as run_export
 
-    settings = settings_from_env(api_url=api_url, api_key=api_key, workspace=workspace, dataset=dataset)
+    settings = settings_from_env(api_url=api_url, api_key=api_key, workspace=workspace, dataset=dataset, tool=tool)
+    if settings.tool == "labelstudio":
+        from annotate.commands import labelstudio
+
+        setup_logging(log_level)
+        return labelstudio.export(settings, output, fmt=fmt, humans_only=humans_only,
+                                  include_discarded=include_discarded, summary_json=summary_json)
     try:
         settings.require("api_url", "api_key", "dataset")
         if fmt not in FORMATS:

@@ -11,11 +11,16 @@ from annotate.cli import (
     ApiKey,
     ApiUrl,
     DatasetName,
+    LabelDescription,
+    LabelDescriptionsFile,
     LogLevel,
+    ToolOption,
     Workspace,
     cli,
     fail,
+    head_config,
     logger,
+    read_descriptions,
     read_labels,
     settings_from_env,
     setup_logging,
@@ -41,11 +46,14 @@ def push(
                                                      show_default=False)] = None,
     hypothesis_template: Annotated[str, typer.Option(help="NLI hypothesis, exactly one {} for the label.")]
     = "This text is about {}.",
+    label_description: LabelDescription = None,
+    label_descriptions_file: LabelDescriptionsFile = None,
     multi_label: Annotated[bool, typer.Option("--multi-label", help="Labels are independent; the question becomes "
                                               "a MultiLabelQuestion.")] = False,
     threshold: Annotated[float, typer.Option(help="With --multi-label: suggest labels scoring at least this.",
                                              min=0.0, max=1.0)] = 0.5,
     dataset: DatasetName = None,
+    tool: ToolOption = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     workspace: Workspace = None,
@@ -102,11 +110,16 @@ def push(
     from pool.scorers import HttpScorer, LocalScorer, ScoringError
 
     settings = settings_from_env(api_url=api_url, api_key=api_key, workspace=workspace, dataset=dataset,
-                         service_url=service_url, model=model, engine=engine, cache_dir=cache_dir)
+                         service_url=service_url, model=model, engine=engine, cache_dir=cache_dir, tool=tool)
     adaptive = adapt and not multi_label
+    if settings.tool == "labelstudio":
+        return _push_labelstudio(settings, input_path, label, labels_file, text_column, id_column, strip_whitespace,
+                                 limit, hypothesis_template, label_description, label_descriptions_file, multi_label,
+                                 method, summary_json, log_level)
     try:
         settings.require("api_url", "api_key", "dataset")
         labels = read_labels(label, labels_file)
+        descriptions = read_descriptions(label_description, label_descriptions_file, labels)
         from service.zeroshot import validate_template
 
         validate_template(hypothesis_template)
@@ -164,7 +177,9 @@ def push(
             summary = run_push(None, client=client, api_url=settings.api_url, dataset_name=settings.dataset,
                                workspace=settings.workspace, labels=labels, multi_label=multi_label,
                                template=hypothesis_template, scorer=None, batch_size=batch_size, cache=cache,
-                               adaptive=True, audit_fraction=audit_fraction, from_scores=scored)
+                               adaptive=True, audit_fraction=audit_fraction, from_scores=scored,
+                               head_config=head_config(settings),
+                               label_descriptions=meta.get("label_descriptions"))
         except PushFailed as exc:
             typer.echo(exc.summary.render())
             write_json(summary_json, exc.summary.to_dict())
@@ -179,11 +194,11 @@ def push(
     try:
         if settings.service_url:
             scorer = HttpScorer(settings.service_url, labels, hypothesis_template, multi_label, method=method,
-                              api_key=settings.service_api_key)
+                                api_key=settings.service_api_key, label_descriptions=descriptions)
         else:
             logger.info("no --service-url: scoring in-process with %s on %s", settings.model, settings.engine)
             scorer = LocalScorer(labels, hypothesis_template, multi_label, model=settings.model,
-                                 engine=settings.engine, method=method)
+                                 engine=settings.engine, method=method, label_descriptions=descriptions)
     except ScoringError as exc:
         raise fail(str(exc)) from None
     try:
@@ -191,7 +206,7 @@ def push(
                            workspace=settings.workspace, labels=labels, multi_label=multi_label,
                            template=hypothesis_template, scorer=scorer, batch_size=batch_size, threshold=threshold,
                            total=total, cache=cache, adaptive=adaptive, audit_fraction=audit_fraction,
-                           fit_rows=fit_rows)
+                           fit_rows=fit_rows, label_descriptions=descriptions, head_config=head_config(settings))
     except PushFailed as exc:
         typer.echo(exc.summary.render())
         write_json(summary_json, exc.summary.to_dict())
@@ -202,3 +217,31 @@ def push(
         scorer.close()
     typer.echo(summary.render())
     write_json(summary_json, summary.to_dict())
+
+
+def _push_labelstudio(settings, input_path, label, labels_file, text_column, id_column, strip_whitespace, limit,
+                      hypothesis_template, label_description, label_descriptions_file, multi_label, method,
+                      summary_json, log_level) -> None:
+    import itertools
+
+    from annotate.commands import labelstudio
+    from pool import readers
+    from service.zeroshot import validate_template
+
+    try:
+        labels = read_labels(label, labels_file)
+        descriptions = read_descriptions(label_description, label_descriptions_file, labels)
+        validate_template(hypothesis_template)
+        if input_path is None:
+            raise ValueError("give INPUT (--from-scores pushes to Argilla only)")
+        rows = readers.iter_rows(input_path, text_column=text_column, id_column=id_column, strip=strip_whitespace)
+        if limit:
+            rows = itertools.islice(rows, limit)
+    except (ValueError, readers.InputError) as exc:
+        raise fail(str(exc), 2) from None
+    setup_logging(log_level)
+    try:
+        labelstudio.push(settings, rows, labels=labels, multi_label=multi_label, template=hypothesis_template,
+                         descriptions=descriptions, method=method, summary_json=summary_json)
+    except readers.InputError as exc:
+        raise fail(str(exc), 2) from None

@@ -12,11 +12,13 @@ from annotate.cli import (
     ApiUrl,
     DatasetName,
     LogLevel,
+    ToolOption,
     Workspace,
     cli,
     connect_or_fail,
     embedding_scorer,
     fail,
+    head_config,
     read_labels,
     settings_from_env,
     setup_logging,
@@ -27,6 +29,7 @@ from annotate.cli import (
 @cli.command()
 def refresh(
     dataset: DatasetName = None,
+    tool: ToolOption = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     workspace: Workspace = None,
@@ -99,7 +102,18 @@ def refresh(
     from pool.scorers import ScoringError
 
     settings = settings_from_env(api_url=api_url, api_key=api_key, workspace=workspace, dataset=dataset,
-                         service_url=service_url, cache_dir=cache_dir)
+                         service_url=service_url, cache_dir=cache_dir, tool=tool)
+    if settings.tool == "labelstudio":
+        from annotate.commands import labelstudio
+
+        try:
+            labels = read_labels(label, labels_file) if (label or labels_file) else None
+        except ValueError as exc:
+            raise fail(str(exc), 2) from None
+        setup_logging(log_level)
+        return labelstudio.refresh(settings, labels=labels, min_score_change=min_score_change,
+                                   head_output=head_output, summary_json=summary_json, watch=watch, every=every,
+                                   poll_seconds=poll_seconds)
     try:
         settings.require("api_url", "api_key", "dataset")
         labels = read_labels(label, labels_file) if (label or labels_file) else None
@@ -123,7 +137,8 @@ def refresh(
             scorer = embedding_scorer(settings)
         summary = run_refresh(client, settings.dataset, settings.workspace, settings.api_url, cache, labels=labels,
                               embed_scorer=scorer, head_output=head_output, batch_size=batch_size,
-                              concurrency=concurrency, min_score_change=min_score_change, finetune=background)
+                              concurrency=concurrency, min_score_change=min_score_change, finetune=background,
+                              head_config=head_config(settings))
         typer.echo(summary.render())
         write_json(summary_json, summary.to_dict())
         return summary

@@ -10,9 +10,14 @@ import numpy as np
 import typer
 
 from annotate.cli import (
+    BiasCorrectionOption,
+    LabelDescription,
+    LabelDescriptionsFile,
     LogLevel,
     cli,
     fail,
+    head_config,
+    read_descriptions,
     read_labels,
     settings_from_env,
     setup_logging,
@@ -40,6 +45,9 @@ def simulate(
                                                      show_default=False)] = None,
     hypothesis_template: Annotated[str, typer.Option(help="Hypothesis, exactly one {} for the label.")]
     = "This text is about {}.",
+    label_description: LabelDescription = None,
+    label_descriptions_file: LabelDescriptionsFile = None,
+    bias_correction: BiasCorrectionOption = None,
     eval_path: Annotated[Optional[Path], typer.Option("--eval", help="Held-out labelled file to measure on; unset: "
                                                       "the pending pool records.", show_default=False)] = None,
     eval_text_field: Annotated[Optional[list[str]], typer.Option(help="Text field(s) of --eval, joined by a space "
@@ -74,8 +82,12 @@ def simulate(
                                                               "'Bulk acceptance').", show_default=False)] = None,
     accept_confidence: Annotated[float, typer.Option(help="Confidence of the bound behind --accept-precision.")]
     = 0.95,
-    accept_scope: Annotated[str, typer.Option(help="label: one threshold and sample per label (each label's precision "
-                                              "guaranteed); pooled: one for all labels.")] = "label",
+    accept_scope: Annotated[str, typer.Option(help="auto: one threshold and sample per label that has the records "
+                                              "for it, one for the others together; label: one per label (each "
+                                              "label's precision guaranteed); pooled: one for all labels.")] = "auto",
+    accept_cross_fit: Annotated[bool, typer.Option("--accept-cross-fit", help="Also fit the head on the certification "
+                                                   "reviews, cross-fitted: two seeded folds, each certified on a head "
+                                                   "fitted on the other fold's certification reviews.")] = False,
     log_level: LogLevel = "info",
 ) -> None:
     """Simulate a review with gold labels as reviewers: how accurate the suggestions get after N reviews.
@@ -101,7 +113,7 @@ def simulate(
     from pool import readers
     from pool.scorers import ScoringError
 
-    settings = settings_from_env(service_url=service_url)
+    settings = settings_from_env(service_url=service_url, bias_correction=bias_correction)
     try:
         acceptance = None
         if accept_precision is not None:
@@ -110,11 +122,12 @@ def simulate(
                     raise ValueError(f"{name} {value:g}: give a number strictly between 0 and 1, e.g. 0.95")
             if multi_label:
                 raise ValueError("--accept-precision certifies single-label suggestions: drop --multi-label or it")
-            if accept_scope not in ("label", "pooled"):
-                raise ValueError(f"--accept-scope {accept_scope!r}: give label or pooled")
+            if accept_scope not in ("auto", "label", "pooled"):
+                raise ValueError(f"--accept-scope {accept_scope!r}: give auto, label or pooled")
             acceptance = AcceptanceSettings(precision=accept_precision, confidence=accept_confidence,
-                                            scope=accept_scope)
+                                            scope=accept_scope, cross_fit=accept_cross_fit)
         labels = read_labels(label, labels_file)
+        descriptions = read_descriptions(label_description, label_descriptions_file, labels)
         from service.zeroshot import validate_template
 
         validate_template(hypothesis_template)
@@ -161,10 +174,11 @@ def simulate(
     except (ValueError, readers.InputError) as exc:
         raise fail(str(exc), 2) from None
     setup_logging(log_level)
-    scorer = zero_shot_scorer(settings, labels, hypothesis_template, method, multi_label)
+    scorer = zero_shot_scorer(settings, labels, hypothesis_template, method, multi_label, descriptions)
     root = cache_dir or Path.home() / ".cache" / "zeroshot-preannotate" / "annotate" / "simulate"
     key = {"labels": labels, "hypothesis_template": hypothesis_template, "method": method, "model": scorer.model_id,
-           **({"multi_label": True} if multi_label else {})}
+           **({"multi_label": True} if multi_label else {}),
+           **({"label_descriptions": descriptions} if descriptions else {})}
     from annotate.multilabel import MultiLabelSplit
 
     split = MultiLabelSplit if multi_label else LabelledSplit  # the same fields: embeddings, zero-shot scores, gold
@@ -185,9 +199,11 @@ def simulate(
     reports = []
     for chosen in strategies:
         report = run_simulate(pool, labels, budget_list, strategy=chosen, round_size=round_size,
-                              evaluation=evaluation, seed=seed, noise=noise, acceptance=acceptance)
+                              evaluation=evaluation, seed=seed, noise=noise, acceptance=acceptance,
+                              config=head_config(settings, seed=seed))
         report.update({"pool": str(pool_path), "eval": str(eval_path) if eval_path else None,
                        "hypothesis_template": hypothesis_template, "method": method, "seed": seed,
+                       "label_descriptions": descriptions, "bias_correction": settings.bias_correction,
                        "split": {"holdout": holdout, "pool_sample": pool_sample, "eval_sample": eval_sample,
                                  "split_seed": split_seed, "pool_rows": len(pool_texts),
                                  "eval_rows": len(eval_y) if evaluation is not None else 0}})
@@ -240,6 +256,9 @@ def _render_simulation(report: dict) -> str:
              f"({report['eval_size']})",
              f"zero-shot: accuracy {zero['eval_accuracy']:.4f}, macro-F1 {zero['eval_macro_f1']:.4f}, "
              f"ECE {zero['eval_calibration']['ece']:.4f}",
+             *([f"zero-shot, bias-corrected over the pool: accuracy {report['corrected_zero_shot']['eval_accuracy']:.4f}, "
+                f"macro-F1 {report['corrected_zero_shot']['eval_macro_f1']:.4f} "
+                f"({report['corrected_zero_shot']['bias']['note']})"] if "corrected_zero_shot" in report else []),
              f"{'reviewed':>8}  {'accuracy':>8}  {'macro-F1':>8}  {'ECE':>6}  {'pending':>8}  {'reviews only':>12}  "
              "mode"]
     for e in report["curve"]:

@@ -12,6 +12,7 @@ from annotate.cli import (
     ApiUrl,
     DatasetName,
     LogLevel,
+    ToolOption,
     Workspace,
     cli,
     connect_or_fail,
@@ -25,6 +26,7 @@ from annotate.cli import (
 @cli.command("suspects")
 def suspects(
     dataset: DatasetName = None,
+    tool: ToolOption = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     workspace: Workspace = None,
@@ -54,7 +56,12 @@ def suspects(
     from annotate.upsert import UpsertFailed
 
     settings = settings_from_env(api_url=api_url, api_key=api_key, workspace=workspace, dataset=dataset,
-                                 cache_dir=cache_dir)
+                                 cache_dir=cache_dir, tool=tool)
+    if settings.tool == "labelstudio":
+        from annotate.commands import labelstudio
+
+        setup_logging(log_level)
+        return labelstudio.suspects(settings, dry_run=dry_run, summary_json=summary_json)
     try:
         settings.require("api_url", "api_key", "dataset")
     except ValueError as exc:

@@ -66,14 +66,24 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def service_budget(max_start_s: float | None, max_rss_mb: float | None, *, models: int, models_left: int) -> Budget:
+def service_budget(max_start_s: float | None, max_rss_mb: float | None, *, models: int, models_left: int,
+                   embedded: bool = False) -> Budget:
     """The share of the service's budget for the next model's engine (of ``models`` loaded by the process, of which
     ``models_left`` are still to load, this one included): ``max_start_s / models`` seconds to build, and what is
-    left of ``max_rss_mb`` after this process's resident memory now, split equally among the models left. The
-    seconds are a fixed share, not what is left of the process's own start: imports and a loaded machine cost
-    every engine alike and would otherwise decide the choice. ``None`` leaves that side unbounded."""
+    left of ``max_rss_mb`` after this process's resident memory now, split equally among the models left (never
+    below 0). The seconds are a fixed share, not what is left of the process's own start: imports and a loaded
+    machine cost every engine alike and would otherwise decide the choice. ``None`` leaves that side unbounded.
+
+    ``embedded``: the models load into a process that is not the service (the in-process scorer of ``annotate`` and
+    ``train``, a benchmark), whose memory holds other work, e.g. a student in training: the memory share is then the
+    service's own, ``max_rss_mb / models``, as a fixed share too, not what that process leaves of it."""
     start = None if max_start_s is None else max_start_s / max(1, models)
-    rss = None if max_rss_mb is None else (max_rss_mb - rss_mb()) / max(1, models_left)
+    if max_rss_mb is None:
+        rss = None
+    elif embedded:
+        rss = max_rss_mb / max(1, models)
+    else:
+        rss = max(0.0, max_rss_mb - rss_mb()) / max(1, models_left)
     return Budget(start_s=start, rss_mb=rss)
 
 
