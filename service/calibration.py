@@ -160,6 +160,33 @@ def fit_temperature(raw: list[np.ndarray], gold: list[np.ndarray]) -> float:
     return float(np.exp(result.x))
 
 
+def transfer_temperature(reference: list[np.ndarray], raw: list[np.ndarray]) -> float:
+    """Temperature of a new model's ``softmax(raw / T)`` fitted to a calibrated reference's probabilities on the
+    same (text, label) pairs, with no gold label: the ``T`` minimising the mean KL divergence from the reference's
+    distributions (the soft targets of Hinton et al. 2015's distillation, here fitting only a temperature). The new
+    model inherits the reference's calibration to the extent the two rank alike; its own ranking is untouched.
+
+    Args:
+        reference: one ``(n_i, k_i)`` array of the reference's calibrated probabilities per task.
+        raw: the new model's raw scores (cosines) of the same pairs, same shapes.
+
+    Returns:
+        ``T`` in [1e-3, 1e3] (bounded scalar minimisation over ``log T``, scipy).
+    """
+    from scipy.optimize import minimize_scalar
+
+    def kl(log_t: float) -> float:
+        t = np.exp(log_t)
+        total = 0.0
+        for p, r in zip(reference, raw):
+            q = np.clip(softmax(r / t), 1e-12, 1.0)
+            total += float((p * (np.log(np.clip(p, 1e-12, 1.0)) - np.log(q))).sum())
+        return total / sum(len(p) for p in reference)
+
+    result = minimize_scalar(kl, bounds=(np.log(1e-3), np.log(1e3)), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(result.x))
+
+
 def supported_temperature(raw: np.ndarray, gold: np.ndarray, confidence_level: float = 0.95,
                           bounds: tuple[float, float] = (0.05, 20.0)) -> float:
     """Temperature of ``softmax(raw / T)`` fitted on few held-out predictions without sharpening past what they

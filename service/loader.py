@@ -8,10 +8,14 @@ combines them. Each method's calibration is looked up by the models' content fin
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+import numpy as np
 
 from service.batching import MicroBatcher, engine_token_cap
 from service.calibration import IDENTITY, Calibration, calibration_key, find_calibration
@@ -54,12 +58,21 @@ class LoadedModel:
         self.engine.close()
 
 
+def _transferred_dir(settings: Settings) -> Path:
+    """Where calibrations the service fits itself are kept: ``<cache_dir>/calibrations``."""
+    from service.sources import default_cache_dir
+
+    return Path(settings.cache_dir or default_cache_dir()) / "calibrations"
+
+
 def _calibration(settings: Settings, method: str, *fingerprints: str) -> tuple[Calibration, dict]:
     """The stored calibration of ``method`` for these models, or the identity (with the reason in the info)."""
     key = calibration_key(method, *fingerprints)
     if not settings.calibrate:
         return IDENTITY, {"calibration": None, "calibration_note": "disabled (ZSC_CALIBRATE=false): raw scores"}
     found = find_calibration(key, settings.calibration_dir)
+    if found is None and method == "embedding":
+        found = find_calibration(key, _transferred_dir(settings))
     if found is None:
         logger.warning("no calibration %s.json for the %s method: scores are uncalibrated "
                        "(fit one with python -m train.calibrate)", key, method)
@@ -69,6 +82,65 @@ def _calibration(settings: Settings, method: str, *fingerprints: str) -> tuple[C
                                          "binary_scale": calibration.binary_scale,
                                          "binary_bias": calibration.binary_bias,
                                          **({"weight": calibration.weight} if method == "ensemble" else {})}}
+
+
+def _transferred_calibration(settings: Settings, classifier: EmbeddingClassifier, fingerprint: str
+                             ) -> tuple[Calibration, dict]:
+    """A calibration for a sentence encoder that ships none, fitted here with no gold label and kept in
+    ``<cache_dir>/calibrations`` (so it is fitted once per encoder): the packaged encoder's calibrated probabilities
+    on the shipped reference tasks (``service/models/calibrations/reference_tasks.json``) are the targets; the new
+    encoder's single-label temperature minimises the KL divergence to them
+    (:func:`service.calibration.transfer_temperature`), and its multi-label ``sigmoid(scale * cos + bias)`` the
+    binary cross-entropy to the packaged encoder's multi-label probabilities. Returns the identity (with the reason)
+    when the packaged encoder cannot be loaded."""
+    import importlib.resources
+
+    from scipy.optimize import minimize
+
+    from service.calibration import sigmoid, transfer_temperature
+
+    key = calibration_key("embedding", fingerprint)
+    reference = json.loads(importlib.resources.files("service").joinpath(
+        "models/calibrations/reference_tasks.json").read_text(encoding="utf-8"))
+    try:
+        packaged = load_model(Settings(model=NO_MODEL, embedding_model=DEFAULT_EMBEDDING_MODEL, method="embedding",
+                                       engine="onnxruntime", cache_dir=settings.cache_dir,
+                                       quantization=settings.quantization), role="embedding", embedded=True)
+    except Exception as exc:  # the packaged encoder missing: nothing to transfer from
+        logger.warning("no calibration for %s and none could be transferred (%s): scores are uncalibrated", key, exc)
+        return IDENTITY, {"calibration": None, "calibration_note": f"no {key}.json and no packaged encoder to "
+                                                                   f"transfer from: uncalibrated"}
+    try:
+        targets, raws, binary_targets = [], [], []
+        for task in reference["tasks"]:
+            options = dict(hypothesis_template=task["template"])
+            targets.append(packaged.classifier.scores(reference["texts"], task["labels"], **options))
+            binary_targets.append(packaged.classifier.scores(reference["texts"], task["labels"], multi_label=True,
+                                                             **options))
+            raws.append(classifier.raw(reference["texts"], task["labels"], **options))
+    finally:
+        packaged.close()
+    temperature = transfer_temperature(targets, raws)
+    cos, target = np.concatenate([r.ravel() for r in raws]), np.concatenate([t.ravel() for t in binary_targets])
+
+    def bce(params: np.ndarray) -> float:
+        q = np.clip(sigmoid(params[0] * cos + params[1]), 1e-9, 1 - 1e-9)
+        return float(-(target * np.log(q) + (1 - target) * np.log(1 - q)).mean())
+
+    scale, bias = minimize(bce, np.array([1.0, 0.0]), method="Nelder-Mead").x
+    calibration = Calibration(temperature=temperature, binary_scale=float(scale), binary_bias=float(bias),
+                              fitted_on={"transferred_from": DEFAULT_EMBEDDING_MODEL,
+                                         "reference": reference["source"], "tasks": len(reference["tasks"]),
+                                         "texts": len(reference["texts"])})
+    path = _transferred_dir(settings) / f"{key}.json"
+    from service.atomic import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, calibration.to_json(method="embedding"))
+    logger.info("calibration %s transferred from %s: temperature %.4f (saved in %s)", key, DEFAULT_EMBEDDING_MODEL,
+                temperature, path)
+    return calibration, {"calibration": {"file": str(path), "temperature": temperature, "binary_scale": float(scale),
+                                         "binary_bias": float(bias), "transferred_from": DEFAULT_EMBEDDING_MODEL}}
 
 
 def load_model(settings: Settings, role: Role = "nli", models: int = 1, models_left: int = 1,
@@ -124,6 +196,9 @@ def load_model(settings: Settings, role: Role = "nli", models: int = 1, models_l
         encoder = SentenceEncoder(tokenizer, engine, max_length=max_length, batch_size=settings.batch_size,
                                   pooling=pooling)
         classifier = EmbeddingClassifier(encoder, calibration=calibration, cache_size=settings.label_cache_size)
+        if settings.calibrate and calibration.is_identity and source.model_id != DEFAULT_EMBEDDING_MODEL:
+            calibration, calibration_info = _transferred_calibration(settings, classifier, fingerprint)
+            classifier.calibration = calibration
         role_info = {"pooling": pooling.mode, "normalize": pooling.normalize}
     runner_owner = classifier if role == "nli" else classifier.encoder  # type: ignore[attr-defined]
     runner_owner.runner.max_batch_tokens = engine_token_cap(settings.max_batch_tokens, engine.name)

@@ -123,3 +123,39 @@ def test_a_temperature_fitted_on_few_points_is_not_sharper_than_they_support():
     assert supported_temperature(3 * raw, gold_many) == pytest.approx(fit_temperature([3 * raw], [gold_many]),
                                                                       rel=1e-6)
     assert supported_temperature(logits[:9], gold[:9]) == 1.0
+
+
+def test_transfer_temperature_recovers_the_reference_temperature_without_labels():
+    from service.calibration import softmax, transfer_temperature
+
+    rng = np.random.default_rng(0)
+    raws = [rng.normal(scale=0.2, size=(200, 4)), rng.normal(scale=0.2, size=(150, 6))]
+    references = [softmax(r / 0.05) for r in raws]  # a reference that is the same model at T = 0.05
+    assert transfer_temperature(references, raws) == pytest.approx(0.05, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_an_encoder_without_a_calibration_gets_one_transferred_once(tiny_model_dir, tmp_path):
+    """A sentence encoder that ships no calibration (a 2-layer random BERT, mean-pooled) gets its temperature from
+    the packaged encoder's calibrated probabilities on the reference tasks; it is saved and reused."""
+    from service.config import Settings
+    from service.loader import load_model
+
+    settings = Settings(model="none", embedding_model=str(tiny_model_dir), method="embedding", engine="onnxruntime",
+                        cache_dir=tmp_path, quantization="none")
+    first = load_model(settings, role="embedding")
+    try:
+        info = first.info["calibration"]
+        assert info["transferred_from"].startswith("packaged:") and info["temperature"] != 1.0
+        assert (tmp_path / "calibrations").is_dir() and info["file"].startswith(str(tmp_path / "calibrations"))
+        probabilities = first.classifier.scores(["A goal in the last minute."], ["sports", "business"],
+                                                hypothesis_template="This text is about {}.")
+        np.testing.assert_allclose(probabilities.sum(), 1.0)
+    finally:
+        first.close()
+    again = load_model(settings, role="embedding")
+    try:
+        assert again.info["calibration"]["file"] == info["file"] and "transferred_from" not in again.info["calibration"]
+        assert again.classifier.calibration.temperature == pytest.approx(info["temperature"])
+    finally:
+        again.close()
