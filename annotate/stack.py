@@ -182,9 +182,8 @@ class ArgillaStack:
                                  text=True, timeout=timeout)
             if run.returncode:
                 raise RuntimeError(f"argilla_server {' '.join(args[:2])} failed: {run.stderr[-2000:]}")
-        fd = os.open(data / "credentials.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"username": self.username, "password": self.password, "api_key": self.api_key}, handle)
+        write_private(data / "credentials.json", json.dumps({"username": self.username, "password": self.password,
+                                                             "api_key": self.api_key}))
         self._spawn("argilla", [python, "-m", "argilla_server", "start", "--host", "127.0.0.1", "--port",
                                 str(argilla_port), "--no-access-log"], env)
         self._spawn("worker", [python, "-m", "argilla_server", "worker", "--num-workers", "1"], env)
@@ -210,11 +209,7 @@ class ArgillaStack:
 
     def save(self, path: str | Path) -> None:
         """Write the state (URL, credentials, pids) to ``path``, readable by its owner only (mode 0600)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(asdict(self), indent=2))
+        write_private(path, json.dumps(asdict(self), indent=2))
 
     def answering(self, timeout: float = 5.0) -> bool:
         """Whether the server at :attr:`url` accepts :attr:`api_key` now (``GET /api/v1/me`` is 200)."""
@@ -229,6 +224,17 @@ class ArgillaStack:
     @classmethod
     def load(cls, path: str | Path) -> "ArgillaStack":
         return cls(**json.loads(Path(path).read_text()))
+
+
+def write_private(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` (its folder made), readable and writable by its owner only (mode 0600): state files
+    and credentials of the local stacks."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return path
 
 
 def _kill_group(pid: int, grace: float = 5.0) -> None:

@@ -29,10 +29,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from annotate.stack import _kill_group, _wait, free_port
+from annotate.stack import _kill_group, _wait, free_port, write_private
 
 REPO = Path(__file__).resolve().parents[2]
-VENV = Path(os.environ.get("LABEL_STUDIO_STACK_VENV", REPO / ".venv-labelstudio"))
+VENV = Path(os.environ.get("LABEL_STUDIO_STACK_VENV") or REPO / ".venv-labelstudio")
 VERSION = "1.23.2"
 PACKAGES = [f"label-studio=={VERSION}"]
 USERNAME = "admin@localhost"
@@ -146,9 +146,8 @@ class LabelStudioStack:
         except BaseException:
             stack.stop()
             raise
-        fd = os.open(credentials, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"username": stack.username, "password": stack.password, "api_key": stack.api_key}, handle)
+        write_private(credentials, json.dumps({"username": stack.username, "password": stack.password,
+                                               "api_key": stack.api_key}))
         return stack
 
     def _start(self, port: int, timeout: float) -> None:
@@ -192,11 +191,7 @@ class LabelStudioStack:
 
     def save(self, path: str | Path) -> None:
         """Write the state (URL, credentials, pid) to ``path``, readable by its owner only (mode 0600)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(asdict(self), indent=2))
+        write_private(path, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> "LabelStudioStack":
