@@ -195,6 +195,30 @@ class FitReport:
         return asdict(self)
 
 
+_preloading = None
+
+
+def preload() -> None:
+    """Import the head's fitting library (scikit-learn, about a second) in a background thread, once per process.
+
+    A command calls it before its network and disk reads so that the import overlaps them; :func:`adapt` needs
+    nothing else (an import still running when the fit starts is simply waited for by Python's import lock). The
+    thread is not a daemon: a command that fails at once exits when the import is done, never in the middle of it.
+    """
+    global _preloading
+    if _preloading is None:
+        import threading
+
+        def load() -> None:
+            try:
+                import sklearn.linear_model  # noqa: F401
+            except Exception:  # noqa: BLE001  the fit's own import reports it
+                pass
+
+        _preloading = threading.Thread(target=load, name="preload-sklearn")
+        _preloading.start()
+
+
 def _logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray, k: int, c: float, warm=None):
     """Fitted multinomial L2 logistic regression (scikit-learn, lbfgs) as ``(coef (K, d), intercept (K,))``;
     classes absent from ``y`` get a very negative intercept."""

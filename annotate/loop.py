@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -150,55 +151,67 @@ def push(texts: Iterable[tuple[str, str]], tool: AnnotationTool, scorer, cache, 
     """
     from tqdm import tqdm
 
+    from annotate.adaptive import preload
+
+    preload()  # the head's libraries load while the tool and the cache are read
     started = time.perf_counter()
     summary = StepSummary("push", tool.name)
     cache.validate(None, tool.labels)  # a cache scored for other labels is emptied
-    existing = {r.id for r in tool.records()}
-    cached = cache.pool.ids() if cache.pool.exists() else set()
-    todo, seen = [], set()
-    for rid, text in texts:
-        if rid in seen or rid in existing:
-            continue
-        seen.add(rid)
-        todo.append((rid, text))
-    new = [(rid, text) for rid, text in todo if rid not in cached]
-    made = None
-    if new and not hasattr(scorer, "score_and_embed"):
-        scorer = made = scorer()
-    bar = tqdm(total=len(new), unit="text", desc="score + embed", disable=not progress or not new)
-    try:
-        _score_new(new, scorer, cache, tool, template, batch_size, bar)
-    finally:
-        bar.close()
-        if made is not None:
-            made.close()
-    if todo:
-
-        pool = cache.load_pool()
-        from annotate.adaptive import adapt
-
+    with ThreadPoolExecutor(max_workers=1) as side:
+        link = side.submit(tool.link, "pending")  # needs no suggestion: asked while the pool is read and fitted
         records = tool.records()
-        rows = [pool.index().get(r.id) for r in records]
-        reviewed, discarded = _reviews(records, rows, tool.labels)
-        adapted = adapt(pool.embeddings, pool.scores, tool.labels, ids=pool.ids, reviewed=reviewed,
-                        discarded=discarded, config=head_config, encoder=pool.meta.get("encoder"),
-                        meta={"hypothesis_template": template, "tool": tool.name})
-        if adapted.head is not None:
-            adapted.head.save(cache.head_dir)
-        agent = agent_of(adapted, pool)
-        index = pool.index()
-        add = [NewRecord(rid, text, tool.labels[int(adapted.scores[index[rid]].argmax())],
-                         float(adapted.scores[index[rid]].max())) for rid, text in todo]
-        for start in range(0, len(add), 1000):
-            summary.added += tool.add(add[start:start + 1000], agent)
-        summary.revision, summary.mode = adapted.report.revision, adapted.report.mode
-        summary.note = adapted.report.note
-        summary.details["bias"] = adapted.report.bias.get("note", "")
+        existing = {r.id for r in records}
+        pool = cache.load_pool()
+        cached = set(pool.ids) if pool is not None else set()
+        todo, seen = [], set()
+        for rid, text in texts:
+            if rid in seen or rid in existing:
+                continue
+            seen.add(rid)
+            todo.append((rid, text))
+        new = [(rid, text) for rid, text in todo if rid not in cached]
+        made = None
+        if new and not hasattr(scorer, "score_and_embed"):
+            scorer = made = scorer()
+        bar = tqdm(total=len(new), unit="text", desc="score + embed", disable=not progress or not new)
+        try:
+            _score_new(new, scorer, cache, tool, template, batch_size, bar)
+        finally:
+            bar.close()
+            if made is not None:
+                made.close()
+        if todo:
+            _fit_and_add(todo, cache.load_pool() if new else pool, records, tool, cache, template, head_config,
+                         summary)
+        summary.links["review (least confident first)"] = link.result()
     summary.records = len(existing) + summary.added
     summary.pending = summary.records
-    summary.links["review (least confident first)"] = tool.link("pending")
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _fit_and_add(todo: list[tuple[str, str]], pool, records: list[ToolRecord], tool: AnnotationTool, cache,
+                 template: str, head_config, summary: StepSummary) -> None:
+    """Fit the head on the whole cached ``pool`` and the reviews in ``records``, then add the ``todo`` ``(id, text)``
+    records with its suggestions (counted in ``summary``)."""
+    from annotate.adaptive import adapt
+
+    index = pool.index()
+    rows = [index.get(r.id) for r in records]
+    reviewed, discarded = _reviews(records, rows, tool.labels)
+    adapted = adapt(pool.embeddings, pool.scores, tool.labels, ids=pool.ids, reviewed=reviewed, discarded=discarded,
+                    config=head_config, encoder=pool.meta.get("encoder"),
+                    meta={"hypothesis_template": template, "tool": tool.name})
+    if adapted.head is not None:
+        adapted.head.save(cache.head_dir)
+    agent = agent_of(adapted, pool)
+    best = adapted.scores.argmax(axis=1)
+    add = [NewRecord(rid, text, tool.labels[int(best[index[rid]])], float(adapted.scores[index[rid], best[index[rid]]]))
+           for rid, text in todo]
+    summary.added = tool.add(add, agent)
+    summary.revision, summary.mode = adapted.report.revision, adapted.report.mode
+    summary.note = adapted.report.note
+    summary.details["bias"] = adapted.report.bias.get("note", "")
 
 
 def _score_new(new: list[tuple[str, str]], scorer, cache, tool, template: str, batch_size: int, bar) -> None:

@@ -89,7 +89,8 @@ class AnnotationTool(Protocol):
         """Every record, with its suggestion and decisions."""
 
     def add(self, records: Sequence[NewRecord], agent: str) -> int:
-        """Create records with their suggestions (made by ``agent``); how many were created."""
+        """Create records with their suggestions (made by ``agent``); how many were created. The tool splits them
+        into requests of the size it takes best (the loop passes a whole push at once)."""
 
     def write_suggestions(self, suggestions: dict, agent: str, *, replace_all: bool = False) -> int:
         """``{key: (label, score)}``: the records' new suggestions, made by ``agent``. ``replace_all``: the caller

@@ -41,6 +41,17 @@ def test_records_read_suggestions_human_decisions_skips_and_bulk_acceptances(too
     assert {r.id: r for r in tool.records()}["id2"].pending
 
 
+def test_add_splits_a_push_into_requests_and_creates_every_task_once_in_order(tool, labelstudio_client):
+    tool.import_batch = 2  # 5 records: requests of 2, 2 and 1, one in flight while the next is encoded
+    records = [NewRecord(f"id{i}", f"text {i}", LABELS[i % 2], 0.5 + i / 20) for i in range(5)]
+    assert tool.add(records, "v2") == 5
+    tasks = sorted(labelstudio_client.tasks(tool.id), key=lambda t: t["id"])
+    assert [t["data"]["zsp_id"] for t in tasks] == [r.id for r in records]
+    assert [len(t["predictions"]) for t in tasks] == [1] * 5
+    assert labelstudio_client.project(tool.id)["model_version"] == "v2"
+    assert [r.suggestion for r in sorted(tool.records(), key=lambda r: r.key)] == [r.suggestion for r in records]
+
+
 def test_new_suggestions_replace_the_old_predictions_under_the_new_version(tool, labelstudio_client):
     tool.add([NewRecord(f"id{i}", f"text {i}", "sports", 0.6) for i in range(3)], "v1")
     keys = [r.key for r in tool.records()]

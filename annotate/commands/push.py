@@ -224,6 +224,7 @@ def _push_labelstudio(settings, input_path, label, labels_file, text_column, id_
                       summary_json, log_level) -> None:
     import itertools
 
+    from annotate.adaptive import preload
     from annotate.commands import labelstudio
     from pool import readers
     from service.zeroshot import validate_template
@@ -240,6 +241,7 @@ def _push_labelstudio(settings, input_path, label, labels_file, text_column, id_
     except (ValueError, readers.InputError) as exc:
         raise fail(str(exc), 2) from None
     setup_logging(log_level)
+    preload()  # the head's library loads while the project, the input and the cache are read
     try:
         labelstudio.push(settings, rows, labels=labels, multi_label=multi_label, template=hypothesis_template,
                          descriptions=descriptions, method=method, summary_json=summary_json)

@@ -16,6 +16,7 @@ How the loop's notions map onto Label Studio:
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -35,12 +36,13 @@ class LabelStudioTool:
         client: the REST client.
         project: the project (as ``GET /api/projects/<id>/`` answers).
         concurrency: requests in flight for per-task writes (annotations, flags).
+        import_batch: tasks a request when records are added.
 
     Raises:
         annotate.labelstudio.config.ConfigError: the project is not a text classification project.
     """
 
-    def __init__(self, client: LabelStudio, project: dict, *, concurrency: int = 4) -> None:
+    def __init__(self, client: LabelStudio, project: dict, *, concurrency: int = 4, import_batch: int = 1000) -> None:
         self.client = client
         self.project = project
         self.id = int(project["id"])
@@ -49,8 +51,10 @@ class LabelStudioTool:
         self.labels = list(self.config.labels)
         self.multi_label = self.config.multi_label
         self.concurrency = concurrency
+        self.import_batch = import_batch
         self._tasks: dict[int, dict] = {}
         self._auto_user: int | None = None
+        self._empty = False  # known to hold no task (created by this process, nothing added since)
 
     # reading --------------------------------------------------------------------------------------------------
     def auto_user(self) -> int:
@@ -61,6 +65,9 @@ class LabelStudioTool:
 
     def records(self) -> list[ToolRecord]:
         from annotate.tools import record_id
+
+        if self._empty:
+            return []
 
         tasks = self.client.tasks(self.id)
         self._tasks = {int(t["id"]): t for t in tasks}
@@ -103,16 +110,39 @@ class LabelStudioTool:
                 "model_version": agent}
 
     def add(self, records: Sequence[NewRecord], agent: str) -> int:
-        tasks = [{"data": {self.config.text_field: r.text, ID_FIELD: r.id},
-                  "predictions": [{"model_version": agent, "score": round(float(r.score), 6),
-                                   "result": self.config.result(r.suggestion)}]} for r in records]
-        created = self.client.import_tasks(self.id, tasks)
-        self._use_version(agent)
-        return len(created) if created else len(tasks)
+        """Import the records as tasks with one prediction each, :attr:`import_batch` tasks a request, one request
+        in flight while the next is built and encoded (Label Studio on SQLite takes concurrent imports more
+        slowly than serial ones); then ``agent`` becomes the project's model version (Label Studio accepts only a
+        version some prediction carries)."""
+
+        def body(chunk: Sequence[NewRecord]) -> bytes:
+            return json.dumps([{"data": {self.config.text_field: r.text, ID_FIELD: r.id},
+                                "predictions": [{"model_version": agent, "score": round(float(r.score), 6),
+                                                 "result": self.config.result(r.suggestion)}]} for r in chunk]
+                              ).encode("utf-8")
+
+        self._empty = False
+        created, in_flight = 0, None
+        with ThreadPoolExecutor(max_workers=1) as sender:
+            for start in range(0, len(records), self.import_batch):
+                chunk = records[start:start + self.import_batch]
+                payload = body(chunk)
+                if in_flight is not None:
+                    created += in_flight.result()
+                in_flight = sender.submit(self._import, payload, len(chunk))
+            if in_flight is not None:
+                created += in_flight.result()
+        if records:
+            self._use_version(agent)
+        return created
+
+    def _import(self, payload: bytes, count: int) -> int:
+        ids = self.client.import_tasks(self.id, content=payload)
+        return len(ids) if ids else count
 
     def _use_version(self, agent: str) -> None:
-        if self.client.project(self.id).get("model_version") != agent:
-            self.client.update_project(self.id, model_version=agent)
+        """Make ``agent`` the project's model version (one request; setting the current one again is harmless)."""
+        self.client.update_project(self.id, model_version=agent)
 
     def write_suggestions(self, suggestions: dict, agent: str, *, replace_all: bool = False) -> int:
         """Delete the predictions of these tasks, import their new ones under ``agent``, and make ``agent`` the
@@ -221,10 +251,12 @@ def open_project(client: LabelStudio, name: str, *, labels: list[str] | None = N
         if not create:
             raise LookupError(f"no Label Studio project called {name!r} at {client.url}: push to it first")
         project = client.create_project(name, build_config(labels, multi_label, descriptions),
-                                        description=f"zero-shot suggestions ({template or 'zeroshot-preannotate'})")
-        client.update_project(project["id"], sampling="Uncertainty sampling")
-        project = client.project(project["id"])
-    tool = LabelStudioTool(client, project)
+                                        description=f"zero-shot suggestions ({template or 'zeroshot-preannotate'})",
+                                        sampling="Uncertainty sampling")
+        tool = LabelStudioTool(client, project)
+        tool._empty = True  # created here: no task to read yet
+    else:
+        tool = LabelStudioTool(client, project)
     if labels is not None and (list(labels) != tool.labels or bool(multi_label) != tool.multi_label):
         raise ValueError(f"project {name!r} asks {tool.labels} ({'multi' if tool.multi_label else 'single'}-label), "
                          f"not {list(labels)}: pass the same labels in the same order, or another --dataset")
