@@ -43,7 +43,7 @@ class ToolRecord:
         agent: what made it (model version).
         human: the label a person gave (the first submitted decision), ``None`` when nobody did.
         status: ``"submitted"``, ``"discarded"`` (a person found no label fits, or skipped it), or ``None``.
-        annotator: who gave ``human``.
+        annotator: who gave ``human`` (the tool's name for the person: an email, a user name).
         accepted: the suggestion was accepted in bulk (:data:`AUTO_ACCEPT_USER`'s decision, no person's).
         accepted_label: the label accepted in bulk.
         flags: the loop's flags on the record (:data:`CERTIFY`, :data:`SUSPECT`).

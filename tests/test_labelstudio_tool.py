@@ -31,6 +31,8 @@ def test_records_read_suggestions_human_decisions_skips_and_bulk_acceptances(too
     assert tool.accept({records["id2"].key: "sports", records["id0"].key: "sports"}) == 1  # never over a person's
     records = {r.id: r for r in tool.records()}
     assert (records["id0"].status, records["id0"].human) == ("submitted", "business")
+    assert records["id0"].annotator == next(u["email"] for u in client.users() if u["id"] == client.request(
+        "GET", "/api/current-user/whoami")["id"])  # the person's email, not a user id
     assert records["id1"].status == "discarded"
     assert records["id2"].accepted and records["id2"].accepted_label == "sports" and not records["id2"].pending
     assert records["id3"].pending

@@ -167,3 +167,61 @@ def test_gather_flag_round_trips_and_keeps_old_digests(tmp_path):
     assert QuantizationSpec.load(tmp_path).gather is True
     spec.save(tmp_path / "plain")
     assert QuantizationSpec.load(tmp_path / "plain").gather is False
+
+
+@pytest.mark.parametrize("flags, machine, saturates", [
+    (["avx2", "fma"], "x86_64", True),  # AVX2 only: vpmaddubsw pairs products into int16
+    (["avx2", "avx512f", "avx512_vnni"], "x86_64", False),
+    (["avx2", "avx_vnni"], "x86_64", False),
+    (["avx2", "amx_int8"], "x86_64", False),
+    ([], "aarch64", False),
+])
+def test_which_cpus_saturate_int8_kernels(flags, machine, saturates):
+    from service.quantization import saturating_int8_cpu
+
+    assert saturating_int8_cpu(flags, machine) is saturates
+
+
+def test_seven_bit_weights_for_onnxruntime_forms_on_a_saturating_cpu(monkeypatch, tiny_model_dir, cache_dir):
+    """Which CPU runs this test cannot be chosen, so the CPU fact is replaced (the only mock here): on a CPU whose
+    int8 kernels saturate, ONNX Runtime's forms are built with 7-bit weights into a graph of their own name;
+    DeepSparse's ``integer`` form and a VNNI CPU keep 8 bits."""
+    import onnx
+    from onnx import numpy_helper
+
+    import service.quantization as quantization
+    from service.onnx_export import onnx_path_for
+
+    source = resolve_model(str(tiny_model_dir))
+    spec = QuantizationSpec(ranges={})
+    for saturating in (True, False):
+        monkeypatch.setattr(quantization, "saturating_int8_cpu", lambda *a, s=saturating: s)
+        assert quantization.effective_reduce_range("qdq", spec) is saturating
+        assert quantization.effective_reduce_range("dynamic", None) is saturating
+        assert quantization.effective_reduce_range("integer", spec) is False
+        assert quantization.effective_reduce_range("integer", QuantizationSpec(ranges={}, reduce_range=True))
+        path = onnx_for(source, cache_dir, int8="dynamic")
+        assert path == onnx_path_for(source, cache_dir, int8="dynamic")
+        assert path.name.endswith("-w7.onnx") is saturating
+        weights = [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+                   if i.name.endswith("_quantized")]
+        assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == (63 if saturating else 127)
+
+
+def test_fidelity_tells_a_faithful_int8_graph_from_a_broken_one(teacher_graph, tmp_path):
+    from train.quantize import fidelity, ort_run
+
+    source, graph = teacher_graph
+    batches = feeds(source.path)
+    rate, reference = ort_run(graph, batches, repeats=1)
+    assert rate > 0 and sum(len(r) for r in reference) == len(PAIRS)
+    _, int8 = ort_run(quantize_static(graph, tmp_path / "qdq.onnx", calibrate(graph, batches), form="qdq",
+                                      reduce_range=True), batches, repeats=1)
+    good = fidelity(reference, int8)
+    assert good["faithful"] and good["agreement"] >= 0.95 and good["cosine"] >= 0.98
+    shuffled = [r[::-1] * np.array([1.0, -1.0, 1.0])[: r.shape[1]] for r in reference]  # other rows' decisions
+    bad = fidelity(reference, shuffled)
+    assert not bad["faithful"] and bad["agreement"] < 0.95
+    embeddings = [np.random.default_rng(0).normal(size=(8, 384))]
+    assert fidelity(embeddings, embeddings)["faithful"] and fidelity(embeddings, embeddings)["agreement"] is None
+    assert not fidelity(embeddings, [np.random.default_rng(1).normal(size=(8, 384))])["faithful"]

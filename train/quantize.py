@@ -6,7 +6,7 @@ sentence encoder or a student classifier), and the int8 form each engine runs:
 
 - DeepSparse: the ``integer`` form (SparseML's deployment graph), the one its int8 kernels take;
 - ONNX Runtime: ``qdq`` (static) when it runs more pairs per second than float32 here, measured side by side
-  on the same batches (``none`` otherwise). ``dynamic`` is measured and reported but never chosen: its
+  on the same batches, and its outputs stay close to float32's (:func:`fidelity`; ``none`` otherwise). ``dynamic`` is measured and reported but never chosen: its
   activation ranges come from each batch, so a text's scores would depend on the other texts that share its
   batch - with micro-batching, on other users' requests - and the same request could get different suggestions.
 
@@ -58,6 +58,13 @@ def feeds(tokenizer, examples: Sequence[Example], *, batch_size: int = 32, max_l
 def ort_rate(onnx_path: Path, batches: list[dict[str, np.ndarray]], *, num_threads: int | None = None,
              repeats: int = 3) -> float:
     """Rows per second of ONNX Runtime on ``batches`` (best of ``repeats`` passes, after one warm-up pass)."""
+    return ort_run(onnx_path, batches, num_threads=num_threads, repeats=repeats)[0]
+
+
+def ort_run(onnx_path: Path, batches: list[dict[str, np.ndarray]], *, num_threads: int | None = None,
+            repeats: int = 3) -> tuple[float, list[np.ndarray]]:
+    """``(rows/s, outputs)`` of ONNX Runtime on ``batches``: rows per second as :func:`ort_rate`, and the first
+    output of each batch (from the warm-up pass)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -66,43 +73,88 @@ def ort_rate(onnx_path: Path, batches: list[dict[str, np.ndarray]], *, num_threa
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     rows = sum(len(b["input_ids"]) for b in batches)
-    best = 0.0
+    best, outputs = 0.0, []
     for attempt in range(repeats + 1):
         began = time.perf_counter()
         for batch in batches:
-            session.run(None, {k: v for k, v in batch.items() if k in names})
+            out = session.run(None, {k: v for k, v in batch.items() if k in names})[0]
+            if not attempt:
+                outputs.append(out)
         if attempt:
             best = max(best, rows / (time.perf_counter() - began))
-    return best
+    return best, outputs
+
+
+#: How close an int8 graph's outputs must stay to float32's to be served: the mean cosine of each row's output
+#: (sentence embeddings, or token states) and, for logits, the share of rows whose argmax is unchanged. Measured
+#: here: 8-bit weights on a CPU whose kernels saturate (all-mpnet-base-v2, AVX2) fall far below, 7-bit weights and
+#: VNNI CPUs stay above.
+MIN_COSINE, MIN_AGREEMENT = 0.98, 0.95
+
+
+def fidelity(reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
+    """How close ``outputs`` are to ``reference`` (float32's), batch by batch: ``{"cosine": mean over rows,
+    "agreement": share of rows with the same argmax (logits only, else None), "faithful": bool}`` against
+    :data:`MIN_COSINE` and :data:`MIN_AGREEMENT`."""
+    cosines, same, rows = [], 0, 0
+    logits = all(r.ndim == 2 and r.shape[1] <= 64 for r in reference)
+    for ref, out in zip(reference, outputs):
+        a = ref.reshape(len(ref), -1).astype(np.float64)
+        b = out.reshape(len(out), -1).astype(np.float64)
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cosines.append((a * b).sum(axis=1) / np.maximum(norms, 1e-12))
+        if logits:
+            same += int((ref.argmax(axis=1) == out.argmax(axis=1)).sum())
+            rows += len(ref)
+    cosine = float(np.concatenate(cosines).mean()) if cosines else 1.0
+    agreement = same / rows if logits and rows else None
+    faithful = (agreement >= MIN_AGREEMENT) if agreement is not None else cosine >= MIN_COSINE
+    return {"cosine": round(cosine, 4), "agreement": None if agreement is None else round(agreement, 4),
+            "faithful": bool(faithful)}
 
 
 def build_spec(fp32_onnx: Path, tokenizer, examples: Sequence[Example], *, method: str = "percentile",
                percentile: float = 99.999, max_length: int = 128, num_threads: int | None = None,
                timing_examples: int = 256) -> tuple[QuantizationSpec, dict]:
-    """Calibrate ranges on ``examples`` and choose ONNX Runtime's int8 mode by measured speed.
+    """Calibrate ranges on ``examples`` and choose ONNX Runtime's int8 mode by measured speed and fidelity.
+
+    The int8 graphs are built as this CPU's service would build them (7-bit weights where its int8 kernels saturate,
+    :func:`service.quantization.effective_reduce_range`) and compared with float32 on the timing examples
+    (:func:`fidelity`).
 
     Returns:
-        the spec, and the measurements (rows/s of fp32, qdq and dynamic on ONNX Runtime). ONNX Runtime gets
-        ``qdq`` when it beats float32, else ``none`` (the module docstring says why never ``dynamic``).
+        the spec, and the measurements (rows/s and fidelity of fp32, qdq and dynamic on ONNX Runtime). ONNX
+        Runtime gets ``qdq`` when it beats float32 and stays faithful to it, else ``none`` (the module docstring
+        says why never ``dynamic``).
     """
+    from service.quantization import effective_reduce_range
+
     ranges = calibrate(fp32_onnx, feeds(tokenizer, examples, max_length=max_length), method=method,
                        percentile=percentile)
     spec = QuantizationSpec(ranges=ranges, engines={"deepsparse": "integer", "onnxruntime": "qdq"},
                             calibration={"method": method, "percentile": percentile if method == "percentile" else None,
                                          "examples": len(examples), "max_length": max_length})
     timing = list(feeds(tokenizer, examples[:timing_examples], max_length=max_length))
-    rates = {}
+    rates, faithful = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         graphs = {"none": Path(fp32_onnx),
-                  "qdq": quantize_static(fp32_onnx, Path(tmp) / "qdq.onnx", ranges, form="qdq"),
-                  "dynamic": quantize_dynamic(fp32_onnx, Path(tmp) / "dynamic.onnx")}
+                  "qdq": quantize_static(fp32_onnx, Path(tmp) / "qdq.onnx", ranges, form="qdq",
+                                         reduce_range=effective_reduce_range("qdq", spec)),
+                  "dynamic": quantize_dynamic(fp32_onnx, Path(tmp) / "dynamic.onnx",
+                                              reduce_range=effective_reduce_range("dynamic", None))}
+        reference = None
         for mode, path in graphs.items():
-            rates[mode] = round(ort_rate(path, timing, num_threads=num_threads), 1)
-    best = "qdq" if rates["qdq"] > rates["none"] else "none"  # not dynamic: batch-dependent scores (docstring)
+            rate, outputs = ort_run(path, timing, num_threads=num_threads)
+            rates[mode] = round(rate, 1)
+            if mode == "none":
+                reference = outputs
+            else:
+                faithful[mode] = fidelity(reference, outputs)
+    best = "qdq" if rates["qdq"] > rates["none"] and faithful["qdq"]["faithful"] else "none"  # never dynamic
     spec.engines["onnxruntime"] = best
-    logger.info("ONNX Runtime rows/s on %d calibration examples: %s -> %s", min(timing_examples, len(examples)),
-                rates, best)
-    return spec, {"onnxruntime_rows_per_s": rates, "onnxruntime_choice": best}
+    logger.info("ONNX Runtime rows/s on %d calibration examples: %s; fidelity to float32: %s -> %s",
+                min(timing_examples, len(examples)), rates, faithful, best)
+    return spec, {"onnxruntime_rows_per_s": rates, "onnxruntime_fidelity": faithful, "onnxruntime_choice": best}
 
 
 def nli_calibration_pairs(data_dir: Path, n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -173,7 +225,8 @@ def main(
     target = source.compact_path or source.path
     path = spec.save(target, path=embedded_spec_path(source.fingerprint()) if embedded else None)
     typer.echo(f"wrote {path}: deepsparse={spec.engines['deepsparse']}, onnxruntime={spec.engines['onnxruntime']} "
-               f"(ONNX Runtime rows/s: {measured['onnxruntime_rows_per_s']})")
+               f"(ONNX Runtime rows/s: {measured['onnxruntime_rows_per_s']}; fidelity to float32: "
+               f"{measured['onnxruntime_fidelity']})")
 
 
 if __name__ == "__main__":

@@ -164,9 +164,14 @@ class LabelStudio:
         self.request("DELETE", f"/api/annotations/{annotation_id}/")
 
     # users, views, ML backends --------------------------------------------------------------------------------
-    def user_id(self, username: str) -> int:
-        """The id of the user ``username``, created (no password: it cannot log in) when absent."""
-        for user in self.request("GET", "/api/users/") or []:
+    def users(self) -> list[dict]:
+        """Every user of the organisation (id, username, email, ...)."""
+        return self.request("GET", "/api/users/") or []
+
+    def user_id(self, username: str, users: list[dict] | None = None) -> int:
+        """The id of the user ``username`` (looked up in ``users`` when given, else read), created (no password: it
+        cannot log in) when absent."""
+        for user in self.users() if users is None else users:
             if user.get("username") == username:
                 return int(user["id"])
         created = self.request("POST", "/api/users/", json={"username": username, "email": f"{username}@localhost",

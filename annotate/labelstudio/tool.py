@@ -71,7 +71,11 @@ class LabelStudioTool:
 
         tasks = self.client.tasks(self.id)
         self._tasks = {int(t["id"]): t for t in tasks}
-        auto = self.auto_user()
+        users = self.client.users()
+        if self._auto_user is None:
+            self._auto_user = self.client.user_id(AUTO_ACCEPT_USER, users)
+        auto = self._auto_user
+        names = {int(u["id"]): u.get("email") or u.get("username") or str(u["id"]) for u in users}
         current = self.client.project(self.id).get("model_version") or None
         records = []
         for task in tasks:
@@ -96,9 +100,10 @@ class LabelStudioTool:
                     record.accepted_label = chosen_labels[0] if chosen_labels else None
                 elif annotation.get("was_cancelled") or not chosen_labels:
                     record.status = record.status or "discarded"
-                    record.annotator = record.annotator or str(by)
+                    record.annotator = record.annotator or names.get(by, str(by))
                 elif record.status != "submitted":
-                    record.status, record.human, record.annotator = "submitted", chosen_labels[0], str(by)
+                    record.status, record.human, record.annotator = "submitted", chosen_labels[0], \
+                        names.get(by, str(by))
             if record.status is not None:
                 record.accepted = False  # a person's decision wins: the bulk acceptance no longer stands for it
             records.append(record)
