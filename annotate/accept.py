@@ -65,6 +65,7 @@ from annotate.dataset import (
     AUTO_ACCEPT_USER,
     CERTIFY,
     CERTIFY_BASIS,
+    FIELD,
     QUESTION,
     certify_link,
     has_vectors,
@@ -100,11 +101,14 @@ class RecordState:
         human_value: the label of the first submitted human response (``None`` otherwise).
         auto_response: id of the auto-accept user's response, ``None`` when there is none.
         auto_value: its label; ``auto_user``: the auto-accept user's id.
+        text: the record's ``text`` field; human_user: the id of the user of the first human response.
     """
 
     uuid: str
     id: str
     metadata: dict
+    text: str = ""
+    human_user: str | None = None
     value: str | None = None
     score: float | None = None
     agent: str | None = None
@@ -176,7 +180,8 @@ def read_state(client, dataset, auto_user_id: str | None) -> list[RecordState]:
                         params={"include": ["responses", "suggestions"], "offset": offset, "limit": READ_PAGE})
         for item in page["items"]:
             state = RecordState(uuid=item["id"], id=str(item.get("external_id") or item["id"]),
-                                metadata=dict(item.get("metadata") or {}))
+                                metadata=dict(item.get("metadata") or {}),
+                                text=str((item.get("fields") or {}).get(FIELD, "")))
             suggestion = next((s for s in item.get("suggestions") or [] if s.get("question_id") == question_id), None)
             if suggestion is not None:
                 state.value, state.score, state.agent = suggestion["value"], suggestion.get("score"), suggestion.get("agent")
@@ -187,11 +192,12 @@ def read_state(client, dataset, auto_user_id: str | None) -> list[RecordState]:
                     state.auto_response, state.auto_value = response["id"], value
                     state.auto_user = str(auto_user_id)
                 else:
-                    statuses.setdefault(response["status"], value)
+                    statuses.setdefault(response["status"], (value, str(response["user_id"])))
             for status in ("submitted", "discarded", "draft"):
                 if status in statuses:
                     state.human_status = status
-                    state.human_value = statuses[status] if status == "submitted" else None
+                    state.human_value = statuses[status][0] if status == "submitted" else None
+                    state.human_user = statuses[status][1]
                     break
             out[state.id] = state
         offset += len(page["items"])

@@ -12,9 +12,9 @@ SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "
 def cpu_facts() -> dict:
     """``{"cpu": model, "cores": int, "flags": "avx2, avx512f, ..." (the :data:`SIMD_FLAGS` present, or "none"),
     "all_flags": [...], "load_average": [1, 5, 15 min], "python": version}``, read now from ``/proc/cpuinfo``
-    (through :func:`service.engines.selection.cpu_facts`, the same reading ``engine=auto`` keys its measurement on).
+    (through :func:`service.cpu.cpu_facts`, the same reading ``engine=auto`` keys its measurement on).
     ``cores`` is the CPUs this process may run on."""
-    from service.engines.selection import cpu_facts as service_cpu_facts
+    from service.cpu import cpu_facts as service_cpu_facts
 
     facts = service_cpu_facts()
     present = [flag for flag in SIMD_FLAGS if flag in facts["flags"]]

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run:
         import os
 
-        from service.engines.selection import cpu_facts
+        from service.cpu import cpu_facts
 
         before = os.getloadavg()
         code = subprocess.run(command).returncode

@@ -147,7 +147,7 @@ def saturating_int8_cpu(flags: Iterable[str] | None = None, machine: str | None 
     if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return False  # ARM's int8 dot products accumulate in int32
     if flags is None:
-        from service.engines.selection import cpu_facts
+        from service.cpu import cpu_facts
 
         flags = cpu_facts()["flags"]
     return not INT32_ACCUMULATING_FLAGS & set(flags)

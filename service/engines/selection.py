@@ -37,6 +37,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from service.cpu import cpu_facts
 from service.engines.base import DEEPSPARSE_TERMS, Budget, licence
 
 logger = logging.getLogger(__name__)
@@ -85,26 +86,6 @@ def service_budget(max_start_s: float | None, max_rss_mb: float | None, *, model
     else:
         rss = max(0.0, max_rss_mb - rss_mb()) / max(1, models_left)
     return Budget(start_s=start, rss_mb=rss)
-
-
-def cpu_facts() -> dict:
-    """``{"model": str, "flags": [str, ...] (sorted), "cores": int}`` of this machine (``/proc/cpuinfo``;
-    ``platform.processor()`` and no flags where it is not readable); ``cores`` is the CPUs this process may run
-    on."""
-    import platform
-
-    model, flags = platform.processor() or platform.machine() or "?", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = sorted(set(line.split(":", 1)[1].split()))
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return {"model": model, "flags": flags, "cores": cores}
 
 
 def engine_versions() -> dict[str, str | None]:
