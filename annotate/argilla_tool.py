@@ -141,8 +141,8 @@ class ArgillaTool:
                 continue
             metadata = {**s.metadata, ACCEPTED_BY: AUTO_ACCEPT_USER,
                         ACCEPT_THRESHOLD: round(float(s.score or 0.0), 6)}
-            items.append({"id": s.uuid, "metadata": metadata,
-                          "responses": [{"user_id": user, "status": "submitted", "values": {QUESTION: {"value": label}}}]})
+            response = {"user_id": user, "status": "submitted", "values": {QUESTION: {"value": label}}}
+            items.append({"id": s.uuid, "metadata": metadata, "responses": [response]})
         if not items:
             return 0
         return _bulk(self.client, self.dataset, items, batch_size=self.batch_size, concurrency=self.concurrency,

@@ -40,9 +40,7 @@ def onnx_for(source: ModelSource, cache_dir: Path, task: str = "sequence-classif
 
     ``int8`` other than ``none`` names a form of :data:`service.quantization.MODES`: the float32 graph is
     quantized with the model's calibrated ranges (``quantization.json``) into
-    ``<same folder>/<stem>.int8-<mode>-<ranges digest>[-w7].onnx``, built once (``-w7``: 7-bit weights, which
-    ONNX Runtime's forms get on a CPU whose int8 kernels saturate, :func:`service.quantization.
-    effective_reduce_range`).
+    ``<same folder>/<stem>.int8-<mode>-<ranges digest>.onnx``, built once.
 
     Raises:
         ExportError: no shipped graph and no way to export one, or the int8 graph cannot be built.
@@ -91,10 +89,7 @@ def _graph_paths(source: ModelSource, cache_dir: Path, task: str, int8: str):
         spec = source.quantization()
     except (ValueError, KeyError) as exc:
         raise ExportError(f"int8 ({int8}) graph of {source.model_id}: {exc}") from exc
-    from service.quantization import effective_reduce_range
-
-    weights = "-w7" if effective_reduce_range(int8, spec) else ""  # 7-bit weights: a graph of its own
-    return fp32, derived_dir / f"{fp32.stem}.int8-{int8}-{spec.digest() if spec else 'nocal'}{weights}.onnx", spec
+    return fp32, derived_dir / f"{fp32.stem}.int8-{int8}-{spec.digest() if spec else 'nocal'}.onnx", spec
 
 
 def _path_key(path: Path) -> str:

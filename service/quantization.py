@@ -136,7 +136,9 @@ def saturating_int8_cpu(flags: Iterable[str] | None = None, machine: str | None 
     """Whether ONNX Runtime's uint8 x int8 kernels can saturate on this CPU: x86 without VNNI, where they pair
     products with ``vpmaddubsw`` into an int16 that 8-bit weights overflow (ONNX Runtime's quantization docs, "When
     and why do I need to try U8U8?"). Measured here on an AMD EPYC with AVX2 only: all-mpnet-base-v2's QDQ graph
-    with 8-bit weights classified AG News at 0.234 against 0.768 in float32, and at 0.748 with 7-bit weights.
+    with 8-bit weights classified AG News at 0.234 against 0.768 in float32, and at 0.748 with 7-bit weights; the
+    packaged MiniLM's was as faithful with 8 bits as with 7. ``python -m train.quantize`` tries 7-bit weights on
+    such a CPU when the 8-bit graph strays from float32 (:attr:`QuantizationSpec.reduce_range`).
 
     Args:
         flags: the CPU's flags (read from ``/proc/cpuinfo`` when ``None``); machine: ``platform.machine()``.
@@ -153,25 +155,13 @@ def saturating_int8_cpu(flags: Iterable[str] | None = None, machine: str | None 
     return not INT32_ACCUMULATING_FLAGS & set(flags)
 
 
-def effective_reduce_range(mode: str, spec: "QuantizationSpec | None") -> bool:
-    """7-bit weights for ``mode`` on this CPU: the spec's choice, or forced for ONNX Runtime's forms (``qdq``,
-    ``dynamic``) on a CPU whose kernels saturate (:func:`saturating_int8_cpu`). DeepSparse's ``integer`` form keeps
-    the spec's (its kernels are its own)."""
-    if spec is not None and spec.reduce_range:
-        return True
-    return mode in ("qdq", "dynamic") and saturating_int8_cpu()
-
-
-def build_int8(src: Path, dst: Path, mode: str, spec: "QuantizationSpec | None",
-               reduce_range: bool | None = None) -> Path:
-    """The int8 graph of ``mode`` (:data:`MODES`) for the fp32 graph ``src``, written to ``dst``; ``reduce_range``:
-    7-bit weights (default: :func:`effective_reduce_range`).
+def build_int8(src: Path, dst: Path, mode: str, spec: "QuantizationSpec | None") -> Path:
+    """The int8 graph of ``mode`` (:data:`MODES`) for the fp32 graph ``src``, written to ``dst``.
 
     Raises:
         ValueError: unknown mode, or a static mode without a spec (no calibrated ranges).
     """
-    if reduce_range is None:
-        reduce_range = effective_reduce_range(mode, spec)
+    reduce_range = bool(spec and spec.reduce_range)
     if mode == "dynamic":
         return quantize_dynamic(src, dst, per_channel=spec.per_channel if spec else True,
                                 reduce_range=reduce_range, gather=bool(spec and spec.gather))

@@ -127,6 +127,19 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
+def topics_example():
+    """The example pool (``examples/topics_120.jsonl``) as the loop takes it: ``([(content id, text)], {content id:
+    gold label})``."""
+    import json
+
+    from annotate.tools import record_id
+
+    rows = [json.loads(line) for line in (REPO / "examples/topics_120.jsonl").read_text().splitlines()]
+    ids = [record_id(r["text"], None) for r in rows]
+    return [(rid, r["text"]) for rid, r in zip(ids, rows)], {rid: r["label"] for rid, r in zip(ids, rows)}
+
+
+@pytest.fixture(scope="session")
 def argilla_stack(tmp_path_factory):
     """A real Argilla 2.8 server (+ worker, Redis, osmem search engine) on loopback ports for the session.
 

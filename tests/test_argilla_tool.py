@@ -10,9 +10,7 @@ import pytest
 
 from annotate.cache import DatasetCache
 from annotate.loop import accept, export, push, refresh, suspects
-from annotate.tools import AUTO_ACCEPT_USER, CERTIFY, SUSPECT, record_id
-
-from .conftest import REPO
+from annotate.tools import AUTO_ACCEPT_USER, CERTIFY, SUSPECT
 
 pytestmark = [pytest.mark.argilla, pytest.mark.slow]
 LABELS = ["sports", "business", "science and technology", "politics"]
@@ -20,13 +18,7 @@ TEMPLATE = "This text is about {}."
 
 
 @pytest.fixture(scope="module")
-def example():
-    rows = [json.loads(line) for line in (REPO / "examples/topics_120.jsonl").read_text().splitlines()]
-    return [(record_id(r["text"], None), r["text"]) for r in rows], {record_id(r["text"], None): r["label"] for r in rows}
-
-
-@pytest.fixture(scope="module")
-def pushed(argilla_stack, example, tmp_path_factory):
+def pushed(argilla_stack, topics_example, tmp_path_factory):
     """The example pool pushed into a new dataset by the loop core."""
     from annotate.argilla_tool import open_dataset
     from annotate.client import connect
@@ -39,8 +31,8 @@ def pushed(argilla_stack, example, tmp_path_factory):
                          "loop-core-topics")
     scorer = LocalScorer(LABELS, TEMPLATE, method="embedding")
     try:
-        first = push(example[0], tool, scorer, cache, template=TEMPLATE, progress=False)
-        again = push(example[0], tool, scorer, cache, template=TEMPLATE, progress=False)
+        first = push(topics_example[0], tool, scorer, cache, template=TEMPLATE, progress=False)
+        again = push(topics_example[0], tool, scorer, cache, template=TEMPLATE, progress=False)
     finally:
         scorer.close()
     return client, tool, cache, first, again
@@ -52,9 +44,9 @@ def _respond(client, tool, decisions: dict) -> None:
     submit(tool.dataset, decisions, client.me.id)
 
 
-def test_push_then_refresh_after_reviews_rewrites_the_pending_suggestions(pushed, example):
+def test_push_then_refresh_after_reviews_rewrites_the_pending_suggestions(pushed, topics_example):
     client, tool, cache, first, again = pushed
-    gold = example[1]
+    gold = topics_example[1]
     assert first.added == 120 and again.added == 0  # idempotent by content id
     before = sorted(tool.records(), key=lambda r: r.score)
     assert len(before) == 120 and all(r.pending and r.suggestion in LABELS and r.text for r in before)
@@ -71,10 +63,10 @@ def test_push_then_refresh_after_reviews_rewrites_the_pending_suggestions(pushed
     assert refresh(tool, cache).written == 0  # nothing changed: nothing rewritten
 
 
-def test_accept_certifies_after_the_sample_is_reviewed_export_and_undo(pushed, example):
+def test_accept_certifies_after_the_sample_is_reviewed_export_and_undo(pushed, topics_example):
     """A low target (0.7, planning estimate not inflated) so that a 120-text pool certifies something."""
     client, tool, cache, _, _ = pushed
-    gold = example[1]
+    gold = topics_example[1]
     first = accept(tool, target=0.7, planning_inflation=1.0, mode="apply")
     assert first.accepted == 0 and first.flagged > 0  # nothing before the sample is reviewed
     assert len([r for r in tool.records() if r.flags.get(CERTIFY)]) == first.flagged
@@ -98,9 +90,9 @@ def test_accept_certifies_after_the_sample_is_reviewed_export_and_undo(pushed, e
     assert not any(r.accepted for r in tool.records())
 
 
-def test_suspects_flag_wrong_labels_with_their_score(pushed, example):
+def test_suspects_flag_wrong_labels_with_their_score(pushed, topics_example):
     client, tool, cache, _, _ = pushed
-    gold = example[1]
+    gold = topics_example[1]
     wrong = [r for r in tool.records() if r.pending][:8]
     _respond(client, tool, {r.id: LABELS[(LABELS.index(gold[r.id]) + 1) % len(LABELS)] for r in wrong})
     summary = suspects(tool, cache)

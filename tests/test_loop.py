@@ -11,9 +11,7 @@ import pytest
 from annotate.cache import DatasetCache
 from annotate.labelstudio.tool import open_project
 from annotate.loop import accept, export, push, refresh, suspects
-from annotate.tools import AUTO_ACCEPT_USER, CERTIFY, SUSPECT, record_id
-
-from .conftest import REPO
+from annotate.tools import AUTO_ACCEPT_USER, CERTIFY, SUSPECT
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 LABELS = ["sports", "business", "science and technology", "politics"]
@@ -21,13 +19,7 @@ TEMPLATE = "This text is about {}."
 
 
 @pytest.fixture(scope="module")
-def example():
-    rows = [json.loads(line) for line in (REPO / "examples/topics_120.jsonl").read_text().splitlines()]
-    return [(record_id(r["text"], None), r["text"]) for r in rows], {record_id(r["text"], None): r["label"] for r in rows}
-
-
-@pytest.fixture(scope="module")
-def pushed(labelstudio, example, tmp_path_factory):
+def pushed(labelstudio, topics_example, tmp_path_factory):
     """The example pool pushed into a new project, as `push --tool labelstudio` does."""
     from annotate.labelstudio.client import LabelStudio
     from pool.scorers import LocalScorer
@@ -37,8 +29,8 @@ def pushed(labelstudio, example, tmp_path_factory):
     cache = DatasetCache(tmp_path_factory.mktemp("cache"), client.url, "labelstudio", "loop topics")
     scorer = LocalScorer(LABELS, TEMPLATE, method="embedding")
     try:
-        first = push(example[0], tool, scorer, cache, template=TEMPLATE, progress=False)
-        again = push(example[0], tool, scorer, cache, template=TEMPLATE, progress=False)
+        first = push(topics_example[0], tool, scorer, cache, template=TEMPLATE, progress=False)
+        again = push(topics_example[0], tool, scorer, cache, template=TEMPLATE, progress=False)
     finally:
         scorer.close()
     return client, tool, cache, first, again
@@ -54,9 +46,9 @@ def test_push_adds_every_text_once_with_the_heads_suggestions(pushed):
     assert client.project(tool.id)["sampling"] == "Uncertainty sampling"
 
 
-def test_refresh_after_reviews_writes_a_new_version_and_sampling_serves_the_least_confident(pushed, example):
+def test_refresh_after_reviews_writes_a_new_version_and_sampling_serves_the_least_confident(pushed, topics_example):
     client, tool, cache, _, _ = pushed
-    gold = example[1]
+    gold = topics_example[1]
     before = sorted(tool.records(), key=lambda r: r.score)
     for record in before[:30]:  # the 30 least confident, as uncertainty sampling serves them
         client.create_annotation(record.key, tool.config.result(gold[record.id]))
@@ -73,11 +65,11 @@ def test_refresh_after_reviews_writes_a_new_version_and_sampling_serves_the_leas
     assert refresh(tool, cache).written == 0  # nothing changed: nothing rewritten
 
 
-def test_accept_certifies_after_the_sample_is_reviewed_and_undo_restores(pushed, example):
+def test_accept_certifies_after_the_sample_is_reviewed_and_undo_restores(pushed, topics_example):
     """A low target (0.7, planning estimate not inflated) so that a 120-text pool certifies something; the promise is
     checked on gold: the accepted suggestions are right at least 70% of the time."""
     client, tool, cache, _, _ = pushed
-    gold = example[1]
+    gold = topics_example[1]
     first = accept(tool, target=0.7, planning_inflation=1.0, mode="apply")
     assert first.accepted == 0 and first.flagged > 0  # nothing before the sample is reviewed
     flagged = [r for r in tool.records() if r.flags.get(CERTIFY)]
@@ -106,9 +98,9 @@ def test_accept_certifies_after_the_sample_is_reviewed_and_undo_restores(pushed,
     assert not any(r.accepted for r in tool.records())
 
 
-def test_suspects_flag_wrong_labels_with_their_score(pushed, example):
+def test_suspects_flag_wrong_labels_with_their_score(pushed, topics_example):
     client, tool, cache, _, _ = pushed
-    gold = example[1]
+    gold = topics_example[1]
     wrong = [r for r in tool.records() if r.pending][:8]
     for record in wrong:  # a careless reviewer: the label after the right one
         bad = LABELS[(LABELS.index(gold[record.id]) + 1) % len(LABELS)]

@@ -182,30 +182,40 @@ def test_which_cpus_saturate_int8_kernels(flags, machine, saturates):
     assert saturating_int8_cpu(flags, machine) is saturates
 
 
-def test_seven_bit_weights_for_onnxruntime_forms_on_a_saturating_cpu(monkeypatch, tiny_model_dir, cache_dir):
-    """Which CPU runs this test cannot be chosen, so the CPU fact is replaced (the only mock here): on a CPU whose
-    int8 kernels saturate, ONNX Runtime's forms are built with 7-bit weights into a graph of their own name;
-    DeepSparse's ``integer`` form and a VNNI CPU keep 8 bits."""
-    import onnx
-    from onnx import numpy_helper
+@pytest.mark.parametrize("saturating", [True, False])
+def test_build_spec_serves_int8_only_when_faithful_and_tries_seven_bits_where_kernels_saturate(
+        teacher_graph, monkeypatch, saturating):
+    """The CPU fact is replaced (the only mock here: the test machine's CPU cannot be chosen), and so are the
+    fidelity bounds, to make every int8 graph stray: on a saturating CPU the static graph is built again with 7-bit
+    weights (``qdq_8bit`` keeps the first measurement) and the spec keeps whichever was closer to float32; float32
+    is served either way. With bounds nothing misses, no second graph is built and the weights stay 8-bit."""
+    from transformers import AutoTokenizer
 
     import service.quantization as quantization
-    from service.onnx_export import onnx_path_for
+    import train.quantize as quantize
 
-    source = resolve_model(str(tiny_model_dir))
-    spec = QuantizationSpec(ranges={})
-    for saturating in (True, False):
-        monkeypatch.setattr(quantization, "saturating_int8_cpu", lambda *a, s=saturating: s)
-        assert quantization.effective_reduce_range("qdq", spec) is saturating
-        assert quantization.effective_reduce_range("dynamic", None) is saturating
-        assert quantization.effective_reduce_range("integer", spec) is False
-        assert quantization.effective_reduce_range("integer", QuantizationSpec(ranges={}, reduce_range=True))
-        path = onnx_for(source, cache_dir, int8="dynamic")
-        assert path == onnx_path_for(source, cache_dir, int8="dynamic")
-        assert path.name.endswith("-w7.onnx") is saturating
-        weights = [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
-                   if i.name.endswith("_quantized")]
-        assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == (63 if saturating else 127)
+    source, graph = teacher_graph
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    monkeypatch.setattr(quantization, "saturating_int8_cpu", lambda *a: saturating)
+    monkeypatch.setattr(quantize, "MIN_COSINE", 2.0)
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 2.0)
+    spec, measured = quantize.build_spec(graph, tokenizer, PAIRS, timing_examples=len(PAIRS))
+    assert spec.engines["onnxruntime"] == "none" and measured["onnxruntime_choice"] == "none"
+    assert ("qdq_8bit" in measured["onnxruntime_fidelity"]) is saturating
+    if saturating:
+        fid = measured["onnxruntime_fidelity"]
+        if spec.reduce_range:  # 7-bit weights kept: they were closer to float32
+            assert fid["qdq"]["cosine"] > fid["qdq_8bit"]["cosine"]
+        else:  # not closer: the 8-bit measurement stands
+            assert fid["qdq"] == fid["qdq_8bit"]
+    else:
+        assert not spec.reduce_range
+    monkeypatch.setattr(quantize, "MIN_COSINE", -1.0)
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", -1.0)
+    spec, measured = quantize.build_spec(graph, tokenizer, PAIRS, timing_examples=len(PAIRS))
+    assert "qdq_8bit" not in measured["onnxruntime_fidelity"] and not spec.reduce_range
+    rates = measured["onnxruntime_rows_per_s"]
+    assert spec.engines["onnxruntime"] == ("qdq" if rates["qdq"] > rates["none"] else "none")
 
 
 def test_fidelity_tells_a_faithful_int8_graph_from_a_broken_one(teacher_graph, tmp_path):
