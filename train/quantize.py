@@ -232,8 +232,8 @@ def main(
     spec, measured = build_spec(fp32, AutoTokenizer.from_pretrained(source.path), calibration, method=method)
     target = source.compact_path or source.path
     path = spec.save(target, path=embedded_spec_path(source.fingerprint()) if embedded else None)
-    typer.echo(f"wrote {path}: deepsparse={spec.engines['deepsparse']}, onnxruntime={spec.engines['onnxruntime']} "
-               f"{' with 7-bit weights' if spec.reduce_range else ''} (ONNX Runtime rows/s: "
+    typer.echo(f"wrote {path}: deepsparse={spec.engines['deepsparse']}, onnxruntime={spec.engines['onnxruntime']}"
+               f"{', 7-bit weights' if spec.reduce_range else ''} (ONNX Runtime rows/s: "
                f"{measured['onnxruntime_rows_per_s']}; fidelity to float32: {measured['onnxruntime_fidelity']})")
 
 
